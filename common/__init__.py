@@ -1,0 +1,91 @@
+"""siliconflow-rerank core: typed sync and async clients for SiliconFlow's `POST /v1/rerank`.
+
+Example:
+    >>> from common import SiliconFlowClient, image_item
+    >>> with SiliconFlowClient() as client:  # doctest: +SKIP
+    ...     response = client.rerank("apple", ["apple pie", "banana bread"], top_n=1)
+    ...     best = response.results[0].index
+"""
+
+from __future__ import annotations
+
+from ._capabilities import ModelCapabilities, known_models, model_capabilities
+from ._client import AsyncSiliconFlowClient, SiliconFlowClient
+from ._config import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MODEL,
+    DEFAULT_TIMEOUT,
+)
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    InternalServerError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestTooLargeError,
+    ResponseValidationError,
+    ServiceUnavailableError,
+    SiliconFlowError,
+)
+from ._media import (
+    DocumentItem,
+    ImageItem,
+    QueryItem,
+    TextItem,
+    VideoItem,
+    image_item,
+    video_item,
+)
+from ._models import BilledUnits, RerankDocument, RerankResponse, RerankResult, Usage
+from ._retry import RetryPolicy
+from ._version import __version__
+
+__all__ = [
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_MODEL",
+    "DEFAULT_TIMEOUT",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncSiliconFlowClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "BilledUnits",
+    "DocumentItem",
+    "ImageItem",
+    "InternalServerError",
+    "InvalidRequestError",
+    "ModelCapabilities",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "QueryItem",
+    "RateLimitError",
+    "RequestTooLargeError",
+    "RerankDocument",
+    "RerankResponse",
+    "RerankResult",
+    "ResponseValidationError",
+    "RetryPolicy",
+    "ServiceUnavailableError",
+    "SiliconFlowClient",
+    "SiliconFlowError",
+    "TextItem",
+    "Usage",
+    "VideoItem",
+    "__version__",
+    "image_item",
+    "known_models",
+    "model_capabilities",
+    "video_item",
+]

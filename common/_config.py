@@ -1,0 +1,95 @@
+"""Client configuration: defaults, environment lookup and base-URL normalization."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+from pydantic import SecretStr
+
+from ._exceptions import InvalidRequestError
+
+__all__ = [
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_LIMITS",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_MODEL",
+    "DEFAULT_TIMEOUT",
+    "TimeoutTypes",
+    "resolve_api_key",
+    "resolve_base_url",
+    "resolve_timeout",
+]
+
+API_KEY_ENV = "SILICONFLOW_API_KEY"
+BASE_URL_ENV = "SILICONFLOW_BASE_URL"
+DEFAULT_BASE_URL = "https://api.siliconflow.cn/v1"
+DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
+DEFAULT_MAX_RETRIES = 2
+
+DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+"""A short connect timeout finds a dead host fast; the long read timeout lets an 8B reranker finish
+a long list. (httpx's own 5 s default cuts such requests off.)"""
+
+DEFAULT_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+"""Enough connections for a few hundred concurrent reranks on one client."""
+
+TimeoutTypes = float | httpx.Timeout | None
+
+
+def resolve_api_key(api_key: str | SecretStr | None) -> SecretStr:
+    """Return the key from the argument, else from `SILICONFLOW_API_KEY`.
+
+    Raises:
+        InvalidRequestError: Neither is set (or the value is blank).
+    """
+    if isinstance(api_key, SecretStr):
+        api_key = api_key.get_secret_value()
+    if api_key is None:
+        api_key = os.environ.get(API_KEY_ENV)
+    if not api_key or not api_key.strip():
+        raise InvalidRequestError(
+            f"No SiliconFlow API key: set the {API_KEY_ENV} environment variable "
+            "or pass api_key= to the client"
+        )
+    return SecretStr(api_key.strip())
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """Return the API root from the argument, else `SILICONFLOW_BASE_URL`, else the default.
+
+    A trailing `/` or `/rerank` is dropped, so `https://host/v1`, `https://host/v1/` and
+    `https://host/v1/rerank` all mean the same root.
+
+    Raises:
+        InvalidRequestError: The URL is not an absolute http(s) URL.
+    """
+    url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    url = url.strip().rstrip("/")
+    url = url.removesuffix("/rerank").rstrip("/")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as error:
+        raise InvalidRequestError(f"base_url {url!r} is not a valid URL: {error}") from error
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidRequestError(
+            f"base_url {url!r} must be an absolute http(s) URL such as {DEFAULT_BASE_URL}"
+        )
+    return url
+
+
+def resolve_timeout(timeout: TimeoutTypes | httpx.Timeout) -> httpx.Timeout:
+    """Turn a number of seconds (each phase), an `httpx.Timeout`, or None (no limit) into a Timeout.
+
+    Raises:
+        InvalidRequestError: A number that is not positive.
+    """
+    if isinstance(timeout, httpx.Timeout):
+        return timeout
+    if timeout is None:
+        return httpx.Timeout(None)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return httpx.Timeout(float(timeout))

@@ -1,0 +1,240 @@
+"""The package's one error tree, and the mapping from HTTP answers to it.
+
+```
+SiliconFlowError
+├── InvalidRequestError (also ValueError)    bad input or configuration; raised before any I/O
+├── APIConnectionError                       the request did not get an HTTP answer
+│   └── APITimeoutError                      ... because a timeout fired
+├── APIStatusError                           the server answered with a non-2xx status
+│   ├── BadRequestError                      400
+│   ├── AuthenticationError                  401
+│   ├── PermissionDeniedError                403
+│   ├── NotFoundError                        404
+│   ├── RequestTooLargeError                 413
+│   ├── RateLimitError                       429
+│   └── InternalServerError                  >= 500
+│       └── ServiceUnavailableError          503
+└── ResponseValidationError                  a 2xx answer that is not a valid rerank response
+```
+
+Every error that came from an answer carries the `x-siliconcloud-trace-id` header as `trace_id`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "InternalServerError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTooLargeError",
+    "ResponseValidationError",
+    "ServiceUnavailableError",
+    "SiliconFlowError",
+]
+
+_EXCERPT_CHARS = 300
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+class SiliconFlowError(Exception):
+    """Base class of every error this package raises."""
+
+
+class InvalidRequestError(SiliconFlowError, ValueError):
+    """The input or configuration is invalid; raised before any network call."""
+
+
+class APIConnectionError(SiliconFlowError):
+    """The request got no HTTP answer: refused, reset, or cut off mid-response."""
+
+
+class APITimeoutError(APIConnectionError):
+    """A connect, write, read or pool timeout fired before the answer was complete."""
+
+
+class ResponseValidationError(SiliconFlowError):
+    """A 2xx answer that is not a usable rerank response (bad JSON, bad indices, bad scores).
+
+    Attributes:
+        trace_id: The `x-siliconcloud-trace-id` header of the answer, if any.
+        body_excerpt: The first few hundred characters of the body, for diagnosis.
+    """
+
+    def __init__(
+        self, message: str, *, trace_id: str | None = None, body_excerpt: str = ""
+    ) -> None:
+        self.trace_id = trace_id
+        self.body_excerpt = body_excerpt
+        details = message
+        if trace_id:
+            details += f" (trace id: {trace_id})"
+        if body_excerpt:
+            details += f"; body starts: {body_excerpt!r}"
+        super().__init__(details)
+
+
+class APIStatusError(SiliconFlowError):
+    """The server answered with a non-2xx status.
+
+    Attributes:
+        status_code: The HTTP status.
+        code: The vendor's numeric error code (e.g. 20012), when the body had one.
+        message: The server's message, or a summary of a non-JSON body.
+        body: The decoded body: a dict, a string, or the raw text.
+        trace_id: The `x-siliconcloud-trace-id` header, if any.
+        headers: The answer's headers (e.g. `Retry-After`).
+    """
+
+    def __init__(
+        self,
+        *,
+        status_code: int,
+        message: str,
+        code: int | str | None = None,
+        body: object = None,
+        trace_id: str | None = None,
+        hint: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
+        self.code = code
+        self.message = message
+        self.body = body
+        self.trace_id = trace_id
+        text = f"HTTP {status_code}"
+        if code is not None:
+            text += f" (code {code})"
+        text += f": {message}"
+        if trace_id:
+            text += f" [trace id: {trace_id}]"
+        if hint:
+            text += f". {hint}"
+        super().__init__(text)
+
+
+class BadRequestError(APIStatusError):
+    """400: the server rejected the request (unknown model, input too long, ...)."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing, wrong, or belongs to the other SiliconFlow site."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the account may not use this model (verification needed or balance too low)."""
+
+
+class NotFoundError(APIStatusError):
+    """404: wrong path; usually a base URL that does not end in `/v1`."""
+
+
+class RequestTooLargeError(APIStatusError):
+    """413: the request is too large for the server."""
+
+
+class RateLimitError(APIStatusError):
+    """429: a requests- or tokens-per-minute limit of the account was reached."""
+
+
+class InternalServerError(APIStatusError):
+    """5xx: the server or a gateway in front of it failed."""
+
+
+class ServiceUnavailableError(InternalServerError):
+    """503: the model service is overloaded or busy."""
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    413: RequestTooLargeError,
+    429: RateLimitError,
+    503: ServiceUnavailableError,
+}
+
+
+def excerpt(content: bytes) -> str:
+    """Return a short, printable excerpt of a response body for error messages."""
+    text = content[: _EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
+    return text[:_EXCERPT_CHARS]
+
+
+def _describe_body(content: bytes) -> tuple[object, int | str | None, str]:
+    """Decode an error body of any shape into (body, vendor code, message)."""
+    stripped = content.strip()
+    if not stripped:
+        return "", None, "empty response body"
+    try:
+        body: object = json.loads(stripped)
+    except ValueError:
+        text = stripped.decode("utf-8", errors="replace")
+        if stripped[:1] == b"<":
+            title = _TITLE.search(stripped)
+            summary = title.group(1).decode("utf-8", "replace").strip() if title else "no title"
+            return text, None, f"HTML page from a proxy or gateway ({summary})"
+        return text, None, text[:_EXCERPT_CHARS]
+    if isinstance(body, Mapping):
+        code = body.get("code")
+        message = body.get("message") or body.get("msg") or body.get("error") or body.get("detail")
+        if isinstance(message, Mapping):  # OpenAI-style {"error": {"message": ...}}
+            message = message.get("message")
+        if not isinstance(code, int | str) or isinstance(code, bool):
+            code = None
+        return dict(body), code, str(message) if message else excerpt(stripped)
+    if isinstance(body, str):
+        return body, None, body
+    return body, None, excerpt(stripped)
+
+
+def status_error(
+    status_code: int,
+    content: bytes,
+    *,
+    trace_id: str | None,
+    headers: Mapping[str, str] | None = None,
+    base_url: str,
+    secret: str | None,
+) -> APIStatusError:
+    """Build the right `APIStatusError` subclass for a non-2xx answer of any body shape."""
+    body, code, message = _describe_body(content)
+    if secret and len(secret) >= 8:
+        # Belt and braces: a proxy that echoes the request must not put the key into our error.
+        message = message.replace(secret, "[redacted]")
+        if isinstance(body, str):
+            body = body.replace(secret, "[redacted]")
+    hint = None
+    if status_code == 401:
+        hint = (
+            "Check SILICONFLOW_API_KEY or api_key=; keys work only on the site that issued them "
+            f"(.cn or .com), and base_url is {base_url}"
+        )
+    elif status_code == 403:
+        hint = "The model may need identity verification, or the account balance is too low"
+    elif status_code == 404:
+        hint = f"Check base_url ({base_url}); it should end in /v1"
+    cls = _STATUS_CLASSES.get(status_code)
+    if cls is None:
+        cls = InternalServerError if status_code >= 500 else APIStatusError
+    return cls(
+        status_code=status_code,
+        message=message,
+        code=code,
+        body=body,
+        trace_id=trace_id,
+        hint=hint,
+        headers=headers,
+    )

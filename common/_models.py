@@ -1,0 +1,184 @@
+"""Rerank response types, and the pure parser that turns an answer body into them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ._exceptions import ResponseValidationError, excerpt
+from ._request import RerankRequest
+
+__all__ = ["BilledUnits", "RerankDocument", "RerankResponse", "RerankResult", "Usage", "parse"]
+
+
+class RerankDocument(BaseModel):
+    """The document echoed back in a result (`return_documents=True`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    text: str | None = None
+    """The document text; None for an image or video document."""
+    image: str | None = None
+    """The image URL or data URI, for an image document."""
+    video: str | None = None
+    """The video URL or data URI, for a video document."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_plain_string(cls, value: Any) -> Any:
+        # Infinity and some proxies echo the document as a bare string.
+        return {"text": value} if isinstance(value, str) else value
+
+
+class RerankResult(BaseModel):
+    """One ranked document."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int = Field(ge=0)
+    """Position of the document in the request's `documents`."""
+    relevance_score: float = Field(allow_inf_nan=False)
+    """Relevance of the document to the query; 0..1 on SiliconFlow, higher is more relevant."""
+    document: RerankDocument | None = None
+    """The document, when `return_documents=True` was asked for (or the server sent it anyway)."""
+
+
+class BilledUnits(BaseModel):
+    """What the call was billed for, as the server reported it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    input_tokens: int | None = None
+    """Billed input tokens."""
+    output_tokens: int | None = None
+    """Billed output tokens."""
+    image_tokens: int | None = None
+    """Billed image tokens."""
+    search_units: int | None = None
+    """Billed search units."""
+    classifications: int | None = None
+    """Billed classifications."""
+
+
+class Usage(BaseModel):
+    """Token usage of one rerank call, from whichever shape the server used."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    input_tokens: int | None = None
+    """Input tokens (query and documents)."""
+    output_tokens: int | None = None
+    """Output tokens."""
+    image_tokens: int | None = None
+    """Tokens spent on image and video items."""
+    total_tokens: int | None = None
+    """Total tokens: as sent by the server, else the sum of the counts above."""
+    billed_units: BilledUnits | None = None
+    """Billed units, when the server sent them."""
+
+
+class RerankResponse(BaseModel):
+    """The answer to one rerank call.
+
+    `results` are sorted by `relevance_score`, highest first, ties broken by `index`; each `index`
+    refers to the request's `documents` and has been checked to be in range and unique.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str | None = None
+    """The server's response id."""
+    results: list[RerankResult]
+    """The ranked documents, best first, at most `top_n` of them."""
+    usage: Usage | None = None
+    """Token usage, or None when the server sent none."""
+    trace_id: str | None = None
+    """The `x-siliconcloud-trace-id` response header, for support requests."""
+    model: str | None = None
+    """The model that answered, when the server says (vLLM does)."""
+
+
+class _WireResponse(BaseModel):
+    """The body as any of the compatible servers send it."""
+
+    id: str | None = None
+    model: str | None = None
+    results: list[RerankResult]
+    meta: dict[str, Any] | None = None
+    tokens: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+
+
+def _usage(wire: _WireResponse) -> Usage | None:
+    meta = wire.meta or {}
+    tokens = meta.get("tokens") or wire.tokens or wire.usage
+    billed = meta.get("billed_units")
+    if not tokens and not billed:
+        return None
+    usage = Usage.model_validate({**(tokens or {}), "billed_units": billed})
+    if usage.total_tokens is None:
+        counts = [usage.input_tokens, usage.output_tokens, usage.image_tokens]
+        if any(count is not None for count in counts):
+            usage = usage.model_copy(update={"total_tokens": sum(c or 0 for c in counts)})
+    return usage
+
+
+def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> RerankResponse:
+    """Parse and check a 2xx answer body against the request it answers.
+
+    Raises:
+        ResponseValidationError: The body is not JSON, lacks `results`, has malformed results, an
+            index out of range or repeated, or a non-finite score.
+    """
+    try:
+        wire = _WireResponse.model_validate_json(content)
+    except ValidationError as error:
+        first = error.errors()[0]
+        if first["type"] == "json_invalid":
+            problem = "the response body is not valid JSON"
+        else:
+            location = ".".join(str(part) for part in first["loc"]) or "body"
+            problem = f"the response has an invalid '{location}': {first['msg']}"
+        raise ResponseValidationError(
+            problem, trace_id=trace_id, body_excerpt=excerpt(content)
+        ) from None
+
+    count = len(request.documents)
+    seen: set[int] = set()
+    for result in wire.results:
+        if result.index >= count:
+            raise ResponseValidationError(
+                f"result index {result.index} is out of range for {count} documents",
+                trace_id=trace_id,
+                body_excerpt=excerpt(content),
+            )
+        if result.index in seen:
+            raise ResponseValidationError(
+                f"result index {result.index} appears twice",
+                trace_id=trace_id,
+                body_excerpt=excerpt(content),
+            )
+        seen.add(result.index)
+
+    results = sorted(wire.results, key=lambda r: (-r.relevance_score, r.index))
+    if request.top_n is not None:
+        results = results[: request.top_n]
+    if request.return_documents:
+        results = [_with_document(result, request) for result in results]
+    return RerankResponse(
+        id=wire.id,
+        results=results,
+        usage=_usage(wire),
+        trace_id=trace_id,
+        model=wire.model,
+    )
+
+
+def _with_document(result: RerankResult, request: RerankRequest) -> RerankResult:
+    # Some servers drop documents for media or ignore the flag; the caller asked, and we have them.
+    if result.document is not None:
+        return result
+    item = request.documents[result.index]
+    document = RerankDocument.model_validate(item)
+    return result.model_copy(update={"document": document})

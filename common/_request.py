@@ -1,0 +1,134 @@
+"""Building a rerank request: input validation and the wire body, with no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic_core
+
+from ._capabilities import model_capabilities
+from ._exceptions import InvalidRequestError
+from ._media import DocumentItem, QueryItem, item_kind, normalize_item
+
+__all__ = ["RerankRequest", "build_request"]
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """A validated rerank request, ready to send.
+
+    Attributes:
+        body: The JSON body as a dict (only the fields the caller set).
+        content: The same body encoded as UTF-8 JSON bytes.
+        documents: The normalized document items, as sent.
+        top_n: The effective `top_n` (clamped to the number of documents), or None for all.
+        return_documents: Whether the caller asked for documents in the results.
+    """
+
+    body: dict[str, Any]
+    content: bytes
+    documents: list[str | dict[str, str]]
+    top_n: int | None
+    return_documents: bool
+
+
+def _positive_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum or (maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise InvalidRequestError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+def build_request(
+    query: QueryItem,
+    documents: str | Sequence[DocumentItem],
+    *,
+    model: str,
+    top_n: int | None = None,
+    return_documents: bool | None = None,
+    instruction: str | None = None,
+    max_chunks_per_doc: int | None = None,
+    overlap_tokens: int | None = None,
+) -> RerankRequest:
+    """Validate the inputs and build the request body.
+
+    Raises:
+        InvalidRequestError: Any input the API would reject, or a field the (known) model does not
+            take; the message names the field and, where relevant, the model.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequestError("model must be a non-empty string")
+    wire_query = normalize_item(query, "query")
+    if isinstance(wire_query, str) and not wire_query.strip():
+        raise InvalidRequestError("query must be a non-empty string")
+    if isinstance(documents, str):
+        documents = [documents]
+    elif not isinstance(documents, Sequence):
+        raise InvalidRequestError(
+            f"documents must be a string or a sequence of items, got {type(documents).__name__}"
+        )
+    if len(documents) == 0:
+        raise InvalidRequestError("documents must hold at least one document")
+    wire_documents = [normalize_item(item, f"documents[{i}]") for i, item in enumerate(documents)]
+
+    body: dict[str, Any] = {"model": model, "query": wire_query, "documents": wire_documents}
+    if top_n is not None:
+        # The server's behaviour for top_n > len(documents) is undocumented; clamping is exact.
+        top_n = min(_positive_int("top_n", top_n, 1), len(wire_documents))
+        body["top_n"] = top_n
+    if return_documents is not None:
+        if not isinstance(return_documents, bool):
+            raise InvalidRequestError("return_documents must be True, False or None")
+        body["return_documents"] = return_documents
+    if instruction is not None:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise InvalidRequestError("instruction must be a non-empty string")
+        body["instruction"] = instruction
+    if max_chunks_per_doc is not None:
+        body["max_chunks_per_doc"] = _positive_int("max_chunks_per_doc", max_chunks_per_doc, 1)
+    if overlap_tokens is not None:
+        body["overlap_tokens"] = _positive_int("overlap_tokens", overlap_tokens, 0, 80)
+
+    _check_model_fields(model, body, wire_query, wire_documents)
+    return RerankRequest(
+        body=body,
+        content=pydantic_core.to_json(body),
+        documents=wire_documents,
+        top_n=top_n,
+        return_documents=bool(return_documents),
+    )
+
+
+def _check_model_fields(
+    model: str,
+    body: dict[str, Any],
+    query: str | dict[str, str],
+    documents: list[str | dict[str, str]],
+) -> None:
+    caps = model_capabilities(model)
+    if caps is None:
+        return
+    if "instruction" in body and not caps.instruction:
+        raise InvalidRequestError(
+            f"model {model!r} does not take 'instruction' (the Qwen3-Reranker models do)"
+        )
+    if not caps.chunking:
+        for name in ("max_chunks_per_doc", "overlap_tokens"):
+            if name in body:
+                raise InvalidRequestError(
+                    f"model {model!r} does not take {name!r} (bge, bce and Qwen3-VL rerankers do)"
+                )
+    if caps.modalities >= {"image", "video"}:
+        return
+    named = [("query", query), *((f"documents[{i}]", d) for i, d in enumerate(documents))]
+    for what, item in named:
+        kind = item_kind(item)
+        if kind not in caps.modalities:
+            raise InvalidRequestError(
+                f"model {model!r} ranks text only, but {what} is a {kind} item; "
+                "use a multimodal model such as 'Qwen/Qwen3-VL-Reranker-8B'"
+            )

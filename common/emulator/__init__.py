@@ -1,0 +1,24 @@
+"""A local SiliconFlow rerank emulator: a real HTTP server for offline development and tests.
+
+It is an emulator, not a model. It validates requests, answers with the API's status codes, body
+shapes and headers, chunks long documents, reports usage and injects faults on demand, but its
+scores come from a deterministic lexical function: same input, same scores, on every machine.
+Media items score from the words of their URL, or the readable words inside inline data.
+
+Example:
+    >>> from common import SiliconFlowClient
+    >>> from common.emulator import Fault, RerankEmulator
+    >>> with RerankEmulator() as emulator:  # doctest: +SKIP
+    ...     emulator.enqueue(Fault.overloaded())
+    ...     client = SiliconFlowClient(api_key="any", base_url=emulator.base_url)
+    ...     client.rerank("apple", ["apple pie", "car"]).results[0].index
+    0
+
+Command line: `python -m common.emulator --port 8000`.
+"""
+
+from __future__ import annotations
+
+from ._server import EmulatorStats, Fault, RerankEmulator
+
+__all__ = ["EmulatorStats", "Fault", "RerankEmulator"]

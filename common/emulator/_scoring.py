@@ -1,0 +1,85 @@
+"""The emulator's stand-in for a reranker: a deterministic lexical relevance score.
+
+This is not a model. A (query, document) pair scores by BM25-style term overlap squashed into 0..1,
+computed from the pair alone (no corpus statistics), so that splitting a list across requests never
+changes a score, just as with a real cross-encoder. Latin text is split into words, CJK text into
+characters, scored as unigrams and bigrams. Media items score from the words in their URL, or for inline data
+from the readable words inside the file (for example a PNG text chunk): a stand-in for vision.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+_WORD = re.compile(r"[a-z0-9]+|[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+_ASCII_WORD = re.compile(rb"[A-Za-z]{3,}")
+_URL_NOISE = frozenset({"https", "http", "www", "com", "cn", "org", "net"})
+_K1 = 1.2
+_B = 0.75
+_AVERAGE_LENGTH = 48.0
+_SQUASH = 0.35
+_INLINE_SCAN_BYTES = 1 << 20
+IMAGE_TOKENS = 256
+VIDEO_TOKENS = 1024
+
+
+def units(text: str) -> list[str]:
+    """Split text into the emulator's tokens: lowercase words, and single CJK characters."""
+    out: list[str] = []
+    for run in _WORD.findall(text.lower()):
+        if _CJK.match(run):
+            out.extend(run)
+        else:
+            out.append(run)
+    return out
+
+
+def scoring_terms(tokens: Sequence[str]) -> list[str]:
+    """The terms a token list scores with: the tokens, plus bigrams of adjacent CJK characters."""
+    terms = list(tokens)
+    terms.extend(a + b for a, b in zip(tokens, tokens[1:]) if _CJK.match(a) and _CJK.match(b))
+    return terms
+
+
+def media_tokens(source: str) -> list[str]:
+    """Scoring tokens for an image or video: URL words, or readable words inside inline data."""
+    if source.startswith("data:"):
+        _, _, payload = source.partition(",")
+        try:
+            raw = base64.b64decode(payload[: _INLINE_SCAN_BYTES * 4 // 3], validate=False)
+        except (binascii.Error, ValueError):
+            return []
+        words = (w.decode("ascii").lower() for w in _ASCII_WORD.findall(raw))
+        return [w for w in words if w not in {"ihdr", "idat", "iend", "text", "srgb", "phys"}]
+    stem = re.sub(r"\.[a-z0-9]{2,4}(\?.*)?$", "", source.lower())
+    return [token for token in units(stem) if token not in _URL_NOISE]
+
+
+def relevance(query: Sequence[str], document: Sequence[str]) -> float:
+    """Score one (query, document) pair from their scoring terms, in 0..1."""
+    if not query or not document:
+        return 0.0
+    counts = Counter(document)
+    norm = _K1 * (1 - _B + _B * len(document) / _AVERAGE_LENGTH)
+    terms = set(query)
+    total = 0.0
+    for term in terms:
+        tf = counts.get(term, 0)
+        if tf:
+            total += tf * (_K1 + 1) / (tf + norm)
+    total /= len(terms)
+    return round(total / (total + _SQUASH), 6)
+
+
+def chunks(tokens: list[str], size: int, overlap: int, limit: int) -> list[list[str]]:
+    """Cut a token list into at most `limit` chunks of `size` tokens, `overlap` tokens shared."""
+    if len(tokens) <= size:
+        return [tokens]
+    step = max(size - overlap, 1)
+    out = [tokens[start : start + size] for start in range(0, len(tokens) - overlap, step)]
+    return out[:limit]

@@ -1,0 +1,589 @@
+"""A local HTTP server that speaks SiliconFlow's rerank API, with faults on demand."""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal
+
+from .._capabilities import ModelCapabilities, model_capabilities
+from . import _scoring
+
+__all__ = ["EmulatorStats", "Fault", "RerankEmulator"]
+
+TRACE_HEADER = "x-siliconcloud-trace-id"
+RATE_LIMIT_MESSAGE = (
+    "Request was rejected due to rate limiting. If you want more, please contact "
+    "contact@siliconflow.cn. Details:{which} limit reached."
+)
+BAD_GATEWAY_HTML = (
+    b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1>"
+    b"</center><hr><center>nginx</center></body></html>"
+)
+
+FaultKind = Literal[
+    "status",
+    "disconnect",
+    "truncated_json",
+    "not_json",
+    "slow",
+    "index_out_of_range",
+    "duplicate_index",
+    "missing_results",
+    "non_finite_score",
+]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scripted misbehaviour, applied to one upcoming rerank request.
+
+    Build faults with the class methods (`Fault.rate_limited()`, `Fault.disconnect()`, ...).
+    """
+
+    kind: FaultKind
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    delay: float = 0.0
+
+    @classmethod
+    def http_status(
+        cls,
+        status: int,
+        body: bytes | str | dict[str, Any],
+        *,
+        headers: dict[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> Fault:
+        """Answer with any status and body (a dict or str body is sent as JSON)."""
+        if isinstance(body, bytes):
+            raw, kind = body, content_type or "text/plain; charset=utf-8"
+        else:
+            raw, kind = json.dumps(body).encode(), content_type or "application/json"
+        return cls("status", status, raw, kind, tuple((headers or {}).items()))
+
+    @classmethod
+    def rate_limited(cls, retry_after: str | None = None, which: str = "RPM") -> Fault:
+        """429 with the vendor's message, with a `Retry-After` header if given."""
+        headers = {"Retry-After": retry_after} if retry_after is not None else None
+        body = {"message": RATE_LIMIT_MESSAGE.format(which=which), "data": None}
+        return cls.http_status(429, body, headers=headers)
+
+    @classmethod
+    def overloaded(cls) -> Fault:
+        """503 with code 50505, "Model service overloaded"."""
+        body = {"code": 50505, "message": "Model service overloaded. Please try again later."}
+        return cls.http_status(503, {**body, "data": None})
+
+    @classmethod
+    def server_error(cls) -> Fault:
+        """500 with code 50507, "Unknown error"."""
+        return cls.http_status(500, {"code": 50507, "message": "Unknown error.", "data": None})
+
+    @classmethod
+    def bad_gateway_html(cls) -> Fault:
+        """502 with an HTML page, as a proxy in front of the API would send."""
+        return cls.http_status(502, BAD_GATEWAY_HTML, content_type="text/html")
+
+    @classmethod
+    def gateway_timeout(cls) -> Fault:
+        """504 with a bare text body."""
+        return cls.http_status(504, b"Gateway Timeout")
+
+    @classmethod
+    def disconnect(cls) -> Fault:
+        """Send the headers and part of the body, then close the connection."""
+        return cls("disconnect")
+
+    @classmethod
+    def truncated_json(cls) -> Fault:
+        """200 whose body is the first half of the real JSON (with a matching Content-Length)."""
+        return cls("truncated_json")
+
+    @classmethod
+    def not_json(cls) -> Fault:
+        """200 whose body is not JSON at all."""
+        return cls("not_json")
+
+    @classmethod
+    def slow(cls, seconds: float) -> Fault:
+        """Wait `seconds` before answering normally (longer than a client's timeout, say)."""
+        return cls("slow", delay=seconds)
+
+    @classmethod
+    def index_out_of_range(cls) -> Fault:
+        """200 whose first result points past the end of the documents."""
+        return cls("index_out_of_range")
+
+    @classmethod
+    def duplicate_index(cls) -> Fault:
+        """200 whose results name one document twice."""
+        return cls("duplicate_index")
+
+    @classmethod
+    def missing_results(cls) -> Fault:
+        """200 without a `results` field."""
+        return cls("missing_results")
+
+    @classmethod
+    def non_finite_score(cls) -> Fault:
+        """200 whose first result has a NaN score."""
+        return cls("non_finite_score")
+
+
+@dataclass
+class EmulatorStats:
+    """Counters a test can read (a snapshot; see `RerankEmulator.stats`)."""
+
+    requests: int = 0
+    """Requests received on any path."""
+    by_status: dict[int, int] = field(default_factory=dict)
+    """Answers sent, per status (a dropped connection counts as status 0)."""
+    last_request_body: Any = None
+    """The decoded JSON body of the latest rerank request."""
+    last_request_headers: dict[str, str] = field(default_factory=dict)
+    """The headers of the latest rerank request."""
+    in_flight: int = 0
+    """Rerank requests being handled right now."""
+    max_in_flight: int = 0
+    """The most rerank requests handled at the same time since the last reset."""
+    connections: int = 0
+    """TCP connections accepted (fewer than `requests` when clients keep connections alive)."""
+
+
+class _Invalid(Exception):
+    def __init__(self, message: str, code: int = 20015) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RerankEmulator:
+    """A SiliconFlow-compatible rerank server on a real loopback socket. Not a model.
+
+    Scores come from a deterministic lexical function (see `common.emulator` docs); everything
+    else (validation, status codes, body shapes, headers, chunking, usage) follows the API.
+
+    Example:
+        >>> with RerankEmulator() as emulator:  # doctest: +SKIP
+        ...     client = SiliconFlowClient(api_key="any", base_url=emulator.base_url)
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        latency: float = 0.0,
+        latency_per_document: float = 0.0,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+    ) -> None:
+        """Configure the server; `start()` (or `with`) binds it.
+
+        Args:
+            host: Interface to bind; keep the loopback default unless you know why.
+            port: Port to bind; 0 picks a free one (see `base_url`).
+            api_key: The only key accepted; None accepts any non-empty bearer token.
+            latency: Seconds to wait before each answer.
+            latency_per_document: Further seconds per document in the request.
+            requests_per_minute: Answer 429 past this many requests in a minute.
+            tokens_per_minute: Answer 429 past this many input tokens in a minute.
+        """
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.latency = latency
+        self.latency_per_document = latency_per_document
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self._lock = threading.Lock()
+        self._faults: collections.deque[Fault] = collections.deque()
+        self._stats = EmulatorStats()
+        self._window: collections.deque[tuple[float, int]] = collections.deque()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._sockets: set[socket.socket] = set()
+
+    @property
+    def base_url(self) -> str:
+        """The API root to give a client, e.g. `http://127.0.0.1:54321/v1`."""
+        if self._server is None:
+            raise RuntimeError("the emulator is not running; call start() or use it in a with")
+        return f"http://{self.host}:{self._server.server_address[1]}/v1"
+
+    def start(self) -> RerankEmulator:
+        """Bind the socket and serve in a background thread."""
+        handler = type("_BoundHandler", (_Handler,), {"emulator": self})
+        server = _Server((self.host, self.port), handler)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and drop every open connection."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until interrupted (for the command line)."""
+        handler = type("_BoundHandler", (_Handler,), {"emulator": self})
+        with _Server((self.host, self.port), handler) as server:
+            self._server = server
+            try:
+                server.serve_forever()
+            finally:
+                self._server = None
+
+    def __enter__(self) -> RerankEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def enqueue(self, *faults: Fault) -> None:
+        """Script faults: each of the next rerank requests gets the next fault, in order."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    @property
+    def pending_faults(self) -> int:
+        """How many scripted faults have not been served yet."""
+        with self._lock:
+            return len(self._faults)
+
+    @property
+    def stats(self) -> EmulatorStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return EmulatorStats(
+                requests=self._stats.requests,
+                by_status=dict(self._stats.by_status),
+                last_request_body=self._stats.last_request_body,
+                last_request_headers=dict(self._stats.last_request_headers),
+                in_flight=self._stats.in_flight,
+                max_in_flight=self._stats.max_in_flight,
+                connections=self._stats.connections,
+            )
+
+    def reset(self) -> None:
+        """Clear the counters, the scripted faults and the rate-limit window."""
+        with self._lock:
+            self._stats = EmulatorStats()
+            self._faults.clear()
+            self._window.clear()
+
+    def rank(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer a rerank body as the server would (raises `ValueError` where it answers 400).
+
+        Handy as ground truth in tests: the scores a request over HTTP would get.
+        """
+        try:
+            return _answer(body)
+        except _Invalid as error:
+            raise ValueError(str(error)) from None
+
+    # -- internals used by the handler --------------------------------------------------------
+
+    def _next_fault(self) -> Fault | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    def _count(self, status: int) -> None:
+        with self._lock:
+            self._stats.by_status[status] = self._stats.by_status.get(status, 0) + 1
+
+    def _rate_limited(self, tokens: int) -> str | None:
+        now = time.monotonic()
+        with self._lock:
+            while self._window and self._window[0][0] <= now - 60:
+                self._window.popleft()
+            if (
+                self.requests_per_minute is not None
+                and len(self._window) >= self.requests_per_minute
+            ):
+                return "RPM"
+            used = sum(count for _, count in self._window)
+            if self.tokens_per_minute is not None and used + tokens > self.tokens_per_minute:
+                return "TPM"
+            self._window.append((now, tokens))
+            return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+    allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that time out or vanish mid-answer are part of the job, not server errors.
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    emulator: RerankEmulator
+    protocol_version = "HTTP/1.1"
+    server_version = "SiliconFlowRerankEmulator/1.0"
+    timeout = 60
+
+    def setup(self) -> None:
+        super().setup()
+        with self.emulator._lock:
+            self.emulator._sockets.add(self.connection)
+            self.emulator._stats.connections += 1
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.emulator._lock:
+                self.emulator._sockets.discard(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header(TRACE_HEADER, uuid.uuid4().hex)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+        self.emulator._count(status)
+
+    def _send_json(self, status: int, payload: object) -> None:
+        self._send(status, json.dumps(payload, ensure_ascii=False).encode())
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def do_GET(self) -> None:
+        with self.emulator._lock:
+            self.emulator._stats.requests += 1
+        self._send(404, b"404 page not found", "text/plain; charset=utf-8")
+
+    def do_POST(self) -> None:
+        emulator = self.emulator
+        raw = self._read_body()
+        with emulator._lock:
+            emulator._stats.requests += 1
+        if self.path.split("?")[0].rstrip("/") != "/v1/rerank":
+            self._send(404, b"404 page not found", "text/plain; charset=utf-8")
+            return
+        with emulator._lock:
+            stats = emulator._stats
+            stats.in_flight += 1
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+            stats.last_request_headers = dict(self.headers.items())
+        try:
+            self._rerank(raw)
+        finally:
+            with emulator._lock:
+                emulator._stats.in_flight -= 1
+
+    def _rerank(self, raw: bytes) -> None:
+        emulator = self.emulator
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        with emulator._lock:
+            emulator._stats.last_request_body = body
+
+        fault = emulator._next_fault()
+        if fault is not None and fault.kind == "status":
+            self._send(fault.status, fault.body, fault.content_type, fault.headers)
+            return
+        if fault is not None and fault.kind == "disconnect":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "4096")
+            self.end_headers()
+            self.wfile.write(b'{"id": "rerank-emu", "results": [{"ind')
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            emulator._count(0)
+            return
+
+        token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        if not token or (emulator.api_key is not None and token != emulator.api_key):
+            self._send_json(401, "Invalid token")
+            return
+        if not isinstance(body, dict):
+            self._send_json(400, {"code": 20015, "message": "Invalid JSON body.", "data": None})
+            return
+        try:
+            answer = _answer(body)
+        except _Invalid as error:
+            self._send_json(400, {"code": error.code, "message": str(error), "data": None})
+            return
+
+        limited = emulator._rate_limited(answer["meta"]["tokens"]["input_tokens"])
+        if limited is not None:
+            message = RATE_LIMIT_MESSAGE.format(which=limited)
+            self._send_json(429, {"message": message, "data": None})
+            return
+        delay = emulator.latency + emulator.latency_per_document * len(body["documents"])
+        if fault is not None and fault.kind == "slow":
+            delay += fault.delay
+        if delay > 0:
+            time.sleep(delay)
+        self._send_answer(answer, fault)
+
+    def _send_answer(self, answer: dict[str, Any], fault: Fault | None) -> None:
+        kind = fault.kind if fault is not None else None
+        results = answer["results"]
+        if kind == "index_out_of_range" and results:
+            results[0]["index"] = len(results) + 1000
+        elif kind == "duplicate_index" and results:
+            results.append(dict(results[0]))
+        elif kind == "non_finite_score" and results:
+            results[0]["relevance_score"] = math.nan
+        elif kind == "missing_results":
+            del answer["results"]
+        encoded = json.dumps(answer, ensure_ascii=False).encode()
+        if kind == "truncated_json":
+            encoded = encoded[: len(encoded) // 2]
+        elif kind == "not_json":
+            encoded = b"upstream said: everything is fine"
+        self._send(200, encoded)
+
+
+def _need_int(body: dict[str, Any], name: str, low: int, high: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"{name} must be an integer.")
+    if value < low or (high is not None and value > high):
+        raise _Invalid(f"{name} is out of range.")
+    return value
+
+
+def _item_terms(item: object, caps: ModelCapabilities, model: str, what: str) -> _Item:
+    if isinstance(item, str):
+        return _Item(_scoring.units(item), 0, 0)
+    if isinstance(item, dict) and len(item) == 1:
+        ((key, value),) = item.items()
+        if isinstance(value, str) and key in ("text", "image", "video"):
+            if key not in caps.modalities:
+                raise _Invalid(f"Model {model} does not support {key} input in {what}.")
+            if key == "text":
+                return _Item(_scoring.units(value), 0, 0)
+            if not value:
+                raise _Invalid(f"{what} has an empty {key}.")
+            images = 1 if key == "image" else 0
+            videos = 1 if key == "video" else 0
+            return _Item(_scoring.media_tokens(value), images, videos)
+    raise _Invalid(f"{what} has an unsupported format.")
+
+
+@dataclass
+class _Item:
+    tokens: list[str]
+    images: int
+    videos: int
+
+
+def _answer(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a rerank body as the API does and build the answer."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _Invalid("model is required.")
+    caps = model_capabilities(model)
+    if caps is None:
+        raise _Invalid("Model does not exist. Please check it carefully.", code=20012)
+    query = body.get("query")
+    if query is None or query == "":
+        raise _Invalid("query is required and its length must be >= 1.")
+    documents = body.get("documents")
+    if isinstance(documents, str):
+        documents = [documents]
+    if not isinstance(documents, list) or not documents:
+        raise _Invalid("documents is required and must hold at least 1 document.")
+    instruction = body.get("instruction")
+    if instruction is not None:
+        if not isinstance(instruction, str) or not instruction:
+            raise _Invalid("instruction length must be >= 1.")
+        if not caps.instruction:
+            raise _Invalid(f"Model {model} does not support instruction.")
+    top_n = _need_int(body, "top_n", 1)
+    max_chunks = _need_int(body, "max_chunks_per_doc", 1) or 1024
+    overlap = _need_int(body, "overlap_tokens", 0, 80) or 0
+    return_documents = body.get("return_documents", False)
+    if not isinstance(return_documents, bool):
+        raise _Invalid("return_documents must be a boolean.")
+
+    q = _item_terms(query, caps, model, "query")
+    items = [_item_terms(d, caps, model, f"documents[{i}]") for i, d in enumerate(documents)]
+    query_terms = _scoring.scoring_terms(q.tokens)
+    budget = max(caps.context_tokens - len(q.tokens) - 2, 16)
+    results = []
+    input_tokens = 0
+    for index, item in enumerate(items):
+        if caps.chunking:
+            pieces = _scoring.chunks(item.tokens, budget, min(overlap, budget - 1), max_chunks)
+        else:
+            pieces = [item.tokens[:budget]]
+        score = max(_scoring.relevance(query_terms, _scoring.scoring_terms(p)) for p in pieces)
+        input_tokens += sum(len(p) + len(q.tokens) + 2 for p in pieces)
+        result: dict[str, Any] = {"index": index, "relevance_score": score}
+        if return_documents:
+            document = documents[index]
+            result["document"] = {"text": document} if isinstance(document, str) else document
+        results.append(result)
+    results.sort(key=lambda r: (-r["relevance_score"], r["index"]))
+    if top_n is not None:
+        results = results[:top_n]
+    image_tokens = sum(
+        (i.images + q.images) * _scoring.IMAGE_TOKENS + (i.videos + q.videos) * _scoring.VIDEO_TOKENS
+        for i in items
+    )
+    tokens = {"input_tokens": input_tokens, "output_tokens": 0, "image_tokens": image_tokens}
+    billed = {**tokens, "search_units": 0, "classifications": 0}
+    return {
+        "id": f"rerank-emu-{uuid.uuid4().hex[:16]}",
+        "results": results,
+        "meta": {"tokens": tokens, "billed_units": billed},
+    }
