@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -307,17 +307,20 @@ class AsyncSiliconFlowClient(_BaseClient):
         self._borrowed = http_client
         self._owned: httpx.AsyncClient | None = None
         self._owned_loop: asyncio.AbstractEventLoop | None = None
+        self._guard: AsyncGenerator[None, None] | None = None
 
-    def _http(self) -> httpx.AsyncClient:
+    async def _http(self) -> httpx.AsyncClient:
         if self._borrowed is not None:
             return self._borrowed
         loop = asyncio.get_running_loop()
         if self._owned is None or self._owned_loop is not loop:
-            # Pooled connections belong to the loop that opened them: code that calls
-            # asyncio.run() per request (scripts, some framework sync paths) gets a fresh pool
-            # instead of "Event loop is closed".
-            self._owned = httpx.AsyncClient(timeout=self.timeout, limits=DEFAULT_LIMITS)
-            self._owned_loop = loop
+            # Pooled connections belong to the loop that opened them, so each loop gets its own
+            # pool (code that calls asyncio.run() per request must not hit "Event loop is
+            # closed"), and the pool closes when its loop shuts down (see _close_with_loop).
+            client = httpx.AsyncClient(timeout=self.timeout, limits=DEFAULT_LIMITS)
+            guard = _close_with_loop(client)
+            await guard.__anext__()
+            self._owned, self._owned_loop, self._guard = client, loop, guard
         return self._owned
 
     async def rerank(
@@ -341,7 +344,7 @@ class AsyncSiliconFlowClient(_BaseClient):
         while True:
             try:
                 with _translate_transport_errors():
-                    response = await self._http().post(**self._send_kwargs(request))
+                    response = await (await self._http()).post(**self._send_kwargs(request))
                 return self._handle(response, request)
             except SiliconFlowError as error:
                 delay = self._next_delay(attempt, error)
@@ -352,9 +355,11 @@ class AsyncSiliconFlowClient(_BaseClient):
 
     async def aclose(self) -> None:
         """Close the connection pool this client created (a borrowed `http_client` stays open)."""
-        owned, self._owned = self._owned, None
-        if owned is not None:
-            await owned.aclose()
+        guard, self._guard = self._guard, None
+        loop, self._owned_loop = self._owned_loop, None
+        self._owned = None
+        if guard is not None and loop is asyncio.get_running_loop():
+            await guard.aclose()
 
     async def __aenter__(self) -> AsyncSiliconFlowClient:
         return self
@@ -366,3 +371,15 @@ class AsyncSiliconFlowClient(_BaseClient):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+    """Hold `client` open until closed, or until its event loop shuts down.
+
+    `asyncio.run()` finalizes every live async generator before closing its loop, which runs this
+    `finally` on the right loop: the pool closes cleanly instead of leaking sockets.
+    """
+    try:
+        yield
+    finally:
+        await client.aclose()

@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Literal, TypedDict, cast
 
 from ._exceptions import InvalidRequestError
 
@@ -183,7 +183,7 @@ def item_kind(item: str | Mapping[str, str]) -> ItemKind:
     """Return the kind of an already normalized item."""
     if isinstance(item, str):
         return "text"
-    return next(iter(item))  # type: ignore[return-value]
+    return cast(ItemKind, next(iter(item)))
 
 
 def normalize_item(item: object, what: str) -> str | dict[str, str]:

@@ -93,5 +93,5 @@ def retry_delay(
         requested = retry_after_seconds(headers)
         if requested is not None:
             return min(requested, policy.max_retry_after)
-    backoff = min(policy.initial_delay * (2**attempt), policy.max_delay)
+    backoff = min(policy.initial_delay * (2.0**attempt), policy.max_delay)
     return backoff * (1.0 - policy.jitter * rand())

@@ -3,7 +3,7 @@
 It is an emulator, not a model. It validates requests, answers with the API's status codes, body
 shapes and headers, chunks long documents, reports usage and injects faults on demand, but its
 scores come from a deterministic lexical function: same input, same scores, on every machine.
-Media items score from the words of their URL, or the readable words inside inline data.
+Media items score from the words of their URL's file name, or the readable words inside inline data.
 
 Example:
     >>> from common import SiliconFlowClient

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import threading
 
 from ._server import Fault, RerankEmulator
 
@@ -55,16 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         tokens_per_minute=args.tpm,
     )
     emulator.enqueue(*(_FAULTS[name]() for name in args.fault))
-    print(
-        f"SiliconFlow rerank emulator (lexical scores, not a model) on "
-        f"http://{args.host}:{args.port}/v1 ; Ctrl-C to stop",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
-        emulator.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    with emulator:
+        print(
+            f"SiliconFlow rerank emulator (lexical scores, not a model) serving "
+            f"{emulator.base_url} ; Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
     return 0
 
 

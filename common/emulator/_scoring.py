@@ -3,14 +3,16 @@
 This is not a model. A (query, document) pair scores by BM25-style term overlap squashed into 0..1,
 computed from the pair alone (no corpus statistics), so that splitting a list across requests never
 changes a score, just as with a real cross-encoder. Latin text is split into words, CJK text into
-characters, scored as unigrams and bigrams. Media items score from the words in their URL, or for inline data
-from the readable words inside the file (for example a PNG text chunk): a stand-in for vision.
+characters, scored as unigrams and bigrams. Media items score from the words of the file name in
+their URL, or for inline data from the readable words inside the file (for example a PNG text
+chunk): a stand-in for vision.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -18,7 +20,6 @@ from collections.abc import Sequence
 _WORD = re.compile(r"[a-z0-9]+|[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 _ASCII_WORD = re.compile(rb"[A-Za-z]{3,}")
-_URL_NOISE = frozenset({"https", "http", "www", "com", "cn", "org", "net"})
 _K1 = 1.2
 _B = 0.75
 _AVERAGE_LENGTH = 48.0
@@ -34,6 +35,8 @@ def units(text: str) -> list[str]:
     for run in _WORD.findall(text.lower()):
         if _CJK.match(run):
             out.extend(run)
+        elif len(run) > 3 and run.endswith("s") and not run.endswith("ss"):
+            out.append(run[:-1])  # a crude plural folding, so "apples" meets "apple"
         else:
             out.append(run)
     return out
@@ -42,7 +45,7 @@ def units(text: str) -> list[str]:
 def scoring_terms(tokens: Sequence[str]) -> list[str]:
     """The terms a token list scores with: the tokens, plus bigrams of adjacent CJK characters."""
     terms = list(tokens)
-    terms.extend(a + b for a, b in zip(tokens, tokens[1:]) if _CJK.match(a) and _CJK.match(b))
+    terms.extend(a + b for a, b in itertools.pairwise(tokens) if _CJK.match(a) and _CJK.match(b))
     return terms
 
 
@@ -56,8 +59,8 @@ def media_tokens(source: str) -> list[str]:
             return []
         words = (w.decode("ascii").lower() for w in _ASCII_WORD.findall(raw))
         return [w for w in words if w not in {"ihdr", "idat", "iend", "text", "srgb", "phys"}]
-    stem = re.sub(r"\.[a-z0-9]{2,4}(\?.*)?$", "", source.lower())
-    return [token for token in units(stem) if token not in _URL_NOISE]
+    name = source.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return units(re.sub(r"\.[a-z0-9]{2,4}$", "", name.lower()))
 
 
 def relevance(query: Sequence[str], document: Sequence[str]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import math
 import socket
@@ -215,6 +216,7 @@ class RerankEmulator:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._sockets: set[socket.socket] = set()
+        self._wake = threading.Event()
 
     @property
     def base_url(self) -> str:
@@ -244,22 +246,10 @@ class RerankEmulator:
         with self._lock:
             sockets = list(self._sockets)
         for sock in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-    def serve_forever(self) -> None:
-        """Serve in the calling thread until interrupted (for the command line)."""
-        handler = type("_BoundHandler", (_Handler,), {"emulator": self})
-        with _Server((self.host, self.port), handler) as server:
-            self._server = server
-            try:
-                server.serve_forever()
-            finally:
-                self._server = None
 
     def __enter__(self) -> RerankEmulator:
         return self.start()
@@ -299,8 +289,15 @@ class RerankEmulator:
 
     def reset(self) -> None:
         """Clear the counters, the scripted faults and the rate-limit window."""
+        # Wake answers still sleeping (slow faults, latency) so they cannot overlap what comes next.
+        self._wake.set()
+        deadline = time.monotonic() + 2.0
+        while self.stats.in_flight and time.monotonic() < deadline:
+            time.sleep(0.005)
         with self._lock:
-            self._stats = EmulatorStats()
+            self._wake = threading.Event()
+            busy = self._stats.in_flight
+            self._stats = EmulatorStats(in_flight=busy, max_in_flight=busy)
             self._faults.clear()
             self._window.clear()
 
@@ -468,7 +465,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "slow":
             delay += fault.delay
         if delay > 0:
-            time.sleep(delay)
+            emulator._wake.wait(delay)
         self._send_answer(answer, fault)
 
     def _send_answer(self, answer: dict[str, Any], fault: Fault | None) -> None:
@@ -577,7 +574,8 @@ def _answer(body: dict[str, Any]) -> dict[str, Any]:
     if top_n is not None:
         results = results[:top_n]
     image_tokens = sum(
-        (i.images + q.images) * _scoring.IMAGE_TOKENS + (i.videos + q.videos) * _scoring.VIDEO_TOKENS
+        (i.images + q.images) * _scoring.IMAGE_TOKENS
+        + (i.videos + q.videos) * _scoring.VIDEO_TOKENS
         for i in items
     )
     tokens = {"input_tokens": input_tokens, "output_tokens": 0, "image_tokens": image_tokens}

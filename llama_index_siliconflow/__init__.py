@@ -1,0 +1,13 @@
+"""LlamaIndex integration: `SiliconFlowRerank`, a node postprocessor on SiliconFlow's rerank API."""
+
+from __future__ import annotations
+
+try:
+    import llama_index.core  # noqa: F401
+except ImportError as error:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "llama_index_siliconflow needs llama-index-core: "
+        "pip install 'siliconflow-rerank[llama-index]'"
+    ) from error
+
+__all__: list[str] = []

@@ -1,0 +1,129 @@
+"""Shared fixtures: a clean environment, the emulator, and one facade over both clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from common import AsyncSiliconFlowClient, RetryPolicy, SiliconFlowClient
+from common.emulator import RerankEmulator
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+LIVE_API_KEY = os.environ.get("SILICONFLOW_API_KEY")
+"""Read once at import, before any test runs, for the opt-in live tests."""
+LIVE_BASE_URL = os.environ.get("SILICONFLOW_BASE_URL")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees (or leaves behind) a SILICONFLOW_* variable."""
+    for name in list(os.environ):
+        if name.startswith("SILICONFLOW_"):
+            monkeypatch.delenv(name)
+
+
+class SleepRecorder:
+    """Stands in for time.sleep / asyncio.sleep so retries never wait for real."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+    async def async_sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(sleep=self.sleep, async_sleep=self.async_sleep)
+
+
+class Runner:
+    """Drives a sync or an async client through the same synchronous calls.
+
+    The async client runs on a private event loop that lives as long as the runner, so its
+    connection pool is reused across calls exactly as in an application.
+    """
+
+    def __init__(self, kind: str, handler: Handler | None = None, **kwargs: Any) -> None:
+        self.kind = kind
+        self.sleeps = SleepRecorder()
+        kwargs.setdefault("retry_policy", self.sleeps.policy())
+        kwargs.setdefault("api_key", "sk-test-key-123456")
+        if kind == "sync":
+            if handler is not None:
+                kwargs["http_client"] = httpx.Client(transport=httpx.MockTransport(handler))
+            self.client: SiliconFlowClient | AsyncSiliconFlowClient = SiliconFlowClient(**kwargs)
+            self.loop = None
+        else:
+            self.loop = asyncio.new_event_loop()
+            if handler is not None:
+                kwargs["http_client"] = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+            self.client = AsyncSiliconFlowClient(**kwargs)
+
+    def rerank(self, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(self.client, SiliconFlowClient):
+            return self.client.rerank(*args, **kwargs)
+        assert self.loop is not None
+        return self.loop.run_until_complete(self.client.rerank(*args, **kwargs))
+
+    def close(self) -> None:
+        if isinstance(self.client, SiliconFlowClient):
+            self.client.close()
+        else:
+            assert self.loop is not None
+            self.loop.run_until_complete(self.client.aclose())
+            self.loop.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def client_kind(request: pytest.FixtureRequest) -> str:
+    """Every test that uses a client runs once per client."""
+    return str(request.param)
+
+
+@pytest.fixture
+def make_runner(client_kind: str) -> Iterator[Callable[..., Runner]]:
+    """Build a `Runner` of this test's kind; closed at teardown."""
+    runners: list[Runner] = []
+
+    def make(handler: Handler | None = None, **kwargs: Any) -> Runner:
+        runner = Runner(client_kind, handler, **kwargs)
+        runners.append(runner)
+        return runner
+
+    yield make
+    for runner in runners:
+        runner.close()
+
+
+@pytest.fixture(scope="session")
+def _emulator_server() -> Iterator[RerankEmulator]:
+    with RerankEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def emulator(_emulator_server: RerankEmulator) -> Iterator[RerankEmulator]:
+    """The shared emulator, reset to a clean state for this test."""
+    _emulator_server.reset()
+    _emulator_server.api_key = None
+    _emulator_server.latency = 0.0
+    _emulator_server.latency_per_document = 0.0
+    _emulator_server.requests_per_minute = None
+    _emulator_server.tokens_per_minute = None
+    yield _emulator_server
+    _emulator_server.reset()
+
+
+def ok_body(*scores: float, **extra: Any) -> dict[str, Any]:
+    """A valid answer body: one result per score, in the given index order."""
+    results = [{"index": i, "relevance_score": s} for i, s in enumerate(scores)]
+    return {"id": "rerank-test", "results": results, **extra}

@@ -1,0 +1,200 @@
+"""The core clients against the emulator over real loopback sockets, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from common import (
+    APIConnectionError,
+    APITimeoutError,
+    AsyncSiliconFlowClient,
+    AuthenticationError,
+    BadRequestError,
+    InternalServerError,
+    NotFoundError,
+    RateLimitError,
+    ResponseValidationError,
+    ServiceUnavailableError,
+    SiliconFlowClient,
+    image_item,
+)
+from common.emulator import Fault
+
+DOCUMENTS = ["a red car", "apple pie", "green apple", "a bicycle"]
+
+
+def test_rerank_over_http(make_runner, emulator):
+    runner = make_runner(base_url=emulator.base_url)
+    response = runner.rerank("apple", DOCUMENTS, top_n=2, return_documents=True)
+    truth = emulator.rank({"model": "BAAI/bge-reranker-v2-m3", "query": "apple",
+                           "documents": DOCUMENTS, "top_n": 2})  # fmt: skip
+    assert [(r.index, r.relevance_score) for r in response.results] == [
+        (r["index"], r["relevance_score"]) for r in truth["results"]
+    ]
+    assert [r.document.text for r in response.results if r.document] == [
+        DOCUMENTS[r.index] for r in response.results
+    ]
+    assert response.trace_id
+    assert response.usage is not None
+    assert response.usage.input_tokens
+    assert emulator.stats.last_request_headers["Authorization"] == "Bearer sk-test-key-123456"
+
+
+def test_multimodal_over_http(make_runner, emulator, tmp_path: Path):
+    png = tmp_path / "banana.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"tEXtComment\x00ripe banana")
+    response = make_runner(base_url=emulator.base_url).rerank(
+        "banana",
+        [image_item("https://img.example.com/car.jpg"), image_item(png), "an orange"],
+        model="Qwen/Qwen3-VL-Reranker-8B",
+    )
+    assert response.results[0].index == 1
+    assert response.usage is not None
+    assert response.usage.image_tokens
+
+
+def test_connections_are_opened_lazily_and_kept_alive(make_runner, emulator):
+    runner = make_runner(base_url=emulator.base_url)
+    assert emulator.stats.connections == 0
+    for _ in range(4):
+        runner.rerank("apple", DOCUMENTS)
+    stats = emulator.stats
+    assert stats.requests == 4
+    assert stats.connections == 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.rate_limited(),
+        Fault.rate_limited(retry_after="0"),
+        Fault.overloaded(),
+        Fault.server_error(),
+        Fault.bad_gateway_html(),
+        Fault.gateway_timeout(),
+        Fault.disconnect(),
+    ],
+    ids=lambda f: f"{f.kind}-{f.status}",
+)
+def test_transient_faults_are_retried_over_http(make_runner, emulator, fault):
+    emulator.enqueue(fault, fault)
+    runner = make_runner(base_url=emulator.base_url, max_retries=2)
+    response = runner.rerank("apple", DOCUMENTS)
+    assert response.results[0].index in (1, 2)
+    assert emulator.stats.requests == 3
+    assert len(runner.sleeps.delays) == 2
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_class", "fragment"),
+    [
+        (Fault.rate_limited(), RateLimitError, "rate limiting"),
+        (Fault.overloaded(), ServiceUnavailableError, "50505"),
+        (Fault.server_error(), InternalServerError, "50507"),
+        (Fault.bad_gateway_html(), InternalServerError, "502 Bad Gateway"),
+        (Fault.gateway_timeout(), InternalServerError, "Gateway Timeout"),
+        (Fault.disconnect(), APIConnectionError, "connection failed"),
+        (Fault.truncated_json(), ResponseValidationError, "not valid JSON"),
+        (Fault.not_json(), ResponseValidationError, "not valid JSON"),
+        (Fault.index_out_of_range(), ResponseValidationError, "out of range"),
+        (Fault.duplicate_index(), ResponseValidationError, "appears twice"),
+        (Fault.missing_results(), ResponseValidationError, "results"),
+        (Fault.non_finite_score(), ResponseValidationError, "relevance_score"),
+    ],
+    ids=lambda v: v.kind if isinstance(v, Fault) else None,
+)
+def test_faults_map_to_the_right_error_over_http(
+    make_runner, emulator, fault, error_class, fragment
+):
+    emulator.enqueue(fault)
+    runner = make_runner(base_url=emulator.base_url, max_retries=0)
+    with pytest.raises(error_class, match=fragment) as info:
+        runner.rerank("apple", DOCUMENTS)
+    if fault.kind != "disconnect":
+        assert getattr(info.value, "trace_id", None)
+    assert emulator.stats.requests == 1
+
+
+def test_timeout_fires_and_is_retried(make_runner, emulator):
+    emulator.enqueue(Fault.slow(2.0), Fault.slow(2.0))
+    runner = make_runner(base_url=emulator.base_url, timeout=0.2, max_retries=1)
+    with pytest.raises(APITimeoutError):
+        runner.rerank("apple", DOCUMENTS)
+    assert emulator.stats.requests == 2
+
+
+def test_timeout_then_recovery(make_runner, emulator):
+    emulator.enqueue(Fault.slow(2.0))
+    runner = make_runner(base_url=emulator.base_url, timeout=0.3, max_retries=1)
+    assert runner.rerank("apple", DOCUMENTS).results
+
+
+def test_vendor_errors_over_http(make_runner, emulator):
+    runner = make_runner(base_url=emulator.base_url)
+    with pytest.raises(BadRequestError) as info:
+        runner.rerank("apple", DOCUMENTS, model="nobody/missing-model")
+    assert info.value.code == 20012
+    with pytest.raises(NotFoundError):
+        make_runner(base_url=emulator.base_url + "/v1").rerank("apple", DOCUMENTS)
+    emulator.api_key = "sk-the-right-one"
+    with pytest.raises(AuthenticationError) as auth:
+        runner.rerank("apple", DOCUMENTS)
+    assert auth.value.body == "Invalid token"
+    assert emulator.stats.requests == 3
+
+
+def test_connection_refused_is_retried_then_raised(make_runner):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    runner = make_runner(base_url=f"http://127.0.0.1:{port}/v1", max_retries=2)
+    with pytest.raises(APIConnectionError, match="ConnectError"):
+        runner.rerank("apple", DOCUMENTS)
+    assert len(runner.sleeps.delays) == 2
+
+
+def test_async_client_survives_a_new_event_loop_per_call(emulator):
+    client = AsyncSiliconFlowClient(api_key="sk-any-key-000", base_url=emulator.base_url)
+    first = asyncio.run(client.rerank("apple", DOCUMENTS))
+    second = asyncio.run(client.rerank("apple", DOCUMENTS))
+    assert first.results == second.results
+
+    async def close() -> None:
+        await client.aclose()
+
+    asyncio.run(close())
+
+
+async def test_async_calls_run_concurrently(emulator):
+    emulator.latency = 0.2
+    async with AsyncSiliconFlowClient(api_key="sk-any-key-000", base_url=emulator.base_url) as c:
+        responses = await asyncio.gather(*(c.rerank("apple", DOCUMENTS) for _ in range(20)))
+    assert len(responses) == 20
+    assert emulator.stats.max_in_flight == 20
+
+
+def test_sync_client_is_shared_safely_across_threads(emulator):
+    from concurrent.futures import ThreadPoolExecutor
+
+    emulator.latency = 0.05
+    client = SiliconFlowClient(api_key="sk-any-key-000", base_url=emulator.base_url)
+    with client, ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda q: client.rerank(q, DOCUMENTS), ["apple"] * 16))
+    assert {r.results[0].index for r in results} <= {1, 2}
+    assert emulator.stats.max_in_flight > 1
+
+
+def test_injected_http_client_over_http(emulator):
+    with httpx.Client() as http:
+        client = SiliconFlowClient(api_key="sk-any-key-000", base_url=emulator.base_url,
+                                   http_client=http)  # fmt: skip
+        client.rerank("apple", DOCUMENTS)
+        client.close()
+        assert not http.is_closed
+        client.rerank("apple", DOCUMENTS)
+    assert emulator.stats.requests == 2
