@@ -45,6 +45,7 @@ from ._media import (
     video_item,
 )
 from ._models import BilledUnits, RerankDocument, RerankResponse, RerankResult, Usage
+from ._request import validate_options
 from ._retry import RetryPolicy
 from ._version import __version__
 
@@ -87,5 +88,6 @@ __all__ = [
     "image_item",
     "known_models",
     "model_capabilities",
+    "validate_options",
     "video_item",
 ]

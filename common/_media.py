@@ -92,14 +92,17 @@ def _media_item(
     source: str | bytes | os.PathLike[str],
     mime_type: str | None,
     max_bytes: int,
+    allow_paths: bool,
 ) -> str:
     if isinstance(source, str):
         if _is_url(source) or _DATA_URI.match(source):
             return source
-        raise InvalidRequestError(
-            f"{kind} source {source[:80]!r} is neither an http(s) URL nor a data URI; "
-            f"to send a local file pass pathlib.Path({source[:80]!r})"
-        )
+        if not allow_paths:
+            raise InvalidRequestError(
+                f"{kind} source {source[:80]!r} is neither an http(s) URL nor a data URI; "
+                f"to send a local file pass pathlib.Path({source[:80]!r})"
+            )
+        source = Path(source.removeprefix("file://"))
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         origin = "bytes"
@@ -140,16 +143,19 @@ def image_item(
     *,
     mime_type: str | None = None,
     max_bytes: int = MAX_IMAGE_BYTES,
+    allow_paths: bool = False,
 ) -> ImageItem:
     """Build an image item from a URL, a data URI, raw bytes or a local file.
 
     Args:
         source: An `https://` (or `http://`) URL or a `data:` URI, sent as is; raw bytes; or a
-            `pathlib.Path` to read. A plain string that is neither URL nor data URI is refused, so
-            a file is only ever read when the caller says it is a path.
+            `pathlib.Path` to read. A plain string that is neither URL nor data URI is refused
+            unless `allow_paths` is set, so a file is only read when the caller says so.
         mime_type: The MIME type of bytes or a file; guessed from the file name or the content
             when omitted.
         max_bytes: Refuse inline content larger than this.
+        allow_paths: Read a plain string (or a `file://` URI) as a local file path. Leave it off
+            for strings from untrusted places, such as loader metadata.
 
     Returns:
         `{"image": <URL or data URI>}`.
@@ -157,7 +163,7 @@ def image_item(
     Raises:
         InvalidRequestError: The source is malformed, unreadable, empty, too large or not an image.
     """
-    return {"image": _media_item("image", source, mime_type, max_bytes)}
+    return {"image": _media_item("image", source, mime_type, max_bytes, allow_paths)}
 
 
 def video_item(
@@ -165,6 +171,7 @@ def video_item(
     *,
     mime_type: str | None = None,
     max_bytes: int = MAX_VIDEO_BYTES,
+    allow_paths: bool = False,
 ) -> VideoItem:
     """Build a video item from a URL, a data URI, raw bytes or a local file.
 
@@ -176,7 +183,7 @@ def video_item(
     Raises:
         InvalidRequestError: The source is malformed, unreadable, empty, too large or not a video.
     """
-    return {"video": _media_item("video", source, mime_type, max_bytes)}
+    return {"video": _media_item("video", source, mime_type, max_bytes, allow_paths)}
 
 
 def item_kind(item: str | Mapping[str, str]) -> ItemKind:

@@ -12,7 +12,7 @@ from ._capabilities import model_capabilities
 from ._exceptions import InvalidRequestError
 from ._media import DocumentItem, QueryItem, item_kind, normalize_item
 
-__all__ = ["RerankRequest", "build_request"]
+__all__ = ["RerankRequest", "build_request", "validate_options"]
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,6 @@ def build_request(
         InvalidRequestError: Any input the API would reject, or a field the (known) model does not
             take; the message names the field and, where relevant, the model.
     """
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequestError("model must be a non-empty string")
     wire_query = normalize_item(query, "query")
     if isinstance(wire_query, str) and not wire_query.strip():
         raise InvalidRequestError("query must be a non-empty string")
@@ -75,25 +73,24 @@ def build_request(
         raise InvalidRequestError("documents must hold at least one document")
     wire_documents = [normalize_item(item, f"documents[{i}]") for i, item in enumerate(documents)]
 
-    body: dict[str, Any] = {"model": model, "query": wire_query, "documents": wire_documents}
+    options = validate_options(
+        model,
+        top_n=top_n,
+        return_documents=return_documents,
+        instruction=instruction,
+        max_chunks_per_doc=max_chunks_per_doc,
+        overlap_tokens=overlap_tokens,
+    )
     if top_n is not None:
         # The server's behaviour for top_n > len(documents) is undocumented; clamping is exact.
-        top_n = min(_positive_int("top_n", top_n, 1), len(wire_documents))
-        body["top_n"] = top_n
-    if return_documents is not None:
-        if not isinstance(return_documents, bool):
-            raise InvalidRequestError("return_documents must be True, False or None")
-        body["return_documents"] = return_documents
-    if instruction is not None:
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise InvalidRequestError("instruction must be a non-empty string")
-        body["instruction"] = instruction
-    if max_chunks_per_doc is not None:
-        body["max_chunks_per_doc"] = _positive_int("max_chunks_per_doc", max_chunks_per_doc, 1)
-    if overlap_tokens is not None:
-        body["overlap_tokens"] = _positive_int("overlap_tokens", overlap_tokens, 0, 80)
-
-    _check_model_fields(model, body, wire_query, wire_documents)
+        top_n = options["top_n"] = min(top_n, len(wire_documents))
+    body: dict[str, Any] = {
+        "model": model,
+        "query": wire_query,
+        "documents": wire_documents,
+        **options,
+    }
+    _check_modalities(model, wire_query, wire_documents)
     return RerankRequest(
         body=body,
         content=pydantic_core.to_json(body),
@@ -103,25 +100,67 @@ def build_request(
     )
 
 
-def _check_model_fields(
+def validate_options(
     model: str,
-    body: dict[str, Any],
+    *,
+    top_n: int | None = None,
+    return_documents: bool | None = None,
+    instruction: str | None = None,
+    max_chunks_per_doc: int | None = None,
+    overlap_tokens: int | None = None,
+) -> dict[str, Any]:
+    """Check the model name and the optional fields, alone and against a known model.
+
+    Adapters call this when they are configured, so that a bad setting fails at construction.
+
+    Returns:
+        The optional fields that are set, as they go on the wire.
+
+    Raises:
+        InvalidRequestError: A value the API would reject, or a field the model does not take.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequestError("model must be a non-empty string")
+    options: dict[str, Any] = {}
+    if top_n is not None:
+        options["top_n"] = _positive_int("top_n", top_n, 1)
+    if return_documents is not None:
+        if not isinstance(return_documents, bool):
+            raise InvalidRequestError("return_documents must be True, False or None")
+        options["return_documents"] = return_documents
+    if instruction is not None:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise InvalidRequestError("instruction must be a non-empty string")
+        options["instruction"] = instruction
+    if max_chunks_per_doc is not None:
+        options["max_chunks_per_doc"] = _positive_int("max_chunks_per_doc", max_chunks_per_doc, 1)
+    if overlap_tokens is not None:
+        options["overlap_tokens"] = _positive_int("overlap_tokens", overlap_tokens, 0, 80)
+
+    caps = model_capabilities(model)
+    if caps is None:
+        return options
+    if "instruction" in options and not caps.instruction:
+        raise InvalidRequestError(
+            f"model {model!r} does not take 'instruction' (the Qwen3-Reranker models do)"
+        )
+    if not caps.chunking:
+        for name in ("max_chunks_per_doc", "overlap_tokens"):
+            if name in options:
+                raise InvalidRequestError(
+                    f"model {model!r} does not take {name!r} (bge, bce and Qwen3-VL rerankers do)"
+                )
+    return options
+
+
+def _check_modalities(
+    model: str,
     query: str | dict[str, str],
     documents: list[str | dict[str, str]],
 ) -> None:
     caps = model_capabilities(model)
     if caps is None:
         return
-    if "instruction" in body and not caps.instruction:
-        raise InvalidRequestError(
-            f"model {model!r} does not take 'instruction' (the Qwen3-Reranker models do)"
-        )
-    if not caps.chunking:
-        for name in ("max_chunks_per_doc", "overlap_tokens"):
-            if name in body:
-                raise InvalidRequestError(
-                    f"model {model!r} does not take {name!r} (bge, bce and Qwen3-VL rerankers do)"
-                )
     if caps.modalities >= {"image", "video"}:
         return
     named = [("query", query), *((f"documents[{i}]", d) for i, d in enumerate(documents))]

@@ -109,3 +109,13 @@ def test_wrong_kind_is_refused(tmp_path: Path):
         image_item(path)
     with pytest.raises(InvalidRequestError, match="not video"):
         video_item(PNG)
+
+
+def test_plain_string_paths_only_with_allow_paths(tmp_path: Path):
+    path = tmp_path / "photo.png"
+    path.write_bytes(PNG)
+    with pytest.raises(InvalidRequestError, match="neither an http"):
+        image_item(str(path))
+    assert image_item(str(path), allow_paths=True) == {"image": data_uri("image/png", PNG)}
+    assert image_item(f"file://{path}", allow_paths=True) == {"image": data_uri("image/png", PNG)}
+    assert image_item("https://x.test/a.png", allow_paths=True) == {"image": "https://x.test/a.png"}

@@ -53,6 +53,7 @@ EXPECTED_COMMON = [
     "image_item",
     "known_models",
     "model_capabilities",
+    "validate_options",
     "video_item",
 ]
 
