@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -93,6 +94,11 @@ class _BaseClient:
 
     def __getstate__(self) -> None:
         raise TypeError(f"{type(self).__name__} holds live connections and cannot be pickled")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        # A client is a shared resource (a thread-safe connection pool), like a lock or a file:
+        # deep copies of objects that hold one share it.
+        return self
 
     def _build(
         self,
@@ -204,6 +210,9 @@ class SiliconFlowClient(_BaseClient):
         with self._lock:
             if self._owned is None:
                 self._owned = httpx.Client(timeout=self.timeout, limits=DEFAULT_LIMITS)
+                # Framework objects that hold a client are rarely closed by their users: close the
+                # pool when this client is garbage-collected instead of leaking its sockets.
+                weakref.finalize(self, self._owned.close)
             return self._owned
 
     def rerank(

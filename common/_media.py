@@ -99,8 +99,8 @@ def _media_item(
             return source
         if not allow_paths:
             raise InvalidRequestError(
-                f"{kind} source {source[:80]!r} is neither an http(s) URL nor a data URI; "
-                f"to send a local file pass pathlib.Path({source[:80]!r})"
+                f"{kind} source {source[:80]!r} is neither an http(s) URL nor a data URI "
+                "(a local file is read only when asked: pass a pathlib.Path, or allow_paths=True)"
             )
         source = Path(source.removeprefix("file://"))
     if isinstance(source, bytes | bytearray | memoryview):

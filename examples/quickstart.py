@@ -1,4 +1,4 @@
-"""Quick start: rerank text and images with siliconflow-rerank.
+"""Quick start: rerank text and images with siliconflow-rerank, from the core and from LangChain.
 
 Uses the real SiliconFlow API when SILICONFLOW_API_KEY is set. Otherwise it starts the bundled local
 emulator (a SiliconFlow-compatible server with lexical scores, not a model) and says so.
@@ -9,13 +9,10 @@ emulator (a SiliconFlow-compatible server with lexical scores, not a model) and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-from collections.abc import Iterator
-from typing import TypedDict
+
+from _support import real_api_or_emulator
 
 from common import AsyncSiliconFlowClient, RerankResponse, SiliconFlowClient, image_item
-from common.emulator import RerankEmulator
 
 QUERY = "How do I keep apples fresh?"
 DOCUMENTS = [
@@ -26,66 +23,64 @@ DOCUMENTS = [
 ]
 
 
-class Settings(TypedDict, total=False):
-    """Where the clients connect."""
-
-    api_key: str
-    base_url: str
-
-
-@contextlib.contextmanager
-def api_settings() -> Iterator[Settings]:
-    """Client settings for the real API if a key is set, else for a local emulator."""
-    if os.environ.get("SILICONFLOW_API_KEY"):
-        print("Using the SiliconFlow API (SILICONFLOW_API_KEY is set).\n")
-        yield {}  # the clients read SILICONFLOW_API_KEY and SILICONFLOW_BASE_URL themselves
-        return
-    with RerankEmulator() as emulator:
-        print(
-            "SILICONFLOW_API_KEY is not set: using the bundled local emulator at "
-            f"{emulator.base_url}.\nIts scores are lexical stand-ins, not a model's.\n"
-        )
-        yield {"api_key": "emulator", "base_url": emulator.base_url}
-
-
-def show(title: str, documents: list[str], response: RerankResponse) -> None:
+def show(title: str, labels: list[str], response: RerankResponse) -> None:
     """Print a ranking."""
     print(title)
     for result in response.results:
-        print(f"  {result.relevance_score:.3f}  [{result.index}] {documents[result.index]}")
+        print(f"  {result.relevance_score:.3f}  [{result.index}] {labels[result.index]}")
+    print()
+
+
+def core_client() -> None:
+    """The core clients: sync, async, and a multimodal model."""
+    with SiliconFlowClient() as client:
+        response = client.rerank(QUERY, DOCUMENTS, top_n=3)
+        show(f"Core client, top 3 for {QUERY!r}:", DOCUMENTS, response)
+        if response.usage is not None:
+            print(f"  usage: {response.usage.total_tokens} tokens, trace id {response.trace_id}\n")
+
+    async def rerank_async() -> RerankResponse:
+        async with AsyncSiliconFlowClient() as client:
+            return await client.rerank(QUERY, DOCUMENTS)
+
+    show("Async core client, all documents:", DOCUMENTS, asyncio.run(rerank_async()))
+
+    pictures = [
+        "https://example.com/photos/red-apple-on-table.jpg",
+        "https://example.com/photos/city-bus.jpg",
+    ]
+    with SiliconFlowClient() as client:
+        response = client.rerank(
+            "a red apple",
+            [*(image_item(url) for url in pictures), "A bowl of red apples."],
+            model="Qwen/Qwen3-VL-Reranker-8B",
+        )
+    show("Multimodal (Qwen3-VL), images and text:", [*pictures, "A bowl of red apples."], response)
+
+
+def langchain_adapter() -> None:
+    """LangChain: a document compressor that returns scored copies, best first."""
+    try:
+        from langchain_core.documents import Document
+
+        from langchain_siliconflow import SiliconFlowRerank
+    except ImportError as error:
+        print(f"(LangChain part skipped: {error})\n")
+        return
+    documents = [Document(page_content=text, id=str(i)) for i, text in enumerate(DOCUMENTS)]
+    reranker = SiliconFlowRerank(top_n=2)
+    print("LangChain SiliconFlowRerank.compress_documents, top 2:")
+    for document in reranker.compress_documents(documents, QUERY):
+        score = document.metadata["relevance_score"]
+        print(f"  {score:.3f}  [id {document.id}] {document.page_content}")
     print()
 
 
 def main() -> None:
-    """Rerank with the sync client, the async client, and a multimodal model."""
-    with api_settings() as settings:
-        with SiliconFlowClient(**settings) as client:
-            response = client.rerank(QUERY, DOCUMENTS, top_n=3)
-            show(f"Sync client, top 3 for {QUERY!r}:", DOCUMENTS, response)
-            if response.usage is not None:
-                print(
-                    f"  usage: {response.usage.total_tokens} tokens, trace id {response.trace_id}\n"
-                )
-
-        async def rerank_async() -> None:
-            async with AsyncSiliconFlowClient(**settings) as client:
-                response = await client.rerank(QUERY, DOCUMENTS)
-                show("Async client, all documents:", DOCUMENTS, response)
-
-        asyncio.run(rerank_async())
-
-        pictures = [
-            "https://example.com/photos/red-apple-on-table.jpg",
-            "https://example.com/photos/city-bus.jpg",
-        ]
-        with SiliconFlowClient(**settings) as client:
-            response = client.rerank(
-                "a red apple",
-                [*(image_item(url) for url in pictures), "A bowl of red apples."],
-                model="Qwen/Qwen3-VL-Reranker-8B",
-            )
-            labels = [*pictures, "A bowl of red apples."]
-            show("Multimodal (Qwen3-VL), images and text:", labels, response)
+    """Run every part against the real API or the emulator."""
+    with real_api_or_emulator():
+        core_client()
+        langchain_adapter()
 
 
 if __name__ == "__main__":

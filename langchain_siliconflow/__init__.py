@@ -9,4 +9,6 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
         "langchain_siliconflow needs langchain-core: pip install 'siliconflow-rerank[langchain]'"
     ) from error
 
-__all__: list[str] = []
+from .rerank import USAGE_EVENT, RerankResults, SiliconFlowRerank
+
+__all__ = ["USAGE_EVENT", "RerankResults", "SiliconFlowRerank"]

@@ -20,6 +20,40 @@ from collections.abc import Sequence
 _WORD = re.compile(r"[a-z0-9]+|[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 _ASCII_WORD = re.compile(rb"[A-Za-z]{3,}")
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "do",
+        "does",
+        "for",
+        "from",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "of",
+        "on",
+        "or",
+        "the",
+        "to",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "with",
+        "you",
+    ]
+)
 _K1 = 1.2
 _B = 0.75
 _AVERAGE_LENGTH = 48.0
@@ -35,6 +69,8 @@ def units(text: str) -> list[str]:
     for run in _WORD.findall(text.lower()):
         if _CJK.match(run):
             out.extend(run)
+        elif run in _STOPWORDS:
+            out.append("")  # counted as a token, never matched
         elif len(run) > 3 and run.endswith("s") and not run.endswith("ss"):
             out.append(run[:-1])  # a crude plural folding, so "apples" meets "apple"
         else:
@@ -69,7 +105,9 @@ def relevance(query: Sequence[str], document: Sequence[str]) -> float:
         return 0.0
     counts = Counter(document)
     norm = _K1 * (1 - _B + _B * len(document) / _AVERAGE_LENGTH)
-    terms = set(query)
+    terms = set(query) - {""}
+    if not terms:
+        return 0.0
     total = 0.0
     for term in terms:
         tf = counts.get(term, 0)

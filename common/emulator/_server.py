@@ -384,8 +384,9 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        # Counted before the body goes out, so a client that has its answer sees it counted.
         self.emulator._count(status)
+        self.wfile.write(body)
 
     def _send_json(self, status: int, payload: object) -> None:
         self._send(status, json.dumps(payload, ensure_ascii=False).encode())

@@ -1,0 +1,37 @@
+"""Shared by the examples: use the real API when a key is set, else a local emulator."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from common.emulator import RerankEmulator
+
+
+@contextlib.contextmanager
+def real_api_or_emulator() -> Iterator[None]:
+    """Use SiliconFlow if SILICONFLOW_API_KEY is set; otherwise serve a local emulator and point
+    SILICONFLOW_API_KEY / SILICONFLOW_BASE_URL at it for the duration, saying so."""
+    if os.environ.get("SILICONFLOW_API_KEY"):
+        print("Using the SiliconFlow API (SILICONFLOW_API_KEY is set).\n")
+        yield
+        return
+    with RerankEmulator() as emulator:
+        print(
+            "SILICONFLOW_API_KEY is not set: using the bundled local emulator at "
+            f"{emulator.base_url}.\nIts scores are lexical stand-ins, not a model's.\n"
+        )
+        saved = {
+            name: os.environ.get(name) for name in ("SILICONFLOW_API_KEY", "SILICONFLOW_BASE_URL")
+        }
+        os.environ["SILICONFLOW_API_KEY"] = "local-emulator"
+        os.environ["SILICONFLOW_BASE_URL"] = emulator.base_url
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value

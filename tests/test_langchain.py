@@ -1,0 +1,461 @@
+"""The LangChain adapter: unit tests on a fake transport, and real-socket tests on the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import pickle
+import zlib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.load import dumps
+from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
+from langchain_core.vectorstores import InMemoryVectorStore
+
+from common import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowClient
+from common.emulator import Fault
+from langchain_siliconflow import USAGE_EVENT, RerankResults, SiliconFlowRerank
+
+from .conftest import ok_body
+
+KEY = "sk-langchain-canary-0042"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+
+
+class Recorder:
+    """A MockTransport handler that records request bodies and answers with given scores."""
+
+    def __init__(self, *scores: float, status: int = 200) -> None:
+        self.scores = scores
+        self.status = status
+        self.bodies: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        if self.status != 200:
+            return httpx.Response(self.status, json={"code": 50505, "message": "busy"})
+        scores = self.scores or tuple(0.1 * (i + 1) for i in range(len(body["documents"])))
+        answer = ok_body(*scores, meta={"tokens": {"input_tokens": 9, "output_tokens": 0}})
+        if "top_n" in body:
+            answer["results"] = sorted(answer["results"], key=lambda r: -r["relevance_score"])[
+                : body["top_n"]
+            ]
+        return httpx.Response(200, json=answer, headers={"x-siliconcloud-trace-id": "tr-lc"})
+
+
+def mocked(recorder: Recorder, **fields: Any) -> SiliconFlowRerank:
+    transport = httpx.MockTransport(recorder)
+    return SiliconFlowRerank(
+        client=SiliconFlowClient(api_key=KEY, http_client=httpx.Client(transport=transport)),
+        async_client=AsyncSiliconFlowClient(
+            api_key=KEY, http_client=httpx.AsyncClient(transport=transport)
+        ),
+        **fields,
+    )
+
+
+@pytest.fixture(params=["sync", "async"])
+def compress(request: pytest.FixtureRequest):
+    """Call compress_documents, or acompress_documents on a fresh event loop."""
+
+    def run(reranker: SiliconFlowRerank, documents: list[Document], query: str, **kw: Any):
+        if request.param == "sync":
+            return reranker.compress_documents(documents, query, **kw)
+        return asyncio.run(reranker.acompress_documents(documents, query, **kw))
+
+    return run
+
+
+@pytest.fixture(params=["sync", "async"])
+def rerank(request: pytest.FixtureRequest):
+    """Call rerank, or arerank on a fresh event loop."""
+
+    def run(reranker: SiliconFlowRerank, documents: Any, query: Any, **kw: Any):
+        if request.param == "sync":
+            return reranker.rerank(documents, query, **kw)
+        return asyncio.run(reranker.arerank(documents, query, **kw))
+
+    return run
+
+
+def docs(*texts: str, **metadata: Any) -> list[Document]:
+    return [
+        Document(page_content=t, metadata={"n": i, **metadata}, id=f"doc-{i}")
+        for i, t in enumerate(texts)
+    ]
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def test_defaults_and_environment(monkeypatch):
+    monkeypatch.setenv("SILICONFLOW_API_KEY", KEY)
+    reranker = SiliconFlowRerank()
+    assert reranker.model == "BAAI/bge-reranker-v2-m3"
+    assert reranker.top_n == 3
+    assert reranker.api_key is None  # resolved by the core client from the environment
+
+
+def test_missing_key_fails_at_construction():
+    with pytest.raises(ValueError, match="SILICONFLOW_API_KEY") as info:
+        SiliconFlowRerank()
+    assert "api_key=" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"top_n": 0}, "top_n"),
+        ({"model": ""}, "model"),
+        ({"overlap_tokens": 99}, "overlap_tokens"),
+        ({"instruction": "be brief"}, "does not take 'instruction'"),
+        ({"model": "Qwen/Qwen3-Reranker-8B", "max_chunks_per_doc": 3}, "max_chunks_per_doc"),
+        ({"base_url": "ftp://nowhere"}, "base_url"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"timeout": 0}, "timeout"),
+        ({"unknown_field": 1}, "unknown_field"),
+    ],
+)
+def test_misconfiguration_fails_at_construction(fields, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        SiliconFlowRerank(api_key=KEY, **fields)
+
+
+def test_key_never_shows(caplog):
+    reranker = SiliconFlowRerank(api_key=KEY, base_url="https://example.test/v1")
+    with caplog.at_level(logging.DEBUG):
+        texts = [repr(reranker), str(reranker), dumps(reranker), reranker.model_dump_json()]
+    texts.append(str(pickle.dumps(reranker)))
+    assert all(KEY not in text for text in texts)
+    assert all(KEY not in record.getMessage() for record in caplog.records)
+
+
+def test_pickle_drops_the_key_and_reads_the_environment_again(monkeypatch, emulator):
+    reranker = SiliconFlowRerank(api_key=KEY, top_n=None, base_url=emulator.base_url)
+    clone = pickle.loads(pickle.dumps(reranker))
+    assert clone.api_key is None
+    assert clone.top_n is None
+    with pytest.raises(ValueError, match="SILICONFLOW_API_KEY"):
+        clone.compress_documents(docs("apple"), "apple")
+    monkeypatch.setenv("SILICONFLOW_API_KEY", "sk-from-env-777")
+    assert clone.compress_documents(docs("apple"), "apple")[0].metadata["relevance_score"] > 0
+    assert emulator.stats.last_request_headers["Authorization"] == "Bearer sk-from-env-777"
+
+
+def test_deepcopy_shares_the_clients():
+    recorder = Recorder()
+    twin = copy.deepcopy(mocked(recorder))
+    assert twin.compress_documents(docs("a"), "q")[0].metadata["relevance_score"] == 0.1
+    assert len(recorder.bodies) == 1
+
+
+# -- compress_documents -------------------------------------------------------------------------
+
+
+def test_compress_returns_scored_copies_best_first(compress):
+    recorder = Recorder(0.2, 0.9, 0.5, 0.9)
+    reranker = mocked(recorder, top_n=3)
+    inputs = docs("a", "b", "c", "d")
+    before = [d.model_dump() for d in inputs]
+    out = compress(reranker, inputs, "query")
+    assert [d.page_content for d in out] == ["b", "d", "c"]  # ties keep input order
+    assert [d.id for d in out] == ["doc-1", "doc-3", "doc-2"]
+    assert [d.metadata["relevance_score"] for d in out] == [0.9, 0.9, 0.5]
+    assert out[0].metadata["n"] == 1
+    assert [d.model_dump() for d in inputs] == before
+    assert all(o is not i for o in out for i in inputs)
+    assert recorder.bodies == [
+        {
+            "model": "BAAI/bge-reranker-v2-m3",
+            "query": "query",
+            "documents": ["a", "b", "c", "d"],
+            "top_n": 3,
+        }
+    ]
+
+
+def test_top_n_none_returns_all_reordered(compress):
+    out = compress(mocked(Recorder(0.1, 0.3, 0.2), top_n=None), docs("a", "b", "c"), "q")
+    assert [d.page_content for d in out] == ["b", "c", "a"]
+
+
+def test_settings_are_sent(compress):
+    recorder = Recorder(0.5)
+    reranker = mocked(
+        recorder, model="Qwen/Qwen3-Reranker-8B", instruction="Prefer recent", top_n=None
+    )
+    compress(reranker, docs("a"), "q")
+    assert recorder.bodies[0]["instruction"] == "Prefer recent"
+    assert "top_n" not in recorder.bodies[0]
+
+
+def test_empty_input_makes_no_request(compress, rerank):
+    recorder = Recorder()
+    reranker = mocked(recorder)
+    assert compress(reranker, [], "q") == []
+    assert rerank(reranker, [], "q") == []
+    assert recorder.bodies == []
+
+
+def test_blank_query_fails_before_any_request(compress):
+    recorder = Recorder()
+    with pytest.raises(ValueError, match="query"):
+        compress(mocked(recorder), docs("a"), "  ")
+    assert recorder.bodies == []
+
+
+def test_server_error_surfaces_with_status(compress):
+    with pytest.raises(ServiceUnavailableError):
+        compress(mocked(Recorder(status=503), max_retries=0), docs("a"), "q")
+
+
+# -- multimodal documents -----------------------------------------------------------------------
+
+
+def test_media_metadata_becomes_media_items(compress):
+    recorder = Recorder()
+    inputs = [
+        Document(page_content="caption 1", metadata={"image": "https://x.test/cat.jpg"}),
+        Document(page_content="caption 2", metadata={"video": "https://x.test/clip.mp4"}),
+        Document(page_content="caption 3", metadata={"image": "data:image/png;base64,iVBORw=="}),
+        Document(page_content="plain text"),
+    ]
+    compress(mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B", top_n=None), inputs, "a cat")
+    assert recorder.bodies[0]["documents"] == [
+        {"image": "https://x.test/cat.jpg"},
+        {"video": "https://x.test/clip.mp4"},
+        {"image": "data:image/png;base64,iVBORw=="},
+        "plain text",
+    ]
+
+
+def test_local_media_paths_are_refused_without_opt_in(compress, tmp_path: Path):
+    path = tmp_path / "secret.png"
+    path.write_bytes(PNG)
+    recorder = Recorder()
+    document = Document(page_content="x", metadata={"image": str(path)})
+    reranker = mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B")
+    with pytest.raises(ValueError, match="allow_local_media=True"):
+        compress(reranker, [document], "q")
+    assert recorder.bodies == []
+
+
+def test_local_media_paths_are_read_with_opt_in(compress, tmp_path: Path):
+    path = tmp_path / "cat.png"
+    path.write_bytes(PNG)
+    recorder = Recorder()
+    reranker = mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B", allow_local_media=True)
+    compress(reranker, [Document(page_content="x", metadata={"image": str(path)})], "q")
+    assert recorder.bodies[0]["documents"] == [
+        {"image": "data:image/png;base64,iVBORw0KGgoAAAAAAAAAAA=="}
+    ]
+
+
+def test_media_for_a_text_model_is_refused(compress):
+    recorder = Recorder()
+    document = Document(page_content="x", metadata={"image": "https://x.test/a.png"})
+    with pytest.raises(ValueError, match="text only"):
+        compress(mocked(recorder), [document], "q")
+    assert recorder.bodies == []
+
+
+def test_custom_document_mapping(compress):
+    recorder = Recorder()
+    reranker = mocked(
+        recorder, document_to_item=lambda d: f"{d.metadata['title']}: {d.page_content}"
+    )
+    compress(reranker, [Document(page_content="body", metadata={"title": "T"})], "q")
+    assert recorder.bodies[0]["documents"] == ["T: body"]
+
+
+# -- rerank() -----------------------------------------------------------------------------------
+
+
+def test_rerank_accepts_strings_documents_and_items(rerank):
+    recorder = Recorder(0.3, 0.9, 0.1)
+    reranker = mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B", top_n=None)
+    results = rerank(
+        reranker,
+        ["text", Document(page_content="doc"), {"image": "https://x.test/a.png"}],
+        {"image": "https://x.test/query.png"},
+    )
+    assert results == [
+        {"index": 1, "relevance_score": 0.9},
+        {"index": 0, "relevance_score": 0.3},
+        {"index": 2, "relevance_score": 0.1},
+    ]
+    assert isinstance(results, RerankResults)
+    assert results.usage is not None
+    assert results.usage.input_tokens == 9
+    assert results.trace_id == "tr-lc"
+    assert recorder.bodies[0]["query"] == {"image": "https://x.test/query.png"}
+
+
+def test_rerank_top_n_override(rerank):
+    recorder = Recorder(0.3, 0.9, 0.1)
+    reranker = mocked(recorder, top_n=None)
+    assert [r["index"] for r in rerank(reranker, ["a", "b", "c"], "q", top_n=1)] == [1]
+    assert recorder.bodies[0]["top_n"] == 1
+
+
+# -- usage reporting ----------------------------------------------------------------------------
+
+
+class EventCatcher(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+        self.events.append((name, data))
+
+
+def test_usage_reported_once_per_call(compress, caplog):
+    catcher = EventCatcher()
+    with caplog.at_level(logging.DEBUG, logger="siliconflow_rerank"):
+        out = compress(mocked(Recorder()), docs("a", "b"), "q", callbacks=[catcher])
+    assert catcher.events == [
+        (
+            USAGE_EVENT,
+            {
+                "usage": {"input_tokens": 9, "output_tokens": 0, "total_tokens": 9},
+                "trace_id": "tr-lc",
+                "model": None,
+            },
+        )
+    ]
+    assert all(set(d.metadata) == {"n", "relevance_score"} for d in out)
+    assert any("input_tokens" in r.getMessage() for r in caplog.records)
+
+
+# -- over real sockets --------------------------------------------------------------------------
+
+CORPUS = [
+    "Store apples in the fridge to keep them crisp.",
+    "The train to the city leaves at noon.",
+    "Apple pie needs sour apples and cinnamon.",
+    "Bananas turn brown in the fridge.",
+    "A red apple a day keeps the doctor away.",
+    "Bicycles need air in their tyres.",
+]
+
+
+class WordHashEmbeddings(Embeddings):
+    """A deterministic toy embedding: hashed bag of words."""
+
+    def _embed(self, text: str) -> list[float]:
+        vector = [0.0] * 32
+        for word in text.lower().split():
+            vector[zlib.crc32(word.encode()) % 32] += 1.0
+        return vector
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self._embed(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._embed(text)
+
+
+def emulator_truth(emulator, query: str, texts: list[str], top_n: int) -> list[tuple[str, float]]:
+    body = {"model": "BAAI/bge-reranker-v2-m3", "query": query, "documents": texts, "top_n": top_n}
+    return [(texts[r["index"]], r["relevance_score"]) for r in emulator.rank(body)["results"]]
+
+
+def test_compress_over_http(emulator, compress):
+    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url, top_n=2)
+    out = compress(reranker, docs(*CORPUS), "apple")
+    assert [(d.page_content, d.metadata["relevance_score"]) for d in out] == emulator_truth(
+        emulator, "apple", CORPUS, 2
+    )
+    assert emulator.stats.last_request_headers["Authorization"] == f"Bearer {KEY}"
+
+
+def test_image_documents_over_http(emulator, compress):
+    inputs = [
+        Document(page_content="photo", metadata={"image": "https://img.test/blue-bus.jpg"}),
+        Document(page_content="photo", metadata={"image": "https://img.test/red-apple.jpg"}),
+    ]
+    reranker = SiliconFlowRerank(
+        api_key=KEY, base_url=emulator.base_url, model="Qwen/Qwen3-VL-Reranker-8B"
+    )
+    out = compress(reranker, inputs, "red apple")
+    assert out[0].metadata["image"] == "https://img.test/red-apple.jpg"
+
+
+def test_retries_over_http(emulator, compress):
+    emulator.enqueue(Fault.overloaded())
+    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url)
+    assert compress(reranker, docs("apple"), "apple")
+    assert emulator.stats.by_status == {503: 1, 200: 1}
+
+
+def test_contextual_compression_retriever_pipeline(emulator):
+    store = InMemoryVectorStore(WordHashEmbeddings())
+    store.add_documents(docs(*CORPUS))
+    base = store.as_retriever(search_kwargs={"k": 6})
+    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url, top_n=3)
+    retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=base)
+
+    retrieved = [d.page_content for d in base.invoke("fresh apple")]
+    expected = emulator_truth(emulator, "fresh apple", retrieved, 3)  # ties keep retrieval order
+    for result in (
+        retriever.invoke("fresh apple"),
+        asyncio.run(retriever.ainvoke("fresh apple")),
+    ):
+        assert [(d.page_content, d.metadata["relevance_score"]) for d in result] == expected
+    # The retriever's own order is not the answer: the reranker decided it.
+    assert retrieved[:3] != [t for t, _ in expected]
+
+
+def test_lcel_chain_pipeline(emulator):
+    store = InMemoryVectorStore(WordHashEmbeddings())
+    store.add_documents(docs(*CORPUS))
+    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url, top_n=2)
+    chain = RunnableParallel(
+        documents=store.as_retriever(search_kwargs={"k": 6}), query=RunnablePassthrough()
+    ) | RunnableLambda(
+        lambda x: reranker.compress_documents(x["documents"], x["query"]),
+        afunc=lambda x: reranker.acompress_documents(x["documents"], x["query"]),
+    )
+    retrieved = [
+        d.page_content for d in store.as_retriever(search_kwargs={"k": 6}).invoke("apple pie")
+    ]
+    expected = emulator_truth(emulator, "apple pie", retrieved, 2)
+    for result in (chain.invoke("apple pie"), asyncio.run(chain.ainvoke("apple pie"))):
+        assert [(d.page_content, d.metadata["relevance_score"]) for d in result] == expected
+
+
+async def test_hundred_concurrent_calls_overlap(emulator):
+    emulator.latency = 0.3
+    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url)
+    results = await asyncio.gather(
+        *(reranker.acompress_documents(docs(*CORPUS), f"apple {i}") for i in range(100))
+    )
+    await reranker.aclose()
+    assert len(results) == 100
+    assert emulator.stats.max_in_flight == 100
+
+
+def test_close_releases_own_pools_but_not_passed_clients(emulator):
+    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url)
+    reranker.compress_documents(docs("apple"), "apple")
+    reranker.close()
+    reranker.compress_documents(docs("apple"), "apple")  # a new pool is opened on demand
+    assert emulator.stats.connections == 2
+    reranker.close()
+    http = httpx.Client()
+    client = SiliconFlowClient(api_key=KEY, base_url=emulator.base_url, http_client=http)
+    borrowed = SiliconFlowRerank(client=client, api_key=KEY)
+    borrowed.compress_documents(docs("apple"), "apple")
+    borrowed.close()
+    assert not http.is_closed
+    http.close()
