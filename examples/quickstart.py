@@ -1,4 +1,4 @@
-"""Quick start: rerank text and images with siliconflow-rerank, from the core and from LangChain.
+"""Quick start: rerank text and images with the core client, LangChain and LlamaIndex.
 
 Uses the real SiliconFlow API when SILICONFLOW_API_KEY is set. Otherwise it starts the bundled local
 emulator (a SiliconFlow-compatible server with lexical scores, not a model) and says so.
@@ -76,11 +76,31 @@ def langchain_adapter() -> None:
     print()
 
 
+def llama_index_adapter() -> None:
+    """LlamaIndex: a node postprocessor that returns new scored nodes, best first."""
+    try:
+        from llama_index.core.schema import NodeWithScore, TextNode
+
+        from llama_index_siliconflow import SiliconFlowRerank as LlamaIndexRerank
+    except ImportError as error:
+        print(f"(LlamaIndex part skipped: {error})\n")
+        return
+    nodes = [
+        NodeWithScore(node=TextNode(text=text, id_=str(i))) for i, text in enumerate(DOCUMENTS)
+    ]
+    reranker = LlamaIndexRerank(top_n=2)
+    print("LlamaIndex SiliconFlowRerank.postprocess_nodes, top 2:")
+    for result in reranker.postprocess_nodes(nodes, query_str=QUERY):
+        print(f"  {result.score:.3f}  [id {result.node.node_id}] {result.node.get_content()}")
+    print()
+
+
 def main() -> None:
     """Run every part against the real API or the emulator."""
     with real_api_or_emulator():
         core_client()
         langchain_adapter()
+        llama_index_adapter()
 
 
 if __name__ == "__main__":

@@ -10,4 +10,6 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
         "pip install 'siliconflow-rerank[llama-index]'"
     ) from error
 
-__all__: list[str] = []
+from .rerank import RerankUsageEvent, SiliconFlowRerank
+
+__all__ = ["RerankUsageEvent", "SiliconFlowRerank"]

@@ -54,6 +54,12 @@ _STOPWORDS = frozenset(
         "you",
     ]
 )
+_PNG_CHUNK_TYPES = frozenset(
+    {"text", "itxt", "ztxt", "ihdr", "idat", "iend", "srgb", "phys", "gama"}
+)
+_FILE_NOISE = frozenset(
+    {"png", "jfif", "exif", "title", "comment", "description", "software", "author"}
+)
 _K1 = 1.2
 _B = 0.75
 _AVERAGE_LENGTH = 48.0
@@ -94,7 +100,10 @@ def media_tokens(source: str) -> list[str]:
         except (binascii.Error, ValueError):
             return []
         words = (w.decode("ascii").lower() for w in _ASCII_WORD.findall(raw))
-        return [w for w in words if w not in {"ihdr", "idat", "iend", "text", "srgb", "phys"}]
+        # PNG chunks start with their type ("tEXt<keyword>\0<text>", "IDAT<data>"): drop the
+        # type, and the usual keywords, so that only the caption's words are left.
+        words = (w[4:] if w[:4] in _PNG_CHUNK_TYPES else w for w in words)
+        return [w for w in words if len(w) >= 3 and w not in _FILE_NOISE]
     name = source.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     return units(re.sub(r"\.[a-z0-9]{2,4}$", "", name.lower()))
 

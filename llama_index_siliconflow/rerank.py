@@ -1,0 +1,343 @@
+"""`SiliconFlowRerank`: LlamaIndex's node postprocessor on SiliconFlow's rerank API."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from pathlib import Path
+from typing import Any
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr, model_validator
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import (
+    BaseNode,
+    ImageNode,
+    MediaResource,
+    MetadataMode,
+    Node,
+    NodeWithScore,
+    QueryBundle,
+)
+
+from common import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MODEL,
+    DEFAULT_TIMEOUT,
+    AsyncSiliconFlowClient,
+    DocumentItem,
+    InvalidRequestError,
+    QueryItem,
+    RerankResponse,
+    SiliconFlowClient,
+    image_item,
+    validate_options,
+    video_item,
+)
+
+__all__ = ["RerankUsageEvent", "SiliconFlowRerank"]
+
+logger = logging.getLogger("siliconflow_rerank")
+dispatcher = get_dispatcher(__name__)
+
+SCORE_KEY = "relevance_score"
+
+
+class RerankUsageEvent(BaseEvent):
+    """Dispatched once per rerank call with the token usage the server reported."""
+
+    model_name: str
+    """The model asked for."""
+    usage: dict[str, Any] | None
+    """Token counts (`input_tokens`, `total_tokens`, `billed_units`, ...), or None if not sent."""
+    trace_id: str | None
+    """The `x-siliconcloud-trace-id` of the answer."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The event's name."""
+        return "SiliconFlowRerankUsageEvent"
+
+
+class SiliconFlowRerank(BaseNodePostprocessor):
+    """Rerank LlamaIndex nodes with SiliconFlow: text, image and video nodes, sync and async.
+
+    Setup:
+        `pip install "siliconflow-rerank[llama-index]"` and set `SILICONFLOW_API_KEY`.
+
+    Usage:
+        ```python
+        from llama_index_siliconflow import SiliconFlowRerank
+
+        reranker = SiliconFlowRerank(model="BAAI/bge-reranker-v2-m3", top_n=3)
+        query_engine = index.as_query_engine(similarity_top_k=20, node_postprocessors=[reranker])
+        ```
+
+    Returns new `NodeWithScore` objects, best first, ties in input order, at most `top_n`; each
+    holds a copy of its node whose metadata carries `relevance_score` (kept out of LLM and embedding
+    text). Input nodes are never changed.
+    """
+
+    model: str = Field(default=DEFAULT_MODEL, description="The SiliconFlow rerank model.")
+    top_n: int | None = Field(
+        default=3, description="How many nodes to return; None returns all of them, reordered."
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        exclude=True,
+        description="The API key; defaults to the SILICONFLOW_API_KEY environment variable.",
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="The API root; defaults to SILICONFLOW_BASE_URL, then the mainland endpoint.",
+    )
+    timeout: float | None = Field(
+        default=None,
+        description="Seconds for each phase of a request; None keeps 10 s connect, 120 s read.",
+    )
+    max_retries: int = Field(
+        default=DEFAULT_MAX_RETRIES,
+        description="Retries after a connection error, timeout, 408, 429 or 5xx.",
+    )
+    instruction: str | None = Field(
+        default=None, description="Task instruction (Qwen3-Reranker models only)."
+    )
+    max_chunks_per_doc: int | None = Field(
+        default=None, description="Chunk limit for long documents (bge, bce, Qwen3-VL)."
+    )
+    overlap_tokens: int | None = Field(
+        default=None, description="Token overlap between chunks, 0 to 80 (bge, bce, Qwen3-VL)."
+    )
+    metadata_mode: MetadataMode = Field(
+        default=MetadataMode.EMBED, description="Which metadata goes into a text node's content."
+    )
+
+    client: SiliconFlowClient | None = Field(
+        default=None,
+        exclude=True,
+        description="A ready sync client to use instead of building one.",
+    )
+    async_client: AsyncSiliconFlowClient | None = Field(
+        default=None,
+        exclude=True,
+        description="A ready async client to use instead of building one.",
+    )
+
+    _client: SiliconFlowClient | None = PrivateAttr(default=None)
+    _async_client: AsyncSiliconFlowClient | None = PrivateAttr(default=None)
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The component's name in LlamaIndex serialization."""
+        return "SiliconFlowRerank"
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> SiliconFlowRerank:
+        validate_options(
+            self.model,
+            top_n=self.top_n,
+            instruction=self.instruction,
+            max_chunks_per_doc=self.max_chunks_per_doc,
+            overlap_tokens=self.overlap_tokens,
+        )
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles never carry the key (nor live clients): an unpickled reranker reads
+        # SILICONFLOW_API_KEY again when it is first used.
+        self_state = {**self.__dict__, "api_key": None, "client": None, "async_client": None}
+        return {
+            "__dict__": self_state,
+            "__pydantic_extra__": self.__pydantic_extra__,
+            "__pydantic_fields_set__": self.__pydantic_fields_set__ - {"api_key"},
+            "__pydantic_private__": {"_client": None, "_async_client": None},
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Restore as is: re-running __init__ (as LlamaIndex components do) would drop the
+        # callback manager and re-validate what was valid when pickled.
+        object.__setattr__(self, "__dict__", state["__dict__"])
+        object.__setattr__(self, "__pydantic_extra__", state["__pydantic_extra__"])
+        object.__setattr__(self, "__pydantic_fields_set__", state["__pydantic_fields_set__"])
+        object.__setattr__(self, "__pydantic_private__", state["__pydantic_private__"])
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "api_key": self.api_key,
+            "base_url": self.base_url,
+            "timeout": DEFAULT_TIMEOUT if self.timeout is None else self.timeout,
+            "max_retries": self.max_retries,
+        }
+
+    def _sync(self) -> SiliconFlowClient:
+        if self.client is not None:
+            return self.client
+        if self._client is None:
+            self._client = SiliconFlowClient(**self._settings())
+        return self._client
+
+    def _async(self) -> AsyncSiliconFlowClient:
+        if self.async_client is not None:
+            return self.async_client
+        if self._async_client is None:
+            self._async_client = AsyncSiliconFlowClient(**self._settings())
+        return self._async_client
+
+    def close(self) -> None:
+        """Close the sync pool this reranker built (a passed client stays open)."""
+        if self._client is not None:
+            self._client.close()
+
+    async def aclose(self) -> None:
+        """Close the async pool this reranker built (a passed client stays open)."""
+        if self._async_client is not None:
+            await self._async_client.aclose()
+
+    # -- conversions ---------------------------------------------------------------------------
+
+    def _node_item(self, node: BaseNode) -> DocumentItem:
+        if isinstance(node, ImageNode):
+            if node.image:
+                return image_item(_b64decode(node.image, node), mime_type=node.image_mimetype)
+            if node.image_url:
+                return image_item(node.image_url)
+            if node.image_path:
+                path = node.image_path
+                return image_item(path, mime_type=node.image_mimetype, allow_paths=True)
+        elif isinstance(node, Node):
+            if node.image_resource is not None:
+                source, mime_type = _resource_source(node.image_resource, node)
+                return image_item(source, mime_type=mime_type)
+            if node.video_resource is not None:
+                source, mime_type = _resource_source(node.video_resource, node)
+                return video_item(source, mime_type=mime_type)
+        return node.get_content(metadata_mode=self.metadata_mode)
+
+    def _query_item(self, query_bundle: QueryBundle) -> QueryItem:
+        if not query_bundle.query_str.strip() and query_bundle.image_path:
+            return image_item(query_bundle.image_path, allow_paths=True)
+        return query_bundle.query_str
+
+    def _prepare(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> tuple[QueryItem, list[DocumentItem]]:
+        if query_bundle is None:
+            raise ValueError("Missing query bundle in extra info.")
+        return self._query_item(query_bundle), [self._node_item(n.node) for n in nodes]
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "top_n": self.top_n,
+            "instruction": self.instruction,
+            "max_chunks_per_doc": self.max_chunks_per_doc,
+            "overlap_tokens": self.overlap_tokens,
+        }
+
+    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle) -> dict[str, Any]:
+        top_n = len(nodes) if self.top_n is None else min(self.top_n, len(nodes))
+        dispatcher.event(
+            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=top_n, model_name=self.model)
+        )
+        return {
+            EventPayload.NODES: nodes,
+            EventPayload.MODEL_NAME: self.model,
+            EventPayload.QUERY_STR: query_bundle.query_str,
+            EventPayload.TOP_K: top_n,
+        }
+
+    def _finish(self, nodes: list[NodeWithScore], response: RerankResponse) -> list[NodeWithScore]:
+        usage = response.usage.model_dump(exclude_none=True) if response.usage else None
+        logger.debug("SiliconFlow rerank usage %s, trace id %s", usage, response.trace_id)
+        dispatcher.event(
+            RerankUsageEvent(model_name=self.model, usage=usage, trace_id=response.trace_id)
+        )
+        return [
+            NodeWithScore(node=_scored_copy(nodes[r.index].node, r.relevance_score),
+                          score=r.relevance_score)
+            for r in response.results
+        ]  # fmt: skip
+
+    # -- the postprocessor API -----------------------------------------------------------------
+
+    def _postprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+    ) -> list[NodeWithScore]:
+        query, items = self._prepare(nodes, query_bundle)
+        if not nodes:
+            return []
+        assert query_bundle is not None
+        ranked: list[NodeWithScore] = []
+        payload = self._start(nodes, query_bundle)
+        try:
+            with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+                response = self._sync().rerank(query, items, **self._options())
+                ranked = self._finish(nodes, response)
+                event.on_end(payload={EventPayload.NODES: ranked})
+        finally:
+            dispatcher.event(ReRankEndEvent(nodes=ranked))
+        return ranked
+
+    @dispatcher.span
+    async def _apostprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+    ) -> list[NodeWithScore]:
+        query, items = self._prepare(nodes, query_bundle)
+        if not nodes:
+            return []
+        assert query_bundle is not None
+        ranked: list[NodeWithScore] = []
+        payload = self._start(nodes, query_bundle)
+        try:
+            with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+                response = await self._async().rerank(query, items, **self._options())
+                ranked = self._finish(nodes, response)
+                event.on_end(payload={EventPayload.NODES: ranked})
+        finally:
+            dispatcher.event(ReRankEndEvent(nodes=ranked))
+        return ranked
+
+
+def _b64decode(data: str | bytes, node: BaseNode) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidRequestError(f"node {node.node_id}: image data is not valid base64") from error
+
+
+def _resource_source(
+    resource: MediaResource, node: BaseNode
+) -> tuple[str | bytes | Path, str | None]:
+    """The source (bytes, URL or path) and MIME type of a media resource, for the item helpers."""
+    if resource.data:
+        return _b64decode(resource.data, node), resource.mimetype
+    if resource.url is not None:
+        return str(resource.url), resource.mimetype
+    if resource.path is not None:
+        return Path(resource.path), resource.mimetype
+    raise InvalidRequestError(f"node {node.node_id}: media resource has no data, url or path")
+
+
+def _scored_copy(node: BaseNode, score: float) -> BaseNode:
+    """A copy of `node` with `relevance_score` in its metadata, hidden from LLM and embed text."""
+    return node.model_copy(
+        update={
+            "metadata": {**node.metadata, SCORE_KEY: score},
+            "excluded_llm_metadata_keys": _with_key(node.excluded_llm_metadata_keys),
+            "excluded_embed_metadata_keys": _with_key(node.excluded_embed_metadata_keys),
+        }
+    )
+
+
+def _with_key(keys: list[str]) -> list[str]:
+    return list(keys) if SCORE_KEY in keys else [*keys, SCORE_KEY]

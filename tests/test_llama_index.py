@@ -1,0 +1,452 @@
+"""The LlamaIndex adapter: unit tests on a fake transport, and real-socket tests on the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from llama_index.core import Document as LlamaDocument
+from llama_index.core import VectorStoreIndex
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.callbacks import CallbackManager, CBEventType
+from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.llms import MockLLM
+from llama_index.core.schema import (
+    ImageNode,
+    MediaResource,
+    MetadataMode,
+    Node,
+    NodeWithScore,
+    QueryBundle,
+    TextNode,
+)
+
+from common import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowClient
+from common.emulator import Fault
+from llama_index_siliconflow import SiliconFlowRerank
+
+from .conftest import ok_body
+
+KEY = "sk-llama-canary-0077"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+PNG_URI = "data:image/png;base64," + base64.b64encode(PNG).decode()
+
+
+class Recorder:
+    """A MockTransport handler that records request bodies and answers with given scores."""
+
+    def __init__(self, *scores: float, status: int = 200) -> None:
+        self.scores = scores
+        self.status = status
+        self.bodies: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        if self.status != 200:
+            return httpx.Response(self.status, json={"code": 50505, "message": "busy"})
+        scores = self.scores or tuple(0.1 * (i + 1) for i in range(len(body["documents"])))
+        meta = {"tokens": {"input_tokens": 5, "output_tokens": 0}}
+        return httpx.Response(200, json=ok_body(*scores, meta=meta))
+
+
+def mocked(recorder: Recorder, **fields: Any) -> SiliconFlowRerank:
+    transport = httpx.MockTransport(recorder)
+    return SiliconFlowRerank(
+        client=SiliconFlowClient(
+            api_key=KEY, max_retries=0, http_client=httpx.Client(transport=transport)
+        ),
+        async_client=AsyncSiliconFlowClient(
+            api_key=KEY, max_retries=0, http_client=httpx.AsyncClient(transport=transport)
+        ),
+        **fields,
+    )
+
+
+@pytest.fixture(params=["sync", "async"])
+def postprocess(request: pytest.FixtureRequest):
+    """Call postprocess_nodes, or apostprocess_nodes on a fresh event loop."""
+
+    def run(reranker: SiliconFlowRerank, nodes: list[NodeWithScore], query: Any = "q"):
+        bundle = QueryBundle(query) if isinstance(query, str) else query
+        if request.param == "sync":
+            return reranker.postprocess_nodes(nodes, query_bundle=bundle)
+        return asyncio.run(reranker.apostprocess_nodes(nodes, query_bundle=bundle))
+
+    return run
+
+
+def text_nodes(*texts: str, **metadata: Any) -> list[NodeWithScore]:
+    return [
+        NodeWithScore(node=TextNode(text=t, id_=f"n{i}", metadata=dict(metadata)), score=0.5)
+        for i, t in enumerate(texts)
+    ]
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def test_class_name_and_defaults():
+    reranker = SiliconFlowRerank()
+    assert reranker.class_name() == "SiliconFlowRerank"
+    assert reranker.top_n == 3
+    assert reranker.metadata_mode is MetadataMode.EMBED
+    assert reranker.model == "BAAI/bge-reranker-v2-m3"
+
+
+def test_construction_needs_no_key_but_use_does(postprocess):
+    reranker = SiliconFlowRerank()
+    with pytest.raises(ValueError, match="SILICONFLOW_API_KEY"):
+        postprocess(reranker, text_nodes("a"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"top_n": 0}, "top_n"),
+        ({"instruction": "x"}, "does not take 'instruction'"),
+        ({"model": "Qwen/Qwen3-Reranker-4B", "overlap_tokens": 4}, "overlap_tokens"),
+        ({"max_chunks_per_doc": 0}, "max_chunks_per_doc"),
+    ],
+)
+def test_misconfiguration_fails_at_construction(fields, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        SiliconFlowRerank(**fields)
+
+
+def test_serialization_never_carries_the_key(monkeypatch, emulator):
+    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url, top_n=None)
+    as_dict = reranker.to_dict()
+    pickled = pickle.dumps(reranker)
+    assert KEY not in json.dumps(as_dict)
+    assert KEY not in reranker.to_json()
+    assert KEY.encode() not in pickled
+    assert KEY not in repr(reranker)
+    assert as_dict["class_name"] == "SiliconFlowRerank"
+
+    monkeypatch.setenv("SILICONFLOW_API_KEY", "sk-env-after-load")
+    for clone in (SiliconFlowRerank.from_dict(as_dict), pickle.loads(pickled)):
+        assert clone.top_n is None
+        assert clone.base_url == emulator.base_url
+        result = clone.postprocess_nodes(text_nodes("apple"), query_str="apple")
+        assert (result[0].score or 0) > 0
+        assert emulator.stats.last_request_headers["Authorization"] == "Bearer sk-env-after-load"
+
+
+def test_deepcopy_works_and_keeps_working():
+    recorder = Recorder()
+    twin = copy.deepcopy(mocked(recorder))
+    assert twin.postprocess_nodes(text_nodes("a"), query_str="q")[0].score == 0.1
+
+
+# -- postprocessing -----------------------------------------------------------------------------
+
+
+def test_nodes_are_scored_copies_best_first(postprocess):
+    recorder = Recorder(0.2, 0.9, 0.5, 0.9)
+    reranker = mocked(recorder, top_n=3)
+    nodes = text_nodes("a", "b", "c", "d", topic="fruit")
+    before = [(n.score, n.node.model_dump()) for n in nodes]
+    out = postprocess(reranker, nodes, "query")
+    assert [n.node.node_id for n in out] == ["n1", "n3", "n2"]  # ties keep input order
+    assert [n.score for n in out] == [0.9, 0.9, 0.5]
+    assert [n.node.metadata["relevance_score"] for n in out] == [0.9, 0.9, 0.5]
+    assert "relevance_score" in out[0].node.excluded_llm_metadata_keys
+    assert "relevance_score" in out[0].node.excluded_embed_metadata_keys
+    assert "relevance_score" not in out[0].node.get_content(metadata_mode=MetadataMode.LLM)
+    assert [(n.score, n.node.model_dump()) for n in nodes] == before
+    assert all(o is not i and o.node is not i.node for o in out for i in nodes)
+    assert recorder.bodies == [
+        {
+            "model": "BAAI/bge-reranker-v2-m3",
+            "query": "query",
+            "documents": [f"topic: fruit\n\n{t}" for t in "abcd"],
+            "top_n": 3,
+        }
+    ]
+
+
+def test_metadata_mode_and_settings(postprocess):
+    recorder = Recorder()
+    reranker = mocked(
+        recorder,
+        top_n=None,
+        metadata_mode=MetadataMode.NONE,
+        model="Qwen/Qwen3-Reranker-8B",
+        instruction="Prefer fruit",
+    )
+    out = postprocess(reranker, text_nodes("a", "b", topic="fruit"))
+    assert len(out) == 2
+    assert recorder.bodies[0]["documents"] == ["a", "b"]
+    assert recorder.bodies[0]["instruction"] == "Prefer fruit"
+    assert "top_n" not in recorder.bodies[0]
+
+
+def test_missing_query_bundle_is_the_conventional_value_error(postprocess):
+    recorder = Recorder()
+    reranker = mocked(recorder)
+    with pytest.raises(ValueError, match="Missing query bundle"):
+        reranker.postprocess_nodes(text_nodes("a"))
+    with pytest.raises(ValueError, match="Missing query bundle"):
+        asyncio.run(reranker.apostprocess_nodes(text_nodes("a")))
+    assert recorder.bodies == []
+
+
+def test_empty_nodes_make_no_request(postprocess):
+    recorder = Recorder()
+    assert postprocess(mocked(recorder), []) == []
+    assert recorder.bodies == []
+
+
+def test_server_errors_surface(postprocess):
+    with pytest.raises(ServiceUnavailableError):
+        postprocess(mocked(Recorder(status=503)), text_nodes("a"))
+
+
+# -- media nodes --------------------------------------------------------------------------------
+
+
+def test_image_nodes_from_all_three_sources(postprocess, tmp_path: Path):
+    path = tmp_path / "cat.png"
+    path.write_bytes(PNG)
+    nodes = [
+        NodeWithScore(
+            node=ImageNode(image=base64.b64encode(PNG).decode(), image_mimetype="image/png")
+        ),
+        NodeWithScore(node=ImageNode(image_url="https://img.test/cat.jpg")),
+        NodeWithScore(node=ImageNode(image_path=str(path))),
+        NodeWithScore(node=ImageNode(text="only a caption")),
+    ]
+    recorder = Recorder()
+    postprocess(mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B", top_n=None), nodes)
+    assert recorder.bodies[0]["documents"] == [
+        {"image": PNG_URI},
+        {"image": "https://img.test/cat.jpg"},
+        {"image": PNG_URI},
+        "only a caption",
+    ]
+
+
+def test_media_resource_nodes(postprocess, tmp_path: Path):
+    path = tmp_path / "clip.mp4"
+    mp4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 8
+    path.write_bytes(mp4)
+    nodes = [
+        NodeWithScore(node=Node(image_resource=MediaResource(data=PNG, mimetype="image/png"))),
+        NodeWithScore(node=Node(image_resource=MediaResource(url="https://img.test/a.png"))),
+        NodeWithScore(node=Node(video_resource=MediaResource(path=path))),
+        NodeWithScore(node=Node(video_resource=MediaResource(url="https://v.test/b.mp4"))),
+        NodeWithScore(node=Node(text_resource=MediaResource(text="plain words"))),
+    ]
+    recorder = Recorder()
+    postprocess(mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B", top_n=None), nodes)
+    assert recorder.bodies[0]["documents"] == [
+        {"image": PNG_URI},
+        {"image": "https://img.test/a.png"},
+        {"video": "data:video/mp4;base64," + base64.b64encode(mp4).decode()},
+        {"video": "https://v.test/b.mp4"},
+        "plain words",
+    ]
+
+
+def test_image_query_from_the_query_bundle(postprocess, tmp_path: Path):
+    path = tmp_path / "query.png"
+    path.write_bytes(PNG)
+    recorder = Recorder()
+    reranker = mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B")
+    postprocess(reranker, text_nodes("a"), QueryBundle(query_str="", image_path=str(path)))
+    postprocess(reranker, text_nodes("a"), QueryBundle(query_str="words", image_path=str(path)))
+    assert recorder.bodies[0]["query"] == {"image": PNG_URI}
+    assert recorder.bodies[1]["query"] == "words"
+
+
+def test_image_node_on_a_text_model_fails_before_any_request(postprocess):
+    recorder = Recorder()
+    nodes = [NodeWithScore(node=ImageNode(image_url="https://img.test/cat.jpg"))]
+    with pytest.raises(ValueError, match="text only"):
+        postprocess(mocked(recorder), nodes)
+    assert recorder.bodies == []
+
+
+def test_unreadable_image_path_fails_before_any_request(postprocess, tmp_path: Path):
+    recorder = Recorder()
+    nodes = [NodeWithScore(node=ImageNode(image_path=str(tmp_path / "missing.png")))]
+    with pytest.raises(ValueError, match="cannot read image file"):
+        postprocess(mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B"), nodes)
+    assert recorder.bodies == []
+
+
+# -- observability ------------------------------------------------------------------------------
+
+
+class EventCollector(BaseEventHandler):
+    events: list[BaseEvent] = Field(default_factory=list)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "EventCollector"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        self.events.append(event)
+
+
+class CallbackRecorder(BaseCallbackHandler):
+    def __init__(self) -> None:
+        super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
+        self.calls: list[tuple[str, CBEventType]] = []
+
+    def on_event_start(self, event_type, payload=None, event_id="", parent_id="", **kwargs):
+        self.calls.append(("start", event_type))
+        return event_id
+
+    def on_event_end(self, event_type, payload=None, event_id="", **kwargs):
+        self.calls.append(("end", event_type))
+
+    def start_trace(self, trace_id=None):
+        pass
+
+    def end_trace(self, trace_id=None, trace_map=None):
+        pass
+
+
+@pytest.fixture
+def events():
+    collector = EventCollector(events=[])
+    root = get_dispatcher()
+    root.add_event_handler(collector)
+    yield collector.events
+    root.event_handlers.remove(collector)
+
+
+def names(events: list[BaseEvent]) -> list[str]:
+    return [e.class_name() for e in events if "rerank" in e.class_name().lower()]
+
+
+def test_events_on_success(postprocess, events):
+    callbacks = CallbackRecorder()
+    reranker = mocked(Recorder(), callback_manager=CallbackManager([callbacks]))
+    out = postprocess(reranker, text_nodes("a", "b"))
+    assert names(events) == ["ReRankStartEvent", "SiliconFlowRerankUsageEvent", "ReRankEndEvent"]
+    start = next(e for e in events if e.class_name() == "ReRankStartEvent")
+    assert start.top_n == 2  # top_n=3 clamped to the two nodes
+    usage = next(e for e in events if e.class_name() == "SiliconFlowRerankUsageEvent")
+    assert usage.usage == {"input_tokens": 5, "output_tokens": 0, "total_tokens": 5}
+    end = next(e for e in events if e.class_name() == "ReRankEndEvent")
+    assert [n.node.node_id for n in end.nodes] == [n.node.node_id for n in out]
+    assert callbacks.calls == [("start", CBEventType.RERANKING), ("end", CBEventType.RERANKING)]
+
+
+def test_no_events_for_empty_input_or_missing_query(events):
+    reranker = mocked(Recorder())
+    assert reranker.postprocess_nodes([], query_str="q") == []
+    with pytest.raises(ValueError, match="Missing query bundle"):
+        reranker.postprocess_nodes(text_nodes("a"))
+    assert names(events) == []
+
+
+def test_events_stay_balanced_on_a_server_error(postprocess, events):
+    callbacks = CallbackRecorder()
+    reranker = mocked(Recorder(status=503), callback_manager=CallbackManager([callbacks]))
+    with pytest.raises(ServiceUnavailableError):
+        postprocess(reranker, text_nodes("a"))
+    assert names(events) == ["ReRankStartEvent", "ReRankEndEvent"]
+    assert callbacks.calls == [("start", CBEventType.RERANKING), ("end", CBEventType.RERANKING)]
+
+
+def test_top_n_none_reports_all_nodes_in_the_start_event(events):
+    reranker = mocked(Recorder(), top_n=None)
+    reranker.postprocess_nodes(text_nodes("a", "b", "c"), query_str="q")
+    start = next(e for e in events if e.class_name() == "ReRankStartEvent")
+    assert start.top_n == 3
+
+
+# -- over real sockets --------------------------------------------------------------------------
+
+CORPUS = [
+    "Store apples in the fridge to keep them crisp.",
+    "The train to the city leaves at noon.",
+    "Apple pie needs sour apples and cinnamon.",
+    "Bananas turn brown in the fridge.",
+    "A red apple a day keeps the doctor away.",
+]
+
+
+def truth(emulator, query: str, texts: list[str], top_n: int) -> list[tuple[str, float]]:
+    body = {"model": "BAAI/bge-reranker-v2-m3", "query": query, "documents": texts, "top_n": top_n}
+    return [(texts[r["index"]], r["relevance_score"]) for r in emulator.rank(body)["results"]]
+
+
+def test_postprocess_over_http(emulator, postprocess):
+    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url, top_n=2)
+    out = postprocess(reranker, text_nodes(*CORPUS), "apple")
+    assert [(n.node.get_content(), n.score) for n in out] == truth(emulator, "apple", CORPUS, 2)
+
+
+def test_image_nodes_and_image_query_over_http(emulator, postprocess, tmp_path: Path):
+    query_image = tmp_path / "red-apple.png"
+    query_image.write_bytes(PNG + b"tEXtTitle\x00red apple")
+    banana = tmp_path / "banana.png"
+    banana.write_bytes(PNG + b"tEXtTitle\x00yellow banana")
+    nodes = [
+        NodeWithScore(node=ImageNode(image_path=str(banana))),
+        NodeWithScore(node=ImageNode(image_url="https://img.test/red-apple-close-up.jpg")),
+        NodeWithScore(node=TextNode(text="a car")),
+    ]
+    reranker = SiliconFlowRerank(
+        api_key=KEY, base_url=emulator.base_url, model="Qwen/Qwen3-VL-Reranker-8B", top_n=None
+    )
+    out = postprocess(reranker, nodes, QueryBundle(query_str="", image_path=str(query_image)))
+    assert out[0].node.image_url == "https://img.test/red-apple-close-up.jpg"
+    assert out[-1].score == 0
+
+
+def test_retries_over_http(emulator, postprocess):
+    emulator.enqueue(Fault.rate_limited(retry_after="0"))
+    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url)
+    assert postprocess(reranker, text_nodes("apple"), "apple")
+    assert emulator.stats.by_status == {429: 1, 200: 1}
+
+
+def test_query_engine_pipeline(emulator):
+    documents = [LlamaDocument(text=t, id_=f"d{i}") for i, t in enumerate(CORPUS)]
+    index = VectorStoreIndex.from_documents(documents, embed_model=MockEmbedding(embed_dim=8))
+    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url, top_n=3)
+    retrieved = [
+        n.node.get_content()
+        for n in index.as_retriever(similarity_top_k=5).retrieve("apple in the fridge")
+    ]
+    expected = truth(emulator, "apple in the fridge", retrieved, 3)
+    engine = index.as_query_engine(
+        similarity_top_k=5, node_postprocessors=[reranker], llm=MockLLM()
+    )
+    sync_response = engine.query("apple in the fridge")
+    async_response = asyncio.run(engine.aquery("apple in the fridge"))
+    for response in (sync_response, async_response):
+        got = [(n.node.get_content(), n.score) for n in response.source_nodes]
+        assert got == expected
+    assert emulator.stats.requests == 2
+
+
+async def test_hundred_concurrent_calls_overlap(emulator):
+    emulator.latency = 0.3
+    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url)
+    results = await asyncio.gather(
+        *(
+            reranker.apostprocess_nodes(text_nodes(*CORPUS), query_str=f"apple {i}")
+            for i in range(100)
+        )
+    )
+    await reranker.aclose()
+    assert len(results) == 100
+    assert emulator.stats.max_in_flight == 100
