@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -240,17 +243,28 @@ class SiliconFlowRerank(BaseNodePostprocessor):
             "overlap_tokens": self.overlap_tokens,
         }
 
-    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def _observed(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle
+    ) -> Iterator[_Outcome]:
+        """Wrap one rerank call in balanced start/end events, whatever happens inside."""
         top_n = len(nodes) if self.top_n is None else min(self.top_n, len(nodes))
         dispatcher.event(
             ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=top_n, model_name=self.model)
         )
-        return {
+        payload: dict[str, Any] = {
             EventPayload.NODES: nodes,
             EventPayload.MODEL_NAME: self.model,
             EventPayload.QUERY_STR: query_bundle.query_str,
             EventPayload.TOP_K: top_n,
         }
+        outcome = _Outcome()
+        try:
+            with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+                yield outcome
+                event.on_end(payload={EventPayload.NODES: outcome.nodes})
+        finally:
+            dispatcher.event(ReRankEndEvent(nodes=outcome.nodes))
 
     def _finish(self, nodes: list[NodeWithScore], response: RerankResponse) -> list[NodeWithScore]:
         usage = response.usage.model_dump(exclude_none=True) if response.usage else None
@@ -275,16 +289,10 @@ class SiliconFlowRerank(BaseNodePostprocessor):
         if not nodes:
             return []
         assert query_bundle is not None
-        ranked: list[NodeWithScore] = []
-        payload = self._start(nodes, query_bundle)
-        try:
-            with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
-                response = self._sync().rerank(query, items, **self._options())
-                ranked = self._finish(nodes, response)
-                event.on_end(payload={EventPayload.NODES: ranked})
-        finally:
-            dispatcher.event(ReRankEndEvent(nodes=ranked))
-        return ranked
+        with self._observed(nodes, query_bundle) as outcome:
+            response = self._sync().rerank(query, items, **self._options())
+            outcome.nodes = self._finish(nodes, response)
+        return outcome.nodes
 
     @dispatcher.span
     async def _apostprocess_nodes(
@@ -296,16 +304,15 @@ class SiliconFlowRerank(BaseNodePostprocessor):
         if not nodes:
             return []
         assert query_bundle is not None
-        ranked: list[NodeWithScore] = []
-        payload = self._start(nodes, query_bundle)
-        try:
-            with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
-                response = await self._async().rerank(query, items, **self._options())
-                ranked = self._finish(nodes, response)
-                event.on_end(payload={EventPayload.NODES: ranked})
-        finally:
-            dispatcher.event(ReRankEndEvent(nodes=ranked))
-        return ranked
+        with self._observed(nodes, query_bundle) as outcome:
+            response = await self._async().rerank(query, items, **self._options())
+            outcome.nodes = self._finish(nodes, response)
+        return outcome.nodes
+
+
+@dataclass
+class _Outcome:
+    nodes: list[NodeWithScore] = field(default_factory=list)
 
 
 def _b64decode(data: str | bytes, node: BaseNode) -> bytes:
