@@ -7,15 +7,21 @@ import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
+from ._batching import Batch, Plan, assemble, name_batch, plan
+from ._cache import RerankCache
 from ._config import (
-    DEFAULT_LIMITS,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
@@ -34,6 +40,7 @@ from ._exceptions import (
 )
 from ._media import DocumentItem, QueryItem
 from ._models import RerankResponse, parse
+from ._ratelimit import RateLimiter, estimate_tokens
 from ._request import RerankRequest, build_request
 from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._version import __version__
@@ -45,12 +52,28 @@ logger = logging.getLogger("siliconflow_rerank")
 TRACE_HEADER = "x-siliconcloud-trace-id"
 
 
+ProgressCallback = Callable[[int, int], object]
+"""Called as `on_progress(batches_done, batches_total)` after each request of a call."""
+
+
 @contextlib.contextmanager
 def _translate_transport_errors() -> Iterator[None]:
-    """The one place where httpx's exceptions become ours."""
+    """The one place where transport exceptions become ours."""
     try:
         yield
     except httpx.TimeoutException as error:
+        cause = error.__cause__
+        # The aiohttp transport reports a dropped connection as a connect timeout; only a cause
+        # that is itself a timeout (or httpx's own) makes this a timeout.
+        dropped = (
+            cause is not None
+            and not isinstance(cause, TimeoutError | asyncio.TimeoutError)
+            and not type(cause).__module__.startswith(("httpcore", "httpx"))
+        )
+        if dropped:
+            raise APIConnectionError(
+                f"connection failed ({type(cause).__name__}): {cause or 'no details'}"
+            ) from error
         raise APITimeoutError(f"request timed out ({type(error).__name__}): {error}") from error
     except httpx.RequestError as error:
         raise APIConnectionError(
@@ -59,7 +82,7 @@ def _translate_transport_errors() -> Iterator[None]:
 
 
 class _BaseClient:
-    """Configuration, request building, answer handling and the retry decision, shared by both."""
+    """Configuration, request building, planning, answer handling and retry decisions, shared."""
 
     def __init__(
         self,
@@ -69,9 +92,23 @@ class _BaseClient:
         timeout: TimeoutTypes,
         max_retries: int,
         retry_policy: RetryPolicy | None,
+        max_documents_per_request: int | None,
+        max_concurrency: int,
+        max_connections: int,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+        cache: RerankCache | None,
     ) -> None:
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise InvalidRequestError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        _check_count("max_retries", max_retries, 0)
+        _check_count("max_concurrency", max_concurrency, 1)
+        _check_count("max_connections", max_connections, 1)
+        for name, value in [
+            ("max_documents_per_request", max_documents_per_request),
+            ("requests_per_minute", requests_per_minute),
+            ("tokens_per_minute", tokens_per_minute),
+        ]:
+            if value is not None:
+                _check_count(name, value, 1)
         self._api_key = resolve_api_key(api_key)
         self.base_url = resolve_base_url(base_url)
         """The API root, without a trailing `/` or `/rerank`."""
@@ -81,6 +118,19 @@ class _BaseClient:
         """How many times a failed attempt is retried (so `max_retries + 1` attempts at most)."""
         self.retry_policy = retry_policy or RetryPolicy()
         """How long to wait between attempts."""
+        self.max_documents_per_request = max_documents_per_request
+        """Longer lists are split into requests of this many documents (None: never split)."""
+        self.max_concurrency = max_concurrency
+        """How many requests of one call may be in flight at once."""
+        self.max_connections = max_connections
+        """Size of the connection pool this client creates."""
+        self.cache = cache
+        """The score cache, if any."""
+        self._limiter = (
+            RateLimiter(requests_per_minute, tokens_per_minute)
+            if requests_per_minute or tokens_per_minute
+            else None
+        )
         self._url = f"{self.base_url}/rerank"
         self._headers = {
             "Authorization": f"Bearer {self._api_key.get_secret_value()}",
@@ -100,27 +150,22 @@ class _BaseClient:
         # deep copies of objects that hold one share it.
         return self
 
-    def _build(
+    def _plan(
         self,
         query: QueryItem,
         documents: str | Sequence[DocumentItem],
-        model: str,
-        top_n: int | None,
-        return_documents: bool | None,
-        instruction: str | None,
-        max_chunks_per_doc: int | None,
-        overlap_tokens: int | None,
-    ) -> RerankRequest:
-        return build_request(
-            query,
-            documents,
-            model=model,
-            top_n=top_n,
-            return_documents=return_documents,
-            instruction=instruction,
-            max_chunks_per_doc=max_chunks_per_doc,
-            overlap_tokens=overlap_tokens,
+        options: dict[str, Any],
+    ) -> Plan:
+        request = build_request(query, documents, **options)
+        return plan(
+            request,
+            batch_size=self.max_documents_per_request,
+            cache=self.cache,
+            base_url=self.base_url,
         )
+
+    def _assemble(self, the_plan: Plan, responses: Sequence[RerankResponse]) -> RerankResponse:
+        return assemble(the_plan, responses, cache=self.cache)
 
     def _send_kwargs(self, request: RerankRequest) -> dict[str, Any]:
         return {
@@ -130,7 +175,16 @@ class _BaseClient:
             "timeout": self.timeout,
         }
 
-    def _handle(self, response: httpx.Response, request: RerankRequest) -> RerankResponse:
+    def _reserve(self, request: RerankRequest) -> tuple[float, int]:
+        """Seconds to wait for the rate limiter, and the tokens booked for `request`."""
+        if self._limiter is None:
+            return 0.0, 0
+        tokens = estimate_tokens(len(request.content))
+        return self._limiter.reserve(tokens), tokens
+
+    def _handle(
+        self, response: httpx.Response, request: RerankRequest, booked: int
+    ) -> RerankResponse:
         trace_id = response.headers.get(TRACE_HEADER)
         if not response.is_success:
             raise status_error(
@@ -141,7 +195,12 @@ class _BaseClient:
                 base_url=self.base_url,
                 secret=self._api_key.get_secret_value(),
             )
-        return parse(response.content, request, trace_id=trace_id)
+        parsed = parse(response.content, request, trace_id=trace_id)
+        if self._limiter is not None and parsed.usage is not None:
+            used = parsed.usage.total_tokens or parsed.usage.input_tokens
+            if used is not None:
+                self._limiter.correct(booked, used)
+        return parsed
 
     def _next_delay(self, attempt: int, error: SiliconFlowError) -> float | None:
         """Seconds to wait before retrying after `error`, or None to give up and raise it."""
@@ -161,6 +220,51 @@ class _BaseClient:
         return delay
 
 
+def _check_count(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidRequestError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _options(
+    model: str,
+    top_n: int | None,
+    return_documents: bool | None,
+    instruction: str | None,
+    max_chunks_per_doc: int | None,
+    overlap_tokens: int | None,
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "top_n": top_n,
+        "return_documents": return_documents,
+        "instruction": instruction,
+        "max_chunks_per_doc": max_chunks_per_doc,
+        "overlap_tokens": overlap_tokens,
+    }
+
+
+_CLIENT_ARGS = """
+        Args:
+            api_key: The API key; defaults to `SILICONFLOW_API_KEY`.
+            base_url: The API root; defaults to `SILICONFLOW_BASE_URL`, then
+                `https://api.siliconflow.cn/v1`. A trailing `/` or `/rerank` is accepted.
+            timeout: Seconds for each phase, an `httpx.Timeout`, or None for no limit.
+            max_retries: Retries after a connection error, timeout, 408, 429 or 5xx.
+            http_client: An httpx client to send through; it is borrowed, never closed here.
+            retry_policy: Backoff settings; the defaults suit the hosted API.
+            max_documents_per_request: Split longer lists into requests of this many documents
+                (merged exactly: scores are per query-document pair). None never splits.
+            max_concurrency: How many requests of one call run at once.
+            max_connections: Size of the connection pool this client creates.
+            requests_per_minute: Client-side limit, shared by every call on this client.
+            tokens_per_minute: Client-side limit on (estimated) tokens, shared likewise.
+            cache: A `RerankCache` to reuse scores across calls (off by default).
+
+        Raises:
+            InvalidRequestError: No API key, or an invalid setting.
+"""
+
+
 class SiliconFlowClient(_BaseClient):
     """Synchronous SiliconFlow rerank client; thread-safe, one connection pool per client.
 
@@ -178,42 +282,65 @@ class SiliconFlowClient(_BaseClient):
         http_client: httpx.Client | None = None,
         *,
         retry_policy: RetryPolicy | None = None,
+        max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        cache: RerankCache | None = None,
     ) -> None:
-        """Create a client. No connection is opened until the first call.
-
-        Args:
-            api_key: The API key; defaults to `SILICONFLOW_API_KEY`.
-            base_url: The API root; defaults to `SILICONFLOW_BASE_URL`, then
-                `https://api.siliconflow.cn/v1`. A trailing `/` or `/rerank` is accepted.
-            timeout: Seconds for each phase, an `httpx.Timeout`, or None for no limit.
-            max_retries: Retries after a connection error, timeout, 408, 429 or 5xx.
-            http_client: An `httpx.Client` to send through; it is borrowed, never closed here.
-            retry_policy: Backoff settings; the defaults suit the hosted API.
-
-        Raises:
-            InvalidRequestError: No API key, or an invalid base URL, timeout or max_retries.
-        """
         super().__init__(
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
             retry_policy=retry_policy,
+            max_documents_per_request=max_documents_per_request,
+            max_concurrency=max_concurrency,
+            max_connections=max_connections,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            cache=cache,
         )
         self._borrowed = http_client
         self._owned: httpx.Client | None = None
         self._lock = threading.Lock()
+
+    __init__.__doc__ = (
+        "Create a client. No connection is opened until the first call.\n" + _CLIENT_ARGS
+    )
 
     def _http(self) -> httpx.Client:
         if self._borrowed is not None:
             return self._borrowed
         with self._lock:
             if self._owned is None:
-                self._owned = httpx.Client(timeout=self.timeout, limits=DEFAULT_LIMITS)
+                limits = httpx.Limits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=self.max_connections,
+                )
+                self._owned = httpx.Client(timeout=self.timeout, limits=limits)
                 # Framework objects that hold a client are rarely closed by their users: close the
                 # pool when this client is garbage-collected instead of leaking its sockets.
                 weakref.finalize(self, self._owned.close)
             return self._owned
+
+    def _send(self, request: RerankRequest) -> RerankResponse:
+        attempt = 0
+        while True:
+            wait_for, booked = self._reserve(request)
+            if wait_for > 0:
+                self.retry_policy.sleep(wait_for)
+            try:
+                with _translate_transport_errors():
+                    response = self._http().post(**self._send_kwargs(request))
+                return self._handle(response, request, booked)
+            except SiliconFlowError as error:
+                delay = self._next_delay(attempt, error)
+                if delay is None:
+                    raise
+                self.retry_policy.sleep(delay)
+                attempt += 1
 
     def rerank(
         self,
@@ -226,6 +353,7 @@ class SiliconFlowClient(_BaseClient):
         instruction: str | None = None,
         max_chunks_per_doc: int | None = None,
         overlap_tokens: int | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> RerankResponse:
         """Rank `documents` by relevance to `query`.
 
@@ -238,6 +366,7 @@ class SiliconFlowClient(_BaseClient):
             instruction: Task instruction (Qwen3-Reranker models only).
             max_chunks_per_doc: Chunk limit for long documents (bge, bce, Qwen3-VL).
             overlap_tokens: Token overlap between chunks, 0 to 80 (bge, bce, Qwen3-VL).
+            on_progress: Called with (requests done, requests in all) as a long call proceeds.
 
         Returns:
             The results, best first, each with the `index` of its document in `documents`.
@@ -248,22 +377,43 @@ class SiliconFlowClient(_BaseClient):
             APIConnectionError: No answer, after the retries (`APITimeoutError` for timeouts).
             ResponseValidationError: The server's answer is not a valid rerank response.
         """
-        request = self._build(
-            query, documents, model, top_n, return_documents, instruction,
-            max_chunks_per_doc, overlap_tokens,
-        )  # fmt: skip
-        attempt = 0
-        while True:
-            try:
-                with _translate_transport_errors():
-                    response = self._http().post(**self._send_kwargs(request))
-                return self._handle(response, request)
-            except SiliconFlowError as error:
-                delay = self._next_delay(attempt, error)
-                if delay is None:
-                    raise
-                self.retry_policy.sleep(delay)
-                attempt += 1
+        options = _options(
+            model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
+        )
+        the_plan = self._plan(query, documents, options)
+        batches = the_plan.batches
+        if len(batches) == 1:
+            responses = [self._send_batch(batches[0], 1)]
+            if on_progress is not None:
+                on_progress(1, 1)
+        else:
+            responses = self._fan_out(batches, on_progress)
+        return self._assemble(the_plan, responses)
+
+    def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
+        try:
+            return self._send(batch.request)
+        except SiliconFlowError as error:
+            raise name_batch(error, batch, total) from error.__cause__
+
+    def _fan_out(
+        self, batches: list[Batch], on_progress: ProgressCallback | None
+    ) -> list[RerankResponse]:
+        # Threads over the one pooled client: the sync path gets the same concurrency as async.
+        workers = min(self.max_concurrency, len(batches))
+        with ThreadPoolExecutor(workers, thread_name_prefix="siliconflow-rerank") as pool:
+            futures = [pool.submit(self._send_batch, b, len(batches)) for b in batches]
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    if future.exception() is not None:
+                        for other in pending:
+                            other.cancel()
+                        future.result()
+                if on_progress is not None:
+                    on_progress(len(futures) - len(pending), len(futures))
+            return [future.result() for future in futures]
 
     def close(self) -> None:
         """Close the connection pool this client created (a borrowed `http_client` stays open)."""
@@ -287,6 +437,9 @@ class SiliconFlowClient(_BaseClient):
 class AsyncSiliconFlowClient(_BaseClient):
     """Asynchronous SiliconFlow rerank client: native asyncio I/O, one connection pool per loop.
 
+    Its own pool runs on aiohttp under the httpx API (see the README's benchmark): several times
+    faster than httpx's default transport at hundreds of concurrent requests.
+
     Example:
         >>> async with AsyncSiliconFlowClient() as client:  # doctest: +SKIP
         ...     response = await client.rerank("apple", ["apple pie", "banana bread"])
@@ -301,22 +454,34 @@ class AsyncSiliconFlowClient(_BaseClient):
         http_client: httpx.AsyncClient | None = None,
         *,
         retry_policy: RetryPolicy | None = None,
+        max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        cache: RerankCache | None = None,
     ) -> None:
-        """Create a client. No connection is opened until the first call.
-
-        Takes the same arguments as `SiliconFlowClient`, with an `httpx.AsyncClient` to borrow.
-        """
         super().__init__(
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
             retry_policy=retry_policy,
+            max_documents_per_request=max_documents_per_request,
+            max_concurrency=max_concurrency,
+            max_connections=max_connections,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            cache=cache,
         )
         self._borrowed = http_client
         self._owned: httpx.AsyncClient | None = None
         self._owned_loop: asyncio.AbstractEventLoop | None = None
         self._guard: AsyncGenerator[None, None] | None = None
+
+    __init__.__doc__ = (
+        "Create a client. No connection is opened until the first call.\n" + _CLIENT_ARGS
+    )
 
     async def _http(self) -> httpx.AsyncClient:
         if self._borrowed is not None:
@@ -326,11 +491,29 @@ class AsyncSiliconFlowClient(_BaseClient):
             # Pooled connections belong to the loop that opened them, so each loop gets its own
             # pool (code that calls asyncio.run() per request must not hit "Event loop is
             # closed"), and the pool closes when its loop shuts down (see _close_with_loop).
-            client = httpx.AsyncClient(timeout=self.timeout, limits=DEFAULT_LIMITS)
+            transport = AiohttpTransport(limits=httpx.Limits(max_connections=self.max_connections))
+            client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
             guard = _close_with_loop(client)
             await guard.__anext__()
             self._owned, self._owned_loop, self._guard = client, loop, guard
         return self._owned
+
+    async def _send(self, request: RerankRequest) -> RerankResponse:
+        attempt = 0
+        while True:
+            wait_for, booked = self._reserve(request)
+            if wait_for > 0:
+                await self.retry_policy.async_sleep(wait_for)
+            try:
+                with _translate_transport_errors():
+                    response = await (await self._http()).post(**self._send_kwargs(request))
+                return self._handle(response, request, booked)
+            except SiliconFlowError as error:
+                delay = self._next_delay(attempt, error)
+                if delay is None:
+                    raise
+                await self.retry_policy.async_sleep(delay)
+                attempt += 1
 
     async def rerank(
         self,
@@ -343,24 +526,52 @@ class AsyncSiliconFlowClient(_BaseClient):
         instruction: str | None = None,
         max_chunks_per_doc: int | None = None,
         overlap_tokens: int | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> RerankResponse:
         """Rank `documents` by relevance to `query`; see `SiliconFlowClient.rerank`."""
-        request = self._build(
-            query, documents, model, top_n, return_documents, instruction,
-            max_chunks_per_doc, overlap_tokens,
-        )  # fmt: skip
-        attempt = 0
-        while True:
-            try:
-                with _translate_transport_errors():
-                    response = await (await self._http()).post(**self._send_kwargs(request))
-                return self._handle(response, request)
-            except SiliconFlowError as error:
-                delay = self._next_delay(attempt, error)
-                if delay is None:
-                    raise
-                await self.retry_policy.async_sleep(delay)
-                attempt += 1
+        options = _options(
+            model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
+        )
+        the_plan = self._plan(query, documents, options)
+        batches = the_plan.batches
+        if len(batches) == 1:
+            responses = [await self._send_batch(batches[0], 1)]
+            if on_progress is not None:
+                on_progress(1, 1)
+        else:
+            responses = await self._fan_out(batches, on_progress)
+        return self._assemble(the_plan, responses)
+
+    async def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
+        try:
+            return await self._send(batch.request)
+        except SiliconFlowError as error:
+            raise name_batch(error, batch, total) from error.__cause__
+
+    async def _fan_out(
+        self, batches: list[Batch], on_progress: ProgressCallback | None
+    ) -> list[RerankResponse]:
+        gate = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(batch: Batch) -> RerankResponse:
+            async with gate:
+                return await self._send_batch(batch, len(batches))
+
+        tasks = [asyncio.ensure_future(one(b)) for b in batches]
+        pending: set[asyncio.Future[RerankResponse]] = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()  # the first failure fails the call
+                if on_progress is not None:
+                    on_progress(len(tasks) - len(pending), len(tasks))
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        return [task.result() for task in tasks]
 
     async def aclose(self) -> None:
         """Close the connection pool this client created (a borrowed `http_client` stays open)."""

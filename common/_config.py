@@ -13,7 +13,9 @@ __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
     "DEFAULT_BASE_URL",
-    "DEFAULT_LIMITS",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_DOCUMENTS_PER_REQUEST",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT",
@@ -33,8 +35,14 @@ DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 """A short connect timeout finds a dead host fast; the long read timeout lets an 8B reranker finish
 a long list. (httpx's own 5 s default cuts such requests off.)"""
 
-DEFAULT_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+DEFAULT_MAX_CONNECTIONS = 256
 """Enough connections for a few hundred concurrent reranks on one client."""
+
+DEFAULT_MAX_DOCUMENTS_PER_REQUEST = 128
+"""Lists longer than this are split into concurrent requests (see the README's benchmark)."""
+
+DEFAULT_MAX_CONCURRENCY = 8
+"""Requests of one split call in flight at once: well within the hosted API's per-minute limits."""
 
 TimeoutTypes = float | httpx.Timeout | None
 

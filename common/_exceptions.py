@@ -48,7 +48,13 @@ _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
 class SiliconFlowError(Exception):
-    """Base class of every error this package raises."""
+    """Base class of every error this package raises.
+
+    Attributes:
+        batch: For a call split into several requests, the number (from 0) of the one that failed.
+    """
+
+    batch: int | None = None
 
 
 class InvalidRequestError(SiliconFlowError, ValueError):

@@ -12,7 +12,7 @@ from ._capabilities import model_capabilities
 from ._exceptions import InvalidRequestError
 from ._media import DocumentItem, QueryItem, item_kind, normalize_item
 
-__all__ = ["RerankRequest", "build_request", "validate_options"]
+__all__ = ["RerankRequest", "build_request", "subset", "validate_options"]
 
 
 @dataclass(frozen=True)
@@ -171,3 +171,28 @@ def _check_modalities(
                 f"model {model!r} ranks text only, but {what} is a {kind} item; "
                 "use a multimodal model such as 'Qwen/Qwen3-VL-Reranker-8B'"
             )
+
+
+def subset(
+    request: RerankRequest, positions: Sequence[int], *, top_n: bool = True
+) -> RerankRequest:
+    """A request for some of `request`'s documents (by position), with `top_n` fitted to them.
+
+    Args:
+        request: The full, validated request.
+        positions: Indices into `request.documents`, in the order to send them.
+        top_n: Keep asking for the best `top_n` (fitted to the subset); False asks for every score.
+    """
+    documents = [request.documents[i] for i in positions]
+    body = {**request.body, "documents": documents}
+    body.pop("top_n", None)
+    fitted = None
+    if top_n and request.top_n is not None:
+        fitted = body["top_n"] = min(request.top_n, len(documents))
+    return RerankRequest(
+        body=body,
+        content=pydantic_core.to_json(body),
+        documents=documents,
+        top_n=fitted,
+        return_documents=request.return_documents,
+    )

@@ -149,7 +149,7 @@ def test_pickle_drops_the_key_and_reads_the_environment_again(monkeypatch, emula
         clone.compress_documents(docs("apple"), "apple")
     monkeypatch.setenv("SILICONFLOW_API_KEY", "sk-from-env-777")
     assert clone.compress_documents(docs("apple"), "apple")[0].metadata["relevance_score"] > 0
-    assert emulator.stats.last_request_headers["Authorization"] == "Bearer sk-from-env-777"
+    assert emulator.stats.last_request_headers["authorization"] == "Bearer sk-from-env-777"
 
 
 def test_deepcopy_shares_the_clients():
@@ -376,7 +376,7 @@ def test_compress_over_http(emulator, compress):
     assert [(d.page_content, d.metadata["relevance_score"]) for d in out] == emulator_truth(
         emulator, "apple", CORPUS, 2
     )
-    assert emulator.stats.last_request_headers["Authorization"] == f"Bearer {KEY}"
+    assert emulator.stats.last_request_headers["authorization"] == f"Bearer {KEY}"
 
 
 def test_image_documents_over_http(emulator, compress):

@@ -141,7 +141,7 @@ def test_serialization_never_carries_the_key(monkeypatch, emulator):
         assert clone.base_url == emulator.base_url
         result = clone.postprocess_nodes(text_nodes("apple"), query_str="apple")
         assert (result[0].score or 0) > 0
-        assert emulator.stats.last_request_headers["Authorization"] == "Bearer sk-env-after-load"
+        assert emulator.stats.last_request_headers["authorization"] == "Bearer sk-env-after-load"
 
 
 def test_deepcopy_works_and_keeps_working():

@@ -154,7 +154,7 @@ class EmulatorStats:
     last_request_body: Any = None
     """The decoded JSON body of the latest rerank request."""
     last_request_headers: dict[str, str] = field(default_factory=dict)
-    """The headers of the latest rerank request."""
+    """The headers of the latest rerank request (names in lower case)."""
     in_flight: int = 0
     """Rerank requests being handled right now."""
     max_in_flight: int = 0
@@ -412,7 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
             stats = emulator._stats
             stats.in_flight += 1
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
-            stats.last_request_headers = dict(self.headers.items())
+            stats.last_request_headers = {k.lower(): v for k, v in self.headers.items()}
         try:
             self._rerank(raw)
         finally:

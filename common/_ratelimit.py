@@ -1,0 +1,85 @@
+"""Client-side rate limiting: requests- and tokens-per-minute buckets shared by all calls."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["RateLimiter", "estimate_tokens"]
+
+
+def estimate_tokens(content_bytes: int) -> int:
+    """A deliberately high estimate of a request's tokens from its JSON size.
+
+    About 3 bytes per token fits CJK text (3 bytes a character) and overstates Latin text (about 4
+    characters a token), so a limiter that uses it stays under the account's real limit. The
+    estimate is corrected with the server's reported usage after each answer.
+    """
+    return content_bytes // 3 + 1
+
+
+class RateLimiter:
+    """Requests-per-minute and tokens-per-minute buckets, safe to share across threads and tasks.
+
+    Each call reserves its share up front and is told how long to wait for it; the buckets refill
+    continuously, so a steady stream is spread evenly instead of bursting and then stalling.
+    """
+
+    def __init__(
+        self,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Create the buckets, full.
+
+        Args:
+            requests_per_minute: Request budget per minute, or None for no limit.
+            tokens_per_minute: Token budget per minute, or None for no limit.
+            clock: Monotonic seconds; injectable for tests.
+        """
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._requests = float(requests_per_minute or 0)
+        self._tokens = float(tokens_per_minute or 0)
+        self._updated = clock()
+
+    def _refill(self, now: float) -> None:
+        elapsed = max(now - self._updated, 0.0)
+        self._updated = now
+        if self.requests_per_minute:
+            self._requests = min(
+                self._requests + elapsed * self.requests_per_minute / 60.0,
+                float(self.requests_per_minute),
+            )
+        if self.tokens_per_minute:
+            self._tokens = min(
+                self._tokens + elapsed * self.tokens_per_minute / 60.0,
+                float(self.tokens_per_minute),
+            )
+
+    def reserve(self, tokens: int) -> float:
+        """Book one request of `tokens` tokens; return the seconds to wait before sending it."""
+        with self._lock:
+            self._refill(self._clock())
+            wait = 0.0
+            if self.requests_per_minute:
+                self._requests -= 1
+                if self._requests < 0:
+                    wait = max(wait, -self._requests * 60.0 / self.requests_per_minute)
+            if self.tokens_per_minute:
+                self._tokens -= tokens
+                if self._tokens < 0:
+                    wait = max(wait, -self._tokens * 60.0 / self.tokens_per_minute)
+            return wait
+
+    def correct(self, estimated: int, actual: int) -> None:
+        """Adjust the token bucket once the server has said how many tokens a request used."""
+        if not self.tokens_per_minute:
+            return
+        with self._lock:
+            self._tokens = min(self._tokens + estimated - actual, float(self.tokens_per_minute))
