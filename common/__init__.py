@@ -9,12 +9,16 @@ Example:
 
 from __future__ import annotations
 
+from ._cache import RerankCache
 from ._capabilities import ModelCapabilities, known_models, model_capabilities
 from ._client import AsyncSiliconFlowClient, SiliconFlowClient
 from ._config import (
     API_KEY_ENV,
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
@@ -53,6 +57,9 @@ __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
     "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_DOCUMENTS_PER_REQUEST",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT",
@@ -73,6 +80,7 @@ __all__ = [
     "QueryItem",
     "RateLimitError",
     "RequestTooLargeError",
+    "RerankCache",
     "RerankDocument",
     "RerankResponse",
     "RerankResult",

@@ -8,7 +8,7 @@ import logging
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any
 
@@ -387,7 +387,7 @@ class SiliconFlowClient(_BaseClient):
             if on_progress is not None:
                 on_progress(1, 1)
         else:
-            responses = self._fan_out(batches, on_progress)
+            responses = self._fan_out(batches, on_progress) if batches else []
         return self._assemble(the_plan, responses)
 
     def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
@@ -403,16 +403,17 @@ class SiliconFlowClient(_BaseClient):
         workers = min(self.max_concurrency, len(batches))
         with ThreadPoolExecutor(workers, thread_name_prefix="siliconflow-rerank") as pool:
             futures = [pool.submit(self._send_batch, b, len(batches)) for b in batches]
-            pending = set(futures)
+            pending, finished = set(futures), 0
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     if future.exception() is not None:
                         for other in pending:
                             other.cancel()
                         future.result()
-                if on_progress is not None:
-                    on_progress(len(futures) - len(pending), len(futures))
+                    finished += 1
+                    if on_progress is not None:
+                        on_progress(finished, len(futures))
             return [future.result() for future in futures]
 
     def close(self) -> None:
@@ -539,7 +540,7 @@ class AsyncSiliconFlowClient(_BaseClient):
             if on_progress is not None:
                 on_progress(1, 1)
         else:
-            responses = await self._fan_out(batches, on_progress)
+            responses = await self._fan_out(batches, on_progress) if batches else []
         return self._assemble(the_plan, responses)
 
     async def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
@@ -559,13 +560,15 @@ class AsyncSiliconFlowClient(_BaseClient):
 
         tasks = [asyncio.ensure_future(one(b)) for b in batches]
         pending: set[asyncio.Future[RerankResponse]] = set(tasks)
+        finished = 0
         try:
             while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     task.result()  # the first failure fails the call
-                if on_progress is not None:
-                    on_progress(len(tasks) - len(pending), len(tasks))
+                    finished += 1
+                    if on_progress is not None:
+                        on_progress(finished, len(tasks))
         finally:
             for task in pending:
                 task.cancel()

@@ -18,6 +18,9 @@ EXPECTED_COMMON = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
     "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_DOCUMENTS_PER_REQUEST",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT",
@@ -38,6 +41,7 @@ EXPECTED_COMMON = [
     "QueryItem",
     "RateLimitError",
     "RequestTooLargeError",
+    "RerankCache",
     "RerankDocument",
     "RerankResponse",
     "RerankResult",
@@ -77,7 +81,8 @@ def test_installed_common_is_this_package():
     assert distribution.version == common.__version__
     requires = distribution.requires or []
     runtime = [r for r in requires if "extra ==" not in r]
-    assert sorted(r.split(">")[0].split("<")[0].strip() for r in runtime) == ["httpx", "pydantic"]
+    names = sorted(r.split(">")[0].split("<")[0].strip() for r in runtime)
+    assert names == ["httpx", "httpx-aiohttp", "pydantic"]
 
 
 @pytest.mark.parametrize("package", ["langchain_siliconflow", "llama_index_siliconflow"])
