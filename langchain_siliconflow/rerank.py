@@ -11,6 +11,8 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from common import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
@@ -18,6 +20,7 @@ from common import (
     DocumentItem,
     InvalidRequestError,
     QueryItem,
+    RerankCache,
     RerankResponse,
     SiliconFlowClient,
     Usage,
@@ -97,6 +100,18 @@ class SiliconFlowRerank(BaseDocumentCompressor):
     """Chunk limit for long documents (bge, bce and Qwen3-VL models)."""
     overlap_tokens: int | None = None
     """Token overlap between chunks, 0 to 80 (bge, bce and Qwen3-VL models)."""
+    max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST
+    """Longer lists are split into concurrent requests of this many documents (None: never)."""
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    """How many requests of one split call run at once."""
+    requests_per_minute: int | None = None
+    """Client-side request budget, shared by every call on this reranker."""
+    tokens_per_minute: int | None = None
+    """Client-side (estimated) token budget, shared likewise."""
+    cache: RerankCache | None = Field(default=None, exclude=True)
+    """A `RerankCache` to reuse scores across calls (off by default)."""
+    on_progress: Callable[[int, int], object] | None = Field(default=None, exclude=True)
+    """Called with (requests done, requests in all) as a long call proceeds."""
     allow_local_media: bool = False
     """Read local files named in `metadata["image"]` / `["video"]`. Off by default: metadata often
     comes from untrusted loaders, and reading arbitrary paths would upload local files."""
@@ -134,6 +149,11 @@ class SiliconFlowRerank(BaseDocumentCompressor):
             "base_url": self.base_url,
             "timeout": DEFAULT_TIMEOUT if self.timeout is None else self.timeout,
             "max_retries": self.max_retries,
+            "max_documents_per_request": self.max_documents_per_request,
+            "max_concurrency": self.max_concurrency,
+            "requests_per_minute": self.requests_per_minute,
+            "tokens_per_minute": self.tokens_per_minute,
+            "cache": self.cache,
         }
         # Both are cheap: neither opens a connection before its first call.
         self._client = self.client or SiliconFlowClient(**settings)
@@ -143,8 +163,14 @@ class SiliconFlowRerank(BaseDocumentCompressor):
         # Pickles never carry the key (nor live clients): an unpickled reranker reads
         # SILICONFLOW_API_KEY again when it is first used.
         state = dict(super().__getstate__())
-        state["__dict__"] = {**state["__dict__"], "api_key": None, "client": None,
-                             "async_client": None}  # fmt: skip
+        state["__dict__"] = {
+            **state["__dict__"],
+            "api_key": None,
+            "client": None,
+            "async_client": None,
+            "cache": None,
+            "on_progress": None,
+        }
         state["__pydantic_private__"] = {"_client": None, "_async_client": None}
         return state
 
@@ -182,6 +208,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
             "instruction": self.instruction,
             "max_chunks_per_doc": self.max_chunks_per_doc,
             "overlap_tokens": self.overlap_tokens,
+            "on_progress": self.on_progress,
         }
 
     @staticmethod

@@ -6,7 +6,7 @@ import base64
 import binascii
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from llama_index.core.schema import (
 )
 
 from common import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
@@ -35,6 +37,7 @@ from common import (
     DocumentItem,
     InvalidRequestError,
     QueryItem,
+    RerankCache,
     RerankResponse,
     SiliconFlowClient,
     image_item,
@@ -115,6 +118,25 @@ class SiliconFlowRerank(BaseNodePostprocessor):
     overlap_tokens: int | None = Field(
         default=None, description="Token overlap between chunks, 0 to 80 (bge, bce, Qwen3-VL)."
     )
+    max_documents_per_request: int | None = Field(
+        default=DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
+        description="Split longer lists into concurrent requests of this many nodes (None: never).",
+    )
+    max_concurrency: int = Field(
+        default=DEFAULT_MAX_CONCURRENCY, description="Requests of one split call run at once."
+    )
+    requests_per_minute: int | None = Field(
+        default=None, description="Client-side request budget, shared by every call."
+    )
+    tokens_per_minute: int | None = Field(
+        default=None, description="Client-side (estimated) token budget, shared by every call."
+    )
+    cache: RerankCache | None = Field(
+        default=None, exclude=True, description="A RerankCache to reuse scores across calls."
+    )
+    on_progress: Callable[[int, int], object] | None = Field(
+        default=None, exclude=True, description="Called with (requests done, requests in all)."
+    )
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED, description="Which metadata goes into a text node's content."
     )
@@ -152,7 +174,14 @@ class SiliconFlowRerank(BaseNodePostprocessor):
     def __getstate__(self) -> dict[str, Any]:
         # Pickles never carry the key (nor live clients): an unpickled reranker reads
         # SILICONFLOW_API_KEY again when it is first used.
-        self_state = {**self.__dict__, "api_key": None, "client": None, "async_client": None}
+        self_state = {
+            **self.__dict__,
+            "api_key": None,
+            "client": None,
+            "async_client": None,
+            "cache": None,
+            "on_progress": None,
+        }
         return {
             "__dict__": self_state,
             "__pydantic_extra__": self.__pydantic_extra__,
@@ -176,6 +205,11 @@ class SiliconFlowRerank(BaseNodePostprocessor):
             "base_url": self.base_url,
             "timeout": DEFAULT_TIMEOUT if self.timeout is None else self.timeout,
             "max_retries": self.max_retries,
+            "max_documents_per_request": self.max_documents_per_request,
+            "max_concurrency": self.max_concurrency,
+            "requests_per_minute": self.requests_per_minute,
+            "tokens_per_minute": self.tokens_per_minute,
+            "cache": self.cache,
         }
 
     def _sync(self) -> SiliconFlowClient:
@@ -241,6 +275,7 @@ class SiliconFlowRerank(BaseNodePostprocessor):
             "instruction": self.instruction,
             "max_chunks_per_doc": self.max_chunks_per_doc,
             "overlap_tokens": self.overlap_tokens,
+            "on_progress": self.on_progress,
         }
 
     @contextlib.contextmanager

@@ -459,3 +459,30 @@ def test_close_releases_own_pools_but_not_passed_clients(emulator):
     borrowed.close()
     assert not http.is_closed
     http.close()
+
+
+def test_scale_settings_reach_the_core(emulator, compress):
+    from common import RerankCache
+
+    cache = RerankCache()
+    seen: list[tuple[int, int]] = []
+    batched = SiliconFlowRerank(
+        api_key=KEY,
+        base_url=emulator.base_url,
+        top_n=None,
+        max_documents_per_request=2,
+        max_concurrency=2,
+        cache=cache,
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
+    whole = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url, top_n=None)
+    out = compress(batched, docs(*CORPUS), "apple")
+    assert emulator.stats.requests == 3
+    assert seen[-1] == (3, 3)
+    expected = compress(whole, docs(*CORPUS), "apple")
+    assert [(d.id, d.metadata["relevance_score"]) for d in out] == [
+        (d.id, d.metadata["relevance_score"]) for d in expected
+    ]
+    compress(batched, docs(*CORPUS), "apple")
+    assert cache.hits == len(CORPUS)
+    assert emulator.stats.requests == 4  # the cached call sent nothing

@@ -450,3 +450,28 @@ async def test_hundred_concurrent_calls_overlap(emulator):
     await reranker.aclose()
     assert len(results) == 100
     assert emulator.stats.max_in_flight == 100
+
+
+def test_scale_settings_reach_the_core(emulator, postprocess):
+    from common import RerankCache
+
+    cache = RerankCache()
+    seen: list[tuple[int, int]] = []
+    batched = SiliconFlowRerank(
+        api_key=KEY,
+        base_url=emulator.base_url,
+        top_n=None,
+        max_documents_per_request=2,
+        requests_per_minute=1000,
+        cache=cache,
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
+    whole = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url, top_n=None)
+    out = postprocess(batched, text_nodes(*CORPUS), "apple")
+    assert emulator.stats.requests == 3
+    assert seen[-1] == (3, 3)
+    expected = postprocess(whole, text_nodes(*CORPUS), "apple")
+    assert [(n.node.node_id, n.score) for n in out] == [(n.node.node_id, n.score) for n in expected]
+    postprocess(batched, text_nodes(*CORPUS), "apple")
+    assert cache.hits == len(CORPUS)
+    assert emulator.stats.requests == 4
