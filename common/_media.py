@@ -135,7 +135,12 @@ def _media_item(
         raise InvalidRequestError(f"cannot tell the MIME type of {kind} {origin}; pass mime_type=")
     if not mime_type.startswith(f"{kind}/"):
         raise InvalidRequestError(f"{kind} {origin} has MIME type {mime_type}, not {kind}/*")
-    return f"data:{mime_type};base64,{base64.b64encode(data).decode('ascii')}"
+    # Build the URI with as few whole copies alive at once as Python allows: large media is the
+    # memory peak of a call (the file, then its base64, then the URI string).
+    encoded = base64.b64encode(data)
+    del data
+    encoded = f"data:{mime_type};base64,".encode("ascii") + encoded
+    return encoded.decode("ascii")
 
 
 def image_item(

@@ -371,14 +371,28 @@ def _resource_source(
 
 
 def _scored_copy(node: BaseNode, score: float) -> BaseNode:
-    """A copy of `node` with `relevance_score` in its metadata, hidden from LLM and embed text."""
-    return node.model_copy(
-        update={
-            "metadata": {**node.metadata, SCORE_KEY: score},
-            "excluded_llm_metadata_keys": _with_key(node.excluded_llm_metadata_keys),
-            "excluded_embed_metadata_keys": _with_key(node.excluded_embed_metadata_keys),
-        }
-    )
+    """A copy of `node` with `relevance_score` in its metadata, hidden from LLM and embed text.
+
+    What `node.model_copy(update=...)` does, without its generic `copy.copy` calls: this runs
+    once per node on every query, and is a third of the adapter's own cost at 50 nodes.
+    """
+    cls = type(node)
+    clone = cls.__new__(cls)
+    state = {
+        **node.__dict__,
+        "metadata": {**node.metadata, SCORE_KEY: score},
+        "excluded_llm_metadata_keys": _with_key(node.excluded_llm_metadata_keys),
+        "excluded_embed_metadata_keys": _with_key(node.excluded_embed_metadata_keys),
+    }
+    extra, private = node.__pydantic_extra__, node.__pydantic_private__
+    object.__setattr__(clone, "__dict__", state)
+    object.__setattr__(clone, "__pydantic_fields_set__", node.__pydantic_fields_set__ | _UPDATED)
+    object.__setattr__(clone, "__pydantic_extra__", None if extra is None else dict(extra))
+    object.__setattr__(clone, "__pydantic_private__", None if private is None else dict(private))
+    return clone
+
+
+_UPDATED = frozenset({"metadata", "excluded_llm_metadata_keys", "excluded_embed_metadata_keys"})
 
 
 def _with_key(keys: list[str]) -> list[str]:

@@ -353,6 +353,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "SiliconFlowRerankEmulator/1.0"
     timeout = 60
+    # Headers and body go out in separate writes; with Nagle's algorithm on, a client's delayed
+    # ACK would hold every answer back by about 40 ms.
+    disable_nagle_algorithm = True
 
     def setup(self) -> None:
         super().setup()

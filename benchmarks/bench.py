@@ -1,0 +1,439 @@
+"""Benchmarks: this package against a raw-httpx floor, raw sockets, and the existing peer.
+
+Every contender talks to the same local emulator, started as a separate process (so that server
+and client do not share a GIL). Each figure is the median of several runs. Writes
+`benchmarks/results.md` and `benchmarks/results.png`. Run it with `bash benchmarks/run.sh`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+KEY = "bench-key"
+QUERY = "how to keep apples fresh"
+
+
+def short_documents(n: int) -> list[str]:
+    words = ["apple", "fresh", "fridge", "lemon", "bus", "pie", "green", "store", "cold", "week"]
+    return [
+        f"note {i}: {words[i % 10]} {words[(i * 3) % 10]} {words[(i * 7) % 10]}" for i in range(n)
+    ]
+
+
+def long_documents(n: int, size: int = 1000) -> list[str]:
+    base = short_documents(n)
+    return [(text + " lorem ipsum dolor sit amet") * (size // 40) for text in base]
+
+
+@contextmanager
+def emulator(*args: str) -> Iterator[str]:
+    """Serve the emulator in its own process; yield its API root."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "common.emulator", "--port", "0", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
+        if not match:
+            raise RuntimeError(f"emulator did not start: {line!r}")
+        yield match.group(1)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def median_of(runs: list[float]) -> float:
+    return statistics.median(runs)
+
+
+# -- 1. per-call overhead -----------------------------------------------------------------------
+
+
+def bench_overhead(base_url: str, calls: int = 200) -> dict[str, float]:
+    """Milliseconds per sequential call of 50 short documents (server answers at once)."""
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from common import SiliconFlowClient
+    from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
+    from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
+
+    documents = short_documents(50)
+    lc_documents = [Document(page_content=d) for d in documents]
+    nodes = [NodeWithScore(node=TextNode(text=d)) for d in documents]
+    url = f"{base_url}/rerank"
+
+    raw = httpx.Client()
+
+    def raw_httpx() -> None:
+        response = raw.post(
+            url,
+            json={"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": documents},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        response.raise_for_status()
+        response.json()["results"]
+
+    core = SiliconFlowClient(api_key=KEY, base_url=base_url)
+    langchain = LangChainRerank(api_key=KEY, base_url=base_url, top_n=None)
+    llama = LlamaRerank(api_key=KEY, base_url=base_url, top_n=None)
+    contenders: dict[str, Callable[[], object]] = {
+        "raw httpx (floor)": raw_httpx,
+        "core SiliconFlowClient": lambda: core.rerank(QUERY, documents),
+        "LangChain adapter": lambda: langchain.compress_documents(lc_documents, QUERY),
+        "LlamaIndex adapter": lambda: llama.postprocess_nodes(nodes, query_str=QUERY),
+    }
+    peer = _peer(base_url, top_n=50)
+    if peer is not None:
+        contenders["peer (llama-index-postprocessor-siliconflow-rerank)"] = lambda: (
+            peer.postprocess_nodes(nodes, query_str=QUERY)
+        )
+    results: dict[str, list[float]] = {name: [] for name in contenders}
+    for call in contenders.values():
+        for _ in range(20):
+            call()  # warm up: connections, imports, caches
+    for _ in range(RUNS):
+        for name, call in contenders.items():  # interleaved, so drift hits everyone alike
+            started = time.perf_counter()
+            for _ in range(calls):
+                call()
+            results[name].append((time.perf_counter() - started) / calls * 1000)
+    raw.close()
+    core.close()
+    return {name: median_of(runs) for name, runs in results.items()}
+
+
+def _peer(base_url: str, top_n: int) -> Any:
+    try:
+        from llama_index.postprocessor.siliconflow_rerank import SiliconFlowRerank as Peer
+    except ImportError:
+        print("peer package not installed: skipping it", file=sys.stderr)
+        return None
+    return Peer(api_key=KEY, base_url=f"{base_url}/rerank", top_n=top_n)
+
+
+# -- 2. concurrency -----------------------------------------------------------------------------
+
+
+async def _raw_socket_call(host: str, port: int, path: str, body: bytes, pool: list[Any]) -> None:
+    """One HTTP/1.1 request on a kept-alive raw asyncio connection (the physical floor)."""
+    if pool:
+        reader, writer = pool.pop()
+    else:
+        reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    json.loads(await reader.readexactly(length))
+    pool.append((reader, writer))
+
+
+def bench_concurrency(base_url: str, count: int = 200) -> dict[str, float]:
+    """Seconds for `count` concurrent reranks of 20 documents against a 100 ms server."""
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from common import AsyncSiliconFlowClient
+    from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
+    from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
+
+    documents = short_documents(20)
+    body = json.dumps(
+        {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": documents}
+    ).encode()
+    url = httpx.URL(f"{base_url}/rerank")
+    lc_documents = [Document(page_content=d) for d in documents]
+    nodes = [NodeWithScore(node=TextNode(text=d)) for d in documents]
+    peer = _peer(base_url, top_n=20)
+
+    async def run_all() -> dict[str, list[float]]:
+        sockets: list[Any] = []
+        plain = httpx.AsyncClient(limits=httpx.Limits(max_connections=count))
+        default_httpx = httpx.AsyncClient()
+        core = AsyncSiliconFlowClient(api_key=KEY, base_url=base_url)
+        langchain = LangChainRerank(api_key=KEY, base_url=base_url, top_n=None)
+        llama = LlamaRerank(api_key=KEY, base_url=base_url, top_n=None)
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        contenders: dict[str, Callable[[], Awaitable[object]]] = {
+            "raw asyncio sockets (floor)": lambda: _raw_socket_call(
+                url.host, url.port or 80, url.path, body, sockets
+            ),
+            "plain httpx.AsyncClient (default pool)": lambda: default_httpx.post(
+                url, content=body, headers=headers
+            ),
+            f"plain httpx.AsyncClient (pool of {count})": lambda: plain.post(
+                url, content=body, headers=headers
+            ),
+            "core AsyncSiliconFlowClient": lambda: core.rerank(QUERY, documents),
+            "LangChain adapter (acompress_documents)": lambda: langchain.acompress_documents(
+                lc_documents, QUERY
+            ),
+            "LlamaIndex adapter (apostprocess_nodes)": lambda: llama.apostprocess_nodes(
+                nodes, query_str=QUERY
+            ),
+        }
+        if peer is not None:
+            contenders["peer (apostprocess_nodes)"] = lambda: peer.apostprocess_nodes(
+                nodes, query_str=QUERY
+            )
+        results: dict[str, list[float]] = {name: [] for name in contenders}
+        # One contender at a time, so that one's idle connections do not load the server for
+        # the next; warmed up first, so that pools are full.
+        for name, call in contenders.items():
+            await asyncio.gather(*(call() for _ in range(count)))
+            for _ in range(RUNS):
+                started = time.perf_counter()
+                await asyncio.gather(*(call() for _ in range(count)))
+                results[name].append(time.perf_counter() - started)
+        for _, writer in sockets:
+            writer.close()
+        await plain.aclose()
+        await default_httpx.aclose()
+        await core.aclose()
+        await langchain.aclose()
+        await llama.aclose()
+        return results
+
+    results = asyncio.run(run_all())
+    return {name: median_of(runs) for name, runs in results.items()}
+
+
+# -- 3. large lists -----------------------------------------------------------------------------
+
+
+def bench_large_lists(base_url: str, count: int = 10_000) -> dict[str, float]:
+    """Seconds to rerank `count` documents, unbatched and with several batch sizes."""
+    from common import SiliconFlowClient
+
+    documents = short_documents(count)
+    settings: dict[str, dict[str, Any]] = {
+        "unbatched (one request)": {"max_documents_per_request": None},
+    }
+    for size in (64, 128, 256, 512, 1250):
+        settings[f"batches of {size}, 8 at once"] = {
+            "max_documents_per_request": size,
+            "max_concurrency": 8,
+        }
+    results: dict[str, list[float]] = {name: [] for name in settings}
+    clients = {
+        name: SiliconFlowClient(api_key=KEY, base_url=base_url, **kw)
+        for name, kw in settings.items()
+    }
+    expected = clients["unbatched (one request)"].rerank(QUERY, documents, top_n=10).results
+    for _ in range(max(RUNS - 2, 3)):
+        for name, client in clients.items():
+            started = time.perf_counter()
+            got = client.rerank(QUERY, documents, top_n=10).results
+            results[name].append(time.perf_counter() - started)
+            assert got == expected, name  # the merged answer is the unbatched answer
+    for client in clients.values():
+        client.close()
+    return {name: median_of(runs) for name, runs in results.items()}
+
+
+# -- 4. memory ----------------------------------------------------------------------------------
+
+_MEMORY_PROBE = r"""
+import gc, json, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from common import SiliconFlowClient, image_item
+
+def peak_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+client = SiliconFlowClient(api_key="k", base_url={base_url!r})
+client.rerank("warm up", ["a", "b"])
+{setup}
+gc.collect()
+reset_peak()
+base = peak_kib()
+{action}
+print(json.dumps({{"growth_kib": peak_kib() - base, "size_bytes": size}}))
+"""
+
+
+def _probe(base_url: str, setup: str, action: str) -> dict[str, float]:
+    code = _MEMORY_PROBE.format(
+        root=str(HERE.parent), base_url=base_url, setup=setup, action=action
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    data = json.loads(out.strip().splitlines()[-1])
+    return {"growth_mib": data["growth_kib"] / 1024, "size_mib": data["size_bytes"] / 2**20}
+
+
+def bench_memory(base_url: str, image_path: Path) -> dict[str, dict[str, float]]:
+    """Peak RSS growth for 10,000 documents, and for a 5 MB image sent from a file."""
+    documents = (
+        "docs = [('note %d ' % i) + 'lorem ipsum dolor sit amet apple fresh ' * 25 "
+        "for i in range(10000)]\nsize = len(json.dumps(docs).encode())"
+    )
+    text = _probe(base_url, documents, "client.rerank('apple', docs, top_n=10)")
+    image = _probe(
+        base_url,
+        f"path = Path({str(image_path)!r})\nsize = path.stat().st_size",
+        "client.rerank('apple', [image_item(path)], model='Qwen/Qwen3-VL-Reranker-8B')",
+    )
+    return {"10,000 text documents": text, "one 5 MB image from a file": image}
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}; httpx {httpx.__version__}"
+    )
+
+
+def write_report(results: dict[str, Any]) -> None:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {machine()}. Median of {RUNS} runs; every contender against the same local "
+        "emulator process. Produced by `bash benchmarks/run.sh`.",
+        "",
+        "## 1. Per-call overhead (sequential calls, 50 short documents, instant server)",
+        "",
+        "| contender | ms per call | × floor |",
+        "|---|---:|---:|",
+    ]
+    overhead = results["overhead"]
+    floor = overhead["raw httpx (floor)"]
+    lines += [f"| {name} | {ms:.2f} | {ms / floor:.2f} |" for name, ms in overhead.items()]
+    lines += [
+        "",
+        "## 2. Concurrency (200 concurrent reranks of 20 documents, server answers after 100 ms)",
+        "",
+        "| contender | seconds | × floor |",
+        "|---|---:|---:|",
+    ]
+    concurrency = results["concurrency"]
+    floor = concurrency["raw asyncio sockets (floor)"]
+    lines += [f"| {name} | {s:.3f} | {s / floor:.2f} |" for name, s in concurrency.items()]
+    lines += [
+        "",
+        "## 3. Large lists (10,000 documents, server latency 0.2 ms per document)",
+        "",
+        "| setting | seconds | speed-up |",
+        "|---|---:|---:|",
+    ]
+    large = results["large"]
+    whole = large["unbatched (one request)"]
+    lines += [f"| {name} | {s:.2f} | {whole / s:.1f}× |" for name, s in large.items()]
+    lines += [
+        "",
+        "## 4. Memory (peak RSS growth during one call)",
+        "",
+        "| input | input size (MiB) | peak growth (MiB) | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, m in results["memory"].items():
+        ratio = m["growth_mib"] / m["size_mib"]
+        lines.append(f"| {name} | {m['size_mib']:.1f} | {m['growth_mib']:.1f} | {ratio:.2f} |")
+    (HERE / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+def write_chart(results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    panels = [
+        ("overhead", "1. ms per call (lower is better)", "{:.2f}"),
+        ("concurrency", "2. seconds for 200 concurrent calls", "{:.2f}"),
+        ("large", "3. seconds for 10,000 documents", "{:.2f}"),
+    ]
+    for ax, (key, title, fmt) in zip(axes, panels, strict=True):
+        names = list(results[key])
+        values = [results[key][n] for n in names]
+        colors = [
+            "#888888" if "floor" in n or "raw" in n or "plain" in n
+            else "#d95f02" if "peer" in n or "unbatched" in n
+            else "#1b9e77"
+            for n in names
+        ]  # fmt: skip
+        bars = ax.barh(range(len(names)), values, color=colors)
+        ax.set_yticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=10)
+        for bar, value in zip(bars, values, strict=True):
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + fmt.format(value),
+                    va="center", fontsize=8)  # fmt: skip
+        ax.margins(x=0.25)
+    figure.suptitle("siliconflow-rerank benchmarks (green: this package; grey: floors; orange: "
+                    "peer / unbatched)", fontsize=11)  # fmt: skip
+    figure.tight_layout()
+    figure.savefig(HERE / "results.png", dpi=110)
+
+
+def main() -> None:
+    results: dict[str, Any] = {"machine": machine()}
+    with emulator() as base_url:
+        print("1. per-call overhead ...", file=sys.stderr, flush=True)
+        results["overhead"] = bench_overhead(base_url)
+    with emulator("--latency-ms", "100") as base_url:
+        print("2. concurrency ...", file=sys.stderr, flush=True)
+        results["concurrency"] = bench_concurrency(base_url)
+    with emulator("--latency-per-doc-ms", "0.2") as base_url:
+        print("3. large lists ...", file=sys.stderr, flush=True)
+        results["large"] = bench_large_lists(base_url)
+    image = HERE / "_image.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(5 * 2**20))
+    try:
+        with emulator() as base_url:
+            print("4. memory ...", file=sys.stderr, flush=True)
+            results["memory"] = bench_memory(base_url, image)
+    finally:
+        image.unlink()
+    gc.collect()
+    write_report(results)
+    write_chart(results)
+
+
+if __name__ == "__main__":
+    main()
