@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
@@ -16,12 +16,15 @@ from common import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
+    APIConnectionError,
+    APIStatusError,
     AsyncSiliconFlowClient,
     DocumentItem,
     InvalidRequestError,
     QueryItem,
     RerankCache,
     RerankResponse,
+    ResponseValidationError,
     SiliconFlowClient,
     Usage,
     image_item,
@@ -35,6 +38,9 @@ logger = logging.getLogger("siliconflow_rerank")
 
 USAGE_EVENT = "siliconflow_rerank_usage"
 """Name of the LangChain custom event that reports each call's token usage."""
+
+# What the service can do wrong; input errors (InvalidRequestError) always raise.
+_SERVICE_ERRORS = (APIConnectionError, APIStatusError, ResponseValidationError)
 
 
 class RerankResults(list[dict[str, Any]]):
@@ -112,6 +118,10 @@ class SiliconFlowRerank(BaseDocumentCompressor):
     """A `RerankCache` to reuse scores across calls (off by default)."""
     on_progress: Callable[[int, int], object] | None = Field(default=None, exclude=True)
     """Called with (requests done, requests in all) as a long call proceeds."""
+    on_error: Literal["raise", "passthrough"] = "raise"
+    """When the service fails after its retries: raise, or pass the documents through in their
+    original order (at most `top_n`), each marked `metadata["rerank_status"] = "failed"`, with one
+    WARNING logged. Bad input raises either way."""
     allow_local_media: bool = False
     """Read local files named in `metadata["image"]` / `["video"]`. Off by default: metadata often
     comes from untrusted loaders, and reading arbitrary paths would upload local files."""
@@ -245,6 +255,16 @@ class SiliconFlowRerank(BaseDocumentCompressor):
             for r in response.results
         ]
 
+    def _passed_through(self, documents: Sequence[Document], error: Exception) -> list[Document]:
+        kept = documents if self.top_n is None else documents[: self.top_n]
+        logger.warning(
+            "SiliconFlow rerank failed, passing %d documents through unranked: %s", len(kept), error
+        )
+        return [
+            d.model_copy(update={"metadata": {**d.metadata, "rerank_status": "failed"}})
+            for d in kept
+        ]
+
     # -- sync ----------------------------------------------------------------------------------
 
     def rerank(
@@ -291,7 +311,12 @@ class SiliconFlowRerank(BaseDocumentCompressor):
         if not documents:
             return []
         items = [self._to_item(d) for d in documents]
-        response = self._sync().rerank(query, items, **self._options(self.top_n))
+        try:
+            response = self._sync().rerank(query, items, **self._options(self.top_n))
+        except _SERVICE_ERRORS as error:
+            if self.on_error == "raise":
+                raise
+            return self._passed_through(documents, error)
         report = self._report(response)
         manager = CallbackManager.configure(inheritable_callbacks=callbacks)
         if manager.handlers:
@@ -328,7 +353,12 @@ class SiliconFlowRerank(BaseDocumentCompressor):
         if not documents:
             return []
         items = [self._to_item(d) for d in documents]
-        response = await self._async().rerank(query, items, **self._options(self.top_n))
+        try:
+            response = await self._async().rerank(query, items, **self._options(self.top_n))
+        except _SERVICE_ERRORS as error:
+            if self.on_error == "raise":
+                raise
+            return self._passed_through(documents, error)
         report = self._report(response)
         manager = AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
         if manager.handlers:

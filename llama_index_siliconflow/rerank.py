@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -33,13 +33,17 @@ from common import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
+    APIConnectionError,
+    APIStatusError,
     AsyncSiliconFlowClient,
     DocumentItem,
     InvalidRequestError,
     QueryItem,
     RerankCache,
     RerankResponse,
+    ResponseValidationError,
     SiliconFlowClient,
+    SiliconFlowError,
     image_item,
     validate_options,
     video_item,
@@ -51,6 +55,10 @@ logger = logging.getLogger("siliconflow_rerank")
 dispatcher = get_dispatcher(__name__)
 
 SCORE_KEY = "relevance_score"
+STATUS_KEY = "rerank_status"
+
+# What the service can do wrong; input errors (InvalidRequestError) always raise.
+_SERVICE_ERRORS = (APIConnectionError, APIStatusError, ResponseValidationError)
 
 
 class RerankUsageEvent(BaseEvent):
@@ -136,6 +144,14 @@ class SiliconFlowRerank(BaseNodePostprocessor):
     )
     on_progress: Callable[[int, int], object] | None = Field(
         default=None, exclude=True, description="Called with (requests done, requests in all)."
+    )
+    on_error: Literal["raise", "passthrough"] = Field(
+        default="raise",
+        description=(
+            "When the service fails after its retries: raise, or pass the nodes through in "
+            "their original order (at most top_n, scores kept), each marked "
+            "metadata['rerank_status'] = 'failed', with one WARNING logged."
+        ),
     )
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED, description="Which metadata goes into a text node's content."
@@ -266,6 +282,13 @@ class SiliconFlowRerank(BaseNodePostprocessor):
     ) -> tuple[QueryItem, list[DocumentItem]]:
         if query_bundle is None:
             raise ValueError("Missing query bundle in extra info.")
+        if not isinstance(query_bundle, QueryBundle) or not isinstance(query_bundle.query_str, str):
+            raise InvalidRequestError("query_bundle must be a QueryBundle with a string query_str")
+        for position, node in enumerate(nodes):
+            if not isinstance(node, NodeWithScore):
+                raise InvalidRequestError(
+                    f"nodes[{position}] must be a NodeWithScore, got {type(node).__name__}"
+                )
         return self._query_item(query_bundle), [self._node_item(n.node) for n in nodes]
 
     def _options(self) -> dict[str, Any]:
@@ -308,10 +331,24 @@ class SiliconFlowRerank(BaseNodePostprocessor):
             RerankUsageEvent(model_name=self.model, usage=usage, trace_id=response.trace_id)
         )
         return [
-            NodeWithScore(node=_scored_copy(nodes[r.index].node, r.relevance_score),
+            NodeWithScore(node=_marked_copy(nodes[r.index].node, {SCORE_KEY: r.relevance_score}),
                           score=r.relevance_score)
             for r in response.results
         ]  # fmt: skip
+
+    def _passed_through(
+        self, nodes: list[NodeWithScore], error: SiliconFlowError
+    ) -> list[NodeWithScore]:
+        if self.on_error == "raise":
+            raise error
+        kept = nodes if self.top_n is None else nodes[: self.top_n]
+        logger.warning(
+            "SiliconFlow rerank failed, passing %d nodes through unranked: %s", len(kept), error
+        )
+        return [
+            NodeWithScore(node=_marked_copy(n.node, {STATUS_KEY: "failed"}), score=n.score)
+            for n in kept
+        ]
 
     # -- the postprocessor API -----------------------------------------------------------------
 
@@ -325,8 +362,12 @@ class SiliconFlowRerank(BaseNodePostprocessor):
             return []
         assert query_bundle is not None
         with self._observed(nodes, query_bundle) as outcome:
-            response = self._sync().rerank(query, items, **self._options())
-            outcome.nodes = self._finish(nodes, response)
+            try:
+                response = self._sync().rerank(query, items, **self._options())
+            except _SERVICE_ERRORS as error:
+                outcome.nodes = self._passed_through(nodes, error)
+            else:
+                outcome.nodes = self._finish(nodes, response)
         return outcome.nodes
 
     @dispatcher.span
@@ -340,8 +381,12 @@ class SiliconFlowRerank(BaseNodePostprocessor):
             return []
         assert query_bundle is not None
         with self._observed(nodes, query_bundle) as outcome:
-            response = await self._async().rerank(query, items, **self._options())
-            outcome.nodes = self._finish(nodes, response)
+            try:
+                response = await self._async().rerank(query, items, **self._options())
+            except _SERVICE_ERRORS as error:
+                outcome.nodes = self._passed_through(nodes, error)
+            else:
+                outcome.nodes = self._finish(nodes, response)
         return outcome.nodes
 
 
@@ -370,8 +415,8 @@ def _resource_source(
     raise InvalidRequestError(f"node {node.node_id}: media resource has no data, url or path")
 
 
-def _scored_copy(node: BaseNode, score: float) -> BaseNode:
-    """A copy of `node` with `relevance_score` in its metadata, hidden from LLM and embed text.
+def _marked_copy(node: BaseNode, marks: dict[str, Any]) -> BaseNode:
+    """A copy of `node` with `marks` added to its metadata, hidden from LLM and embedding text.
 
     What `node.model_copy(update=...)` does, without its generic `copy.copy` calls: this runs
     once per node on every query, and is a third of the adapter's own cost at 50 nodes.
@@ -380,9 +425,9 @@ def _scored_copy(node: BaseNode, score: float) -> BaseNode:
     clone = cls.__new__(cls)
     state = {
         **node.__dict__,
-        "metadata": {**node.metadata, SCORE_KEY: score},
-        "excluded_llm_metadata_keys": _with_key(node.excluded_llm_metadata_keys),
-        "excluded_embed_metadata_keys": _with_key(node.excluded_embed_metadata_keys),
+        "metadata": {**node.metadata, **marks},
+        "excluded_llm_metadata_keys": _with_keys(node.excluded_llm_metadata_keys, marks),
+        "excluded_embed_metadata_keys": _with_keys(node.excluded_embed_metadata_keys, marks),
     }
     extra, private = node.__pydantic_extra__, node.__pydantic_private__
     object.__setattr__(clone, "__dict__", state)
@@ -395,5 +440,5 @@ def _scored_copy(node: BaseNode, score: float) -> BaseNode:
 _UPDATED = frozenset({"metadata", "excluded_llm_metadata_keys", "excluded_embed_metadata_keys"})
 
 
-def _with_key(keys: list[str]) -> list[str]:
-    return list(keys) if SCORE_KEY in keys else [*keys, SCORE_KEY]
+def _with_keys(keys: list[str], marks: dict[str, Any]) -> list[str]:
+    return [*keys, *(key for key in marks if key not in keys)]
