@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "APIConnectionError",
@@ -206,6 +207,16 @@ def _describe_body(content: bytes) -> tuple[object, int | str | None, str]:
     return body, None, excerpt(stripped)
 
 
+def _redact(value: Any, secret: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(secret, "[redacted]")
+    if isinstance(value, dict):
+        return {key: _redact(item, secret) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redact(item, secret) for item in value]
+    return value
+
+
 def status_error(
     status_code: int,
     content: bytes,
@@ -219,9 +230,8 @@ def status_error(
     body, code, message = _describe_body(content)
     if secret and len(secret) >= 8:
         # Belt and braces: a proxy that echoes the request must not put the key into our error.
-        message = message.replace(secret, "[redacted]")
-        if isinstance(body, str):
-            body = body.replace(secret, "[redacted]")
+        message = _redact(message, secret)
+        body = _redact(body, secret)
     hint = None
     if status_code == 401:
         hint = (

@@ -161,6 +161,8 @@ class EmulatorStats:
     """The most rerank requests handled at the same time since the last reset."""
     connections: int = 0
     """TCP connections accepted (fewer than `requests` when clients keep connections alive)."""
+    open_connections: int = 0
+    """TCP connections open right now (clients that closed their pools have none left)."""
 
 
 class _Invalid(Exception):
@@ -285,6 +287,7 @@ class RerankEmulator:
                 in_flight=self._stats.in_flight,
                 max_in_flight=self._stats.max_in_flight,
                 connections=self._stats.connections,
+                open_connections=len(self._sockets),
             )
 
     def reset(self) -> None:

@@ -1,0 +1,328 @@
+"""The fault matrix: every fault, through every entry point, over real sockets to the emulator.
+
+For each (fault, path) it asserts the documented outcome (recovered after N retries, or the exact
+error class with status, vendor code and trace id), the number of requests the server saw, that no
+connection is left open once the caller closes, and that the caller's inputs are unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from langchain_core.documents import Document
+from llama_index.core.schema import NodeWithScore, TextNode
+
+from common import (
+    APIConnectionError,
+    APITimeoutError,
+    AsyncSiliconFlowClient,
+    InternalServerError,
+    RateLimitError,
+    ResponseValidationError,
+    ServiceUnavailableError,
+    SiliconFlowClient,
+    SiliconFlowError,
+)
+from common.emulator import Fault, RerankEmulator
+from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
+from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
+
+from .conftest import SleepRecorder
+
+KEY = "sk-reliability-0001"
+QUERY = "fresh apple"
+TEXTS = ["a red car", "fresh apple pie", "green apple", "a bicycle"]
+TIMEOUT = 0.4
+
+
+@dataclass
+class Path:
+    """One way a user reaches the API, driven synchronously."""
+
+    call: Callable[[], list[tuple[int, float]]]
+    inputs: Callable[[], Any]
+    close: Callable[[], None]
+    sleeps: SleepRecorder
+
+
+def _clients(base_url: str, sleeps: SleepRecorder, **extra: Any) -> dict[str, Any]:
+    settings = {
+        "api_key": KEY,
+        "base_url": base_url,
+        "max_retries": 2,
+        "timeout": TIMEOUT,
+        "retry_policy": sleeps.policy(),
+        **extra,
+    }
+    return {"sync": SiliconFlowClient(**settings), "async": AsyncSiliconFlowClient(**settings)}
+
+
+def make_path(name: str, base_url: str) -> Path:
+    sleeps = SleepRecorder()
+    loop = asyncio.new_event_loop()
+    extra = {"max_documents_per_request": 2, "max_concurrency": 2} if name == "batched" else {}
+    clients = _clients(base_url, sleeps, **extra)
+    documents = [
+        Document(page_content=t, metadata={"n": i}, id=str(i)) for i, t in enumerate(TEXTS)
+    ]
+    nodes = [
+        NodeWithScore(node=TextNode(text=t, id_=str(i)), score=1.0) for i, t in enumerate(TEXTS)
+    ]
+    langchain = LangChainRerank(client=clients["sync"], async_client=clients["async"], top_n=None)
+    llama = LlamaRerank(client=clients["sync"], async_client=clients["async"], top_n=None)
+
+    def core(response: Any) -> list[tuple[int, float]]:
+        return [(r.index, r.relevance_score) for r in response.results]
+
+    def from_documents(out: Any) -> list[tuple[int, float]]:
+        return [(d.metadata["n"], d.metadata["relevance_score"]) for d in out]
+
+    def from_nodes(out: Any) -> list[tuple[int, float]]:
+        return [(int(n.node.node_id), n.score) for n in out]
+
+    calls: dict[str, Callable[[], list[tuple[int, float]]]] = {
+        "core-sync": lambda: core(clients["sync"].rerank(QUERY, TEXTS)),
+        "core-async": lambda: core(loop.run_until_complete(clients["async"].rerank(QUERY, TEXTS))),
+        "langchain-sync": lambda: from_documents(langchain.compress_documents(documents, QUERY)),
+        "langchain-async": lambda: from_documents(
+            loop.run_until_complete(langchain.acompress_documents(documents, QUERY))
+        ),
+        "llama-index-sync": lambda: from_nodes(llama.postprocess_nodes(nodes, query_str=QUERY)),
+        "llama-index-async": lambda: from_nodes(
+            loop.run_until_complete(llama.apostprocess_nodes(nodes, query_str=QUERY))
+        ),
+        "batched": lambda: core(clients["sync"].rerank(QUERY, TEXTS)),
+    }
+
+    def close() -> None:
+        clients["sync"].close()
+        loop.run_until_complete(clients["async"].aclose())
+        loop.close()
+
+    return Path(
+        call=calls[name],
+        inputs=lambda: ([d.model_dump() for d in documents], [n.model_dump() for n in nodes]),
+        close=close,
+        sleeps=sleeps,
+    )
+
+
+PATHS = [
+    "core-sync",
+    "core-async",
+    "langchain-sync",
+    "langchain-async",
+    "llama-index-sync",
+    "llama-index-async",
+    "batched",
+]
+
+# fault, how many times in a row, expected error (None: recovers), vendor code or status to check
+TRANSIENT: list[tuple[str, Callable[[], Fault]]] = [
+    ("429", Fault.rate_limited),
+    ("429 Retry-After", lambda: Fault.rate_limited(retry_after="1")),
+    ("503 50505", Fault.overloaded),
+    ("500", Fault.server_error),
+    ("502 HTML", Fault.bad_gateway_html),
+    ("504 text", Fault.gateway_timeout),
+    ("reset mid-response", Fault.disconnect),
+    ("read timeout", lambda: Fault.slow(TIMEOUT + 0.3)),
+]
+
+BROKEN_ANSWERS: list[tuple[str, Callable[[], Fault], str]] = [
+    ("truncated JSON", Fault.truncated_json, "not valid JSON"),
+    ("non-JSON body", Fault.not_json, "not valid JSON"),
+    ("out-of-range index", Fault.index_out_of_range, "out of range"),
+    ("duplicated index", Fault.duplicate_index, "appears twice"),
+    ("missing results", Fault.missing_results, "results"),
+    ("non-finite score", Fault.non_finite_score, "relevance_score"),
+]
+
+PERSISTENT: list[tuple[str, Callable[[], Fault], type[SiliconFlowError], Any]] = [
+    ("429", Fault.rate_limited, RateLimitError, 429),
+    ("503 50505", Fault.overloaded, ServiceUnavailableError, 50505),
+    ("500", Fault.server_error, InternalServerError, 50507),
+    ("502 HTML", Fault.bad_gateway_html, InternalServerError, 502),
+    ("504 text", Fault.gateway_timeout, InternalServerError, 504),
+    ("reset mid-response", Fault.disconnect, APIConnectionError, None),
+    ("read timeout", lambda: Fault.slow(TIMEOUT + 0.3), APITimeoutError, None),
+]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with RerankEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def fresh(server: RerankEmulator):
+    server.reset()
+    server.latency = 0.0
+    return server
+
+
+def run_path(name: str, server: RerankEmulator, check: Callable[[Path], None]) -> None:
+    path = make_path(name, server.base_url)
+    before = copy.deepcopy(path.inputs())
+    try:
+        check(path)
+        assert path.inputs() == before, "the caller's documents or nodes changed"
+    finally:
+        path.close()
+    deadline = time.monotonic() + 3
+    while server.stats.open_connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.stats.open_connections == 0, "a connection was left open"
+
+
+def truth(server: RerankEmulator) -> list[tuple[int, float]]:
+    body = {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": TEXTS}
+    return [(r["index"], r["relevance_score"]) for r in server.rank(body)["results"]]
+
+
+@pytest.mark.parametrize("name", PATHS)
+def test_clean_call(fresh, name):
+    def check(path: Path) -> None:
+        assert path.call() == truth(fresh)
+        assert fresh.stats.requests == (2 if name == "batched" else 1)
+
+    run_path(name, fresh, check)
+
+
+@pytest.mark.parametrize("name", PATHS)
+@pytest.mark.parametrize(("label", "fault"), TRANSIENT, ids=[t[0] for t in TRANSIENT])
+def test_transient_fault_is_recovered(fresh, name, label, fault):
+    def check(path: Path) -> None:
+        fresh.enqueue(fault())
+        assert path.call() == truth(fresh)
+        assert fresh.stats.requests == (3 if name == "batched" else 2)
+        assert len(path.sleeps.delays) == 1
+        if label == "429 Retry-After":
+            assert path.sleeps.delays == [1.0]
+
+    run_path(name, fresh, check)
+
+
+@pytest.mark.parametrize("name", PATHS)
+@pytest.mark.parametrize(
+    ("label", "fault", "message"), BROKEN_ANSWERS, ids=[b[0] for b in BROKEN_ANSWERS]
+)
+def test_broken_answer_fails_loudly_without_retry(fresh, name, label, fault, message):
+    def check(path: Path) -> None:
+        fresh.enqueue(fault())
+        with pytest.raises(ResponseValidationError, match=message) as info:
+            path.call()
+        assert info.value.trace_id
+        assert fresh.stats.requests == (2 if name == "batched" else 1)
+        assert path.sleeps.delays == []
+
+    run_path(name, fresh, check)
+
+
+@pytest.mark.parametrize("name", [p for p in PATHS if p != "batched"])
+@pytest.mark.parametrize(
+    ("label", "fault", "error", "code"), PERSISTENT, ids=[p[0] for p in PERSISTENT]
+)
+def test_persistent_fault_raises_the_exact_error(fresh, name, label, fault, error, code):
+    def check(path: Path) -> None:
+        fresh.enqueue(fault(), fault(), fault())
+        with pytest.raises(error) as info:
+            path.call()
+        assert type(info.value) is error
+        assert fresh.stats.requests == 3
+        assert len(path.sleeps.delays) == 2
+        if code is not None:
+            assert code in (getattr(info.value, "code", None), info.value.status_code)  # type: ignore[attr-defined]
+            assert info.value.trace_id  # type: ignore[attr-defined]
+        if error is APIConnectionError:
+            assert not isinstance(info.value, APITimeoutError)
+
+    run_path(name, fresh, check)
+
+
+@pytest.mark.parametrize("name", [p for p in PATHS if p != "batched"])
+def test_connection_refused(name):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = make_path(name, f"http://127.0.0.1:{port}/v1")
+    try:
+        with pytest.raises(APIConnectionError, match="connection failed") as info:
+            path.call()
+        assert not isinstance(info.value, APITimeoutError)
+        assert len(path.sleeps.delays) == 2
+    finally:
+        path.close()
+
+
+# -- opt-in degradation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_langchain_passthrough_keeps_the_pipeline_up(fresh, mode, caplog):
+    fresh.enqueue(*(Fault.overloaded() for _ in range(3)))
+    reranker = LangChainRerank(
+        api_key=KEY, base_url=fresh.base_url, top_n=3, on_error="passthrough",
+        client=SiliconFlowClient(api_key=KEY, base_url=fresh.base_url,
+                                 retry_policy=SleepRecorder().policy()),
+        async_client=AsyncSiliconFlowClient(api_key=KEY, base_url=fresh.base_url,
+                                            retry_policy=SleepRecorder().policy()),
+    )  # fmt: skip
+    documents = [Document(page_content=t, id=str(i)) for i, t in enumerate(TEXTS)]
+    with caplog.at_level(logging.WARNING, logger="siliconflow_rerank"):
+        if mode == "sync":
+            out = reranker.compress_documents(documents, QUERY)
+        else:
+            out = asyncio.run(reranker.acompress_documents(documents, QUERY))
+    assert [d.id for d in out] == ["0", "1", "2"]
+    assert all(d.metadata == {"rerank_status": "failed"} for d in out)
+    assert all(d.metadata == {} for d in documents)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "50505" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_llama_index_passthrough_keeps_the_pipeline_up(fresh, mode, caplog):
+    fresh.enqueue(*(Fault.disconnect() for _ in range(3)))
+    settings = {
+        "api_key": KEY,
+        "base_url": fresh.base_url,
+        "retry_policy": SleepRecorder().policy(),
+    }
+    reranker = LlamaRerank(
+        top_n=2,
+        on_error="passthrough",
+        client=SiliconFlowClient(**settings),
+        async_client=AsyncSiliconFlowClient(**settings),
+    )
+    nodes = [
+        NodeWithScore(node=TextNode(text=t, id_=str(i)), score=0.5 - i / 10)
+        for i, t in enumerate(TEXTS)
+    ]
+    with caplog.at_level(logging.WARNING, logger="siliconflow_rerank"):
+        if mode == "sync":
+            out = reranker.postprocess_nodes(nodes, query_str=QUERY)
+        else:
+            out = asyncio.run(reranker.apostprocess_nodes(nodes, query_str=QUERY))
+    assert [(n.node.node_id, n.score) for n in out] == [("0", 0.5), ("1", 0.4)]
+    assert all(n.node.metadata == {"rerank_status": "failed"} for n in out)
+    assert "rerank_status" in out[0].node.excluded_llm_metadata_keys
+    assert all(n.node.metadata == {} for n in nodes)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+def test_passthrough_still_raises_on_bad_input(fresh):
+    reranker = LangChainRerank(api_key=KEY, base_url=fresh.base_url, on_error="passthrough")
+    with pytest.raises(ValueError, match="query"):
+        reranker.compress_documents([Document(page_content="a")], "   ")
+    assert fresh.stats.requests == 0
