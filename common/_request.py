@@ -34,6 +34,14 @@ class RerankRequest:
     return_documents: bool
 
 
+def _encode(body: dict[str, Any]) -> bytes:
+    try:
+        return pydantic_core.to_json(body)
+    except pydantic_core.PydanticSerializationError as error:
+        # Lone surrogates (from badly decoded bytes) cannot be sent as UTF-8 JSON.
+        raise InvalidRequestError(f"the query or a document is not valid text: {error}") from None
+
+
 def _positive_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequestError(f"{name} must be an integer, got {type(value).__name__}")
@@ -93,7 +101,7 @@ def build_request(
     _check_modalities(model, wire_query, wire_documents)
     return RerankRequest(
         body=body,
-        content=pydantic_core.to_json(body),
+        content=_encode(body),
         documents=wire_documents,
         top_n=top_n,
         return_documents=bool(return_documents),
@@ -191,7 +199,7 @@ def subset(
         fitted = body["top_n"] = min(request.top_n, len(documents))
     return RerankRequest(
         body=body,
-        content=pydantic_core.to_json(body),
+        content=_encode(body),
         documents=documents,
         top_n=fitted,
         return_documents=request.return_documents,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, StrictInt, model_validator
 
 from common import (
     DEFAULT_MAX_CONCURRENCY,
@@ -90,7 +90,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
 
     model: str = DEFAULT_MODEL
     """The rerank model; `Qwen/Qwen3-VL-Reranker-8B` for images and video."""
-    top_n: int | None = 3
+    top_n: StrictInt | None = 3
     """How many documents to return (as `CohereRerank`); None returns all of them, reordered."""
     api_key: SecretStr | None = Field(default=None, repr=False)
     """The API key; defaults to the `SILICONFLOW_API_KEY` environment variable."""
@@ -98,21 +98,21 @@ class SiliconFlowRerank(BaseDocumentCompressor):
     """The API root; defaults to `SILICONFLOW_BASE_URL`, then `https://api.siliconflow.cn/v1`."""
     timeout: float | None = None
     """Seconds for each phase of a request; None keeps the default (10 s connect, 120 s read)."""
-    max_retries: int = DEFAULT_MAX_RETRIES
+    max_retries: StrictInt = DEFAULT_MAX_RETRIES
     """Retries after a connection error, timeout, 408, 429 or 5xx."""
     instruction: str | None = None
     """Task instruction for the Qwen3-Reranker models."""
-    max_chunks_per_doc: int | None = None
+    max_chunks_per_doc: StrictInt | None = None
     """Chunk limit for long documents (bge, bce and Qwen3-VL models)."""
-    overlap_tokens: int | None = None
+    overlap_tokens: StrictInt | None = None
     """Token overlap between chunks, 0 to 80 (bge, bce and Qwen3-VL models)."""
-    max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST
+    max_documents_per_request: StrictInt | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST
     """Longer lists are split into concurrent requests of this many documents (None: never)."""
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_concurrency: StrictInt = DEFAULT_MAX_CONCURRENCY
     """How many requests of one split call run at once."""
-    requests_per_minute: int | None = None
+    requests_per_minute: StrictInt | None = None
     """Client-side request budget, shared by every call on this reranker."""
-    tokens_per_minute: int | None = None
+    tokens_per_minute: StrictInt | None = None
     """Client-side (estimated) token budget, shared likewise."""
     cache: RerankCache | None = Field(default=None, exclude=True)
     """A `RerankCache` to reuse scores across calls (off by default)."""
@@ -185,6 +185,13 @@ class SiliconFlowRerank(BaseDocumentCompressor):
         return state
 
     # -- conversions ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_sequence(documents: object) -> None:
+        if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
+            raise InvalidRequestError(
+                f"documents must be a sequence of Documents, got {type(documents).__name__}"
+            )
 
     def _to_item(self, document: Document | str | Mapping[str, str]) -> DocumentItem:
         if isinstance(document, str):
@@ -285,6 +292,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
             `[{"index": int, "relevance_score": float}, ...]`, best first, as a `RerankResults`
             list that also carries `usage` and `trace_id`. Empty input gives `[]`, with no request.
         """
+        self._check_sequence(documents)
         if not documents:
             return RerankResults()
         response = self._sync().rerank(
@@ -308,6 +316,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
             `metadata["relevance_score"]` (a float, higher is more relevant). Token usage is
             logged at DEBUG and sent to `callbacks` as the custom event `siliconflow_rerank_usage`.
         """
+        self._check_sequence(documents)
         if not documents:
             return []
         items = [self._to_item(d) for d in documents]
@@ -333,6 +342,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
         top_n: int | None = -1,
     ) -> RerankResults:
         """Async `rerank`, on the native async client."""
+        self._check_sequence(documents)
         if not documents:
             return RerankResults()
         response = await self._async().rerank(
@@ -350,6 +360,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Async `compress_documents`, on the native async client (no thread pool)."""
+        self._check_sequence(documents)
         if not documents:
             return []
         items = [self._to_item(d) for d in documents]

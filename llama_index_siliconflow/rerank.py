@@ -26,6 +26,7 @@ from llama_index.core.schema import (
     NodeWithScore,
     QueryBundle,
 )
+from pydantic import StrictInt
 
 from common import (
     DEFAULT_MAX_CONCURRENCY,
@@ -97,7 +98,7 @@ class SiliconFlowRerank(BaseNodePostprocessor):
     """
 
     model: str = Field(default=DEFAULT_MODEL, description="The SiliconFlow rerank model.")
-    top_n: int | None = Field(
+    top_n: StrictInt | None = Field(
         default=3, description="How many nodes to return; None returns all of them, reordered."
     )
     api_key: SecretStr | None = Field(
@@ -113,30 +114,30 @@ class SiliconFlowRerank(BaseNodePostprocessor):
         default=None,
         description="Seconds for each phase of a request; None keeps 10 s connect, 120 s read.",
     )
-    max_retries: int = Field(
+    max_retries: StrictInt = Field(
         default=DEFAULT_MAX_RETRIES,
         description="Retries after a connection error, timeout, 408, 429 or 5xx.",
     )
     instruction: str | None = Field(
         default=None, description="Task instruction (Qwen3-Reranker models only)."
     )
-    max_chunks_per_doc: int | None = Field(
+    max_chunks_per_doc: StrictInt | None = Field(
         default=None, description="Chunk limit for long documents (bge, bce, Qwen3-VL)."
     )
-    overlap_tokens: int | None = Field(
+    overlap_tokens: StrictInt | None = Field(
         default=None, description="Token overlap between chunks, 0 to 80 (bge, bce, Qwen3-VL)."
     )
-    max_documents_per_request: int | None = Field(
+    max_documents_per_request: StrictInt | None = Field(
         default=DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
         description="Split longer lists into concurrent requests of this many nodes (None: never).",
     )
-    max_concurrency: int = Field(
+    max_concurrency: StrictInt = Field(
         default=DEFAULT_MAX_CONCURRENCY, description="Requests of one split call run at once."
     )
-    requests_per_minute: int | None = Field(
+    requests_per_minute: StrictInt | None = Field(
         default=None, description="Client-side request budget, shared by every call."
     )
-    tokens_per_minute: int | None = Field(
+    tokens_per_minute: StrictInt | None = Field(
         default=None, description="Client-side (estimated) token budget, shared by every call."
     )
     cache: RerankCache | None = Field(
@@ -284,6 +285,8 @@ class SiliconFlowRerank(BaseNodePostprocessor):
             raise ValueError("Missing query bundle in extra info.")
         if not isinstance(query_bundle, QueryBundle) or not isinstance(query_bundle.query_str, str):
             raise InvalidRequestError("query_bundle must be a QueryBundle with a string query_str")
+        if not isinstance(nodes, list):
+            raise InvalidRequestError(f"nodes must be a list, got {type(nodes).__name__}")
         for position, node in enumerate(nodes):
             if not isinstance(node, NodeWithScore):
                 raise InvalidRequestError(

@@ -241,8 +241,8 @@ def test_persistent_fault_raises_the_exact_error(fresh, name, label, fault, erro
         assert fresh.stats.requests == 3
         assert len(path.sleeps.delays) == 2
         if code is not None:
-            assert code in (getattr(info.value, "code", None), info.value.status_code)  # type: ignore[attr-defined]
-            assert info.value.trace_id  # type: ignore[attr-defined]
+            assert code in (getattr(info.value, "code", None), info.value.status_code)
+            assert info.value.trace_id
         if error is APIConnectionError:
             assert not isinstance(info.value, APITimeoutError)
 
