@@ -326,3 +326,27 @@ def test_passthrough_still_raises_on_bad_input(fresh):
     with pytest.raises(ValueError, match="query"):
         reranker.compress_documents([Document(page_content="a")], "   ")
     assert fresh.stats.requests == 0
+
+
+def test_short_soak_has_no_misaligned_results():
+    """A few seconds of the soak (benchmarks/soak.py): shared instances, threads and tasks,
+    random faults; every call is the ground truth or a documented error."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--seconds", "4", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["misaligned"] == 0, result["examples"]
+    assert result["calls"] > 200
+    assert result["faults_injected"] > 20
+    assert result["correct"] > result["calls"] // 2
+    assert out.returncode == 0
