@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ._cache import RerankCache, score_key_prefix
 from ._exceptions import SiliconFlowError
-from ._models import BilledUnits, RerankDocument, RerankResponse, RerankResult, Usage
+from ._models import BilledUnits, RerankResponse, RerankResult, Usage, rank
 from ._request import RerankRequest, subset
 
 __all__ = ["Batch", "Plan", "assemble", "name_batch", "plan"]
@@ -110,18 +110,11 @@ def assemble(
                 [batch.request.documents[r.index] for r in response.results],
                 [r.relevance_score for r in response.results],
             )
-    for index, score in the_plan.known.items():
-        document = None
-        if request.return_documents:
-            document = RerankDocument.model_validate(request.documents[index])
-        results.append(RerankResult(index=index, relevance_score=score, document=document))
-    results.sort(key=lambda r: (-r.relevance_score, r.index))
-    if request.top_n is not None:
-        results = results[: request.top_n]
+    results.extend(RerankResult(index=i, relevance_score=s) for i, s in the_plan.known.items())
     trace_ids = [r.trace_id for r in responses if r.trace_id]
     return RerankResponse(
         id=responses[0].id if responses else None,
-        results=results,
+        results=rank(results, request),
         usage=_merge_usage([r.usage for r in responses]),
         trace_id=",".join(trace_ids) or None,
         model=responses[0].model if responses else None,

@@ -313,6 +313,9 @@ class SiliconFlowClient(_BaseClient):
     def _http(self) -> httpx.Client:
         if self._borrowed is not None:
             return self._borrowed
+        owned = self._owned
+        if owned is not None:  # every call after the first: no lock on the hot path
+            return owned
         with self._lock:
             if self._owned is None:
                 limits = httpx.Limits(
@@ -381,14 +384,7 @@ class SiliconFlowClient(_BaseClient):
             model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
         )
         the_plan = self._plan(query, documents, options)
-        batches = the_plan.batches
-        if len(batches) == 1:
-            responses = [self._send_batch(batches[0], 1)]
-            if on_progress is not None:
-                on_progress(1, 1)
-        else:
-            responses = self._fan_out(batches, on_progress) if batches else []
-        return self._assemble(the_plan, responses)
+        return self._assemble(the_plan, self._fan_out(the_plan.batches, on_progress))
 
     def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
         try:
@@ -399,6 +395,11 @@ class SiliconFlowClient(_BaseClient):
     def _fan_out(
         self, batches: list[Batch], on_progress: ProgressCallback | None
     ) -> list[RerankResponse]:
+        if len(batches) <= 1:  # the common case: no pool, no thread hop
+            responses = [self._send_batch(batch, 1) for batch in batches]
+            if on_progress is not None and batches:
+                on_progress(1, 1)
+            return responses
         # Threads over the one pooled client: the sync path gets the same concurrency as async.
         workers = min(self.max_concurrency, len(batches))
         with ThreadPoolExecutor(workers, thread_name_prefix="siliconflow-rerank") as pool:
@@ -534,14 +535,7 @@ class AsyncSiliconFlowClient(_BaseClient):
             model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
         )
         the_plan = self._plan(query, documents, options)
-        batches = the_plan.batches
-        if len(batches) == 1:
-            responses = [await self._send_batch(batches[0], 1)]
-            if on_progress is not None:
-                on_progress(1, 1)
-        else:
-            responses = await self._fan_out(batches, on_progress) if batches else []
-        return self._assemble(the_plan, responses)
+        return self._assemble(the_plan, await self._fan_out(the_plan.batches, on_progress))
 
     async def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
         try:
@@ -552,6 +546,11 @@ class AsyncSiliconFlowClient(_BaseClient):
     async def _fan_out(
         self, batches: list[Batch], on_progress: ProgressCallback | None
     ) -> list[RerankResponse]:
+        if len(batches) <= 1:  # the common case: no tasks, no semaphore
+            responses = [await self._send_batch(batch, 1) for batch in batches]
+            if on_progress is not None and batches:
+                on_progress(1, 1)
+            return responses
         gate = asyncio.Semaphore(self.max_concurrency)
 
         async def one(batch: Batch) -> RerankResponse:

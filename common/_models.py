@@ -9,7 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ._exceptions import ResponseValidationError, excerpt
 from ._request import RerankRequest
 
-__all__ = ["BilledUnits", "RerankDocument", "RerankResponse", "RerankResult", "Usage", "parse"]
+__all__ = [
+    "BilledUnits",
+    "RerankDocument",
+    "RerankResponse",
+    "RerankResult",
+    "Usage",
+    "parse",
+    "rank",
+]
 
 
 class RerankDocument(BaseModel):
@@ -161,18 +169,24 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
             )
         seen.add(result.index)
 
-    results = sorted(wire.results, key=lambda r: (-r.relevance_score, r.index))
-    if request.top_n is not None:
-        results = results[: request.top_n]
-    if request.return_documents:
-        results = [_with_document(result, request) for result in results]
     return RerankResponse(
         id=wire.id,
-        results=results,
+        results=rank(wire.results, request),
         usage=_usage(wire),
         trace_id=trace_id,
         model=wire.model,
     )
+
+
+def rank(results: list[RerankResult], request: RerankRequest) -> list[RerankResult]:
+    """Order results as every answer is returned: best first, ties by index, cut to `top_n`,
+    with each document filled in when the caller asked for documents."""
+    ranked = sorted(results, key=lambda r: (-r.relevance_score, r.index))
+    if request.top_n is not None:
+        ranked = ranked[: request.top_n]
+    if request.return_documents:
+        ranked = [_with_document(result, request) for result in ranked]
+    return ranked
 
 
 def _with_document(result: RerankResult, request: RerankRequest) -> RerankResult:

@@ -262,8 +262,7 @@ class SiliconFlowRerank(BaseNodePostprocessor):
             if node.image_url:
                 return image_item(node.image_url)
             if node.image_path:
-                path = node.image_path
-                return image_item(path, mime_type=node.image_mimetype, allow_paths=True)
+                return image_item(node.image_path, mime_type=node.image_mimetype, allow_paths=True)
         elif isinstance(node, Node):
             if node.image_resource is not None:
                 source, mime_type = _resource_source(node.image_resource, node)
@@ -287,12 +286,14 @@ class SiliconFlowRerank(BaseNodePostprocessor):
             raise InvalidRequestError("query_bundle must be a QueryBundle with a string query_str")
         if not isinstance(nodes, list):
             raise InvalidRequestError(f"nodes must be a list, got {type(nodes).__name__}")
+        items = []
         for position, node in enumerate(nodes):
             if not isinstance(node, NodeWithScore):
                 raise InvalidRequestError(
                     f"nodes[{position}] must be a NodeWithScore, got {type(node).__name__}"
                 )
-        return self._query_item(query_bundle), [self._node_item(n.node) for n in nodes]
+            items.append(self._node_item(node.node))
+        return self._query_item(query_bundle), items
 
     def _options(self) -> dict[str, Any]:
         return {
