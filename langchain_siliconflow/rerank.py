@@ -186,12 +186,12 @@ class SiliconFlowRerank(BaseDocumentCompressor):
 
     # -- conversions ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _check_sequence(documents: object) -> None:
+    def _items(self, documents: object) -> list[DocumentItem]:
         if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
             raise InvalidRequestError(
                 f"documents must be a sequence of Documents, got {type(documents).__name__}"
             )
+        return [self._to_item(d) for d in documents]
 
     def _to_item(self, document: Document | str | Mapping[str, str]) -> DocumentItem:
         if isinstance(document, str):
@@ -292,13 +292,11 @@ class SiliconFlowRerank(BaseDocumentCompressor):
             `[{"index": int, "relevance_score": float}, ...]`, best first, as a `RerankResults`
             list that also carries `usage` and `trace_id`. Empty input gives `[]`, with no request.
         """
-        self._check_sequence(documents)
-        if not documents:
+        items = self._items(documents)
+        if not items:
             return RerankResults()
         response = self._sync().rerank(
-            query,
-            [self._to_item(d) for d in documents],
-            **self._options(self.top_n if top_n == -1 else top_n),
+            query, items, **self._options(self.top_n if top_n == -1 else top_n)
         )
         self._report(response)
         return self._results(response)
@@ -316,10 +314,9 @@ class SiliconFlowRerank(BaseDocumentCompressor):
             `metadata["relevance_score"]` (a float, higher is more relevant). Token usage is
             logged at DEBUG and sent to `callbacks` as the custom event `siliconflow_rerank_usage`.
         """
-        self._check_sequence(documents)
-        if not documents:
+        items = self._items(documents)
+        if not items:
             return []
-        items = [self._to_item(d) for d in documents]
         try:
             response = self._sync().rerank(query, items, **self._options(self.top_n))
         except _SERVICE_ERRORS as error:
@@ -342,13 +339,11 @@ class SiliconFlowRerank(BaseDocumentCompressor):
         top_n: int | None = -1,
     ) -> RerankResults:
         """Async `rerank`, on the native async client."""
-        self._check_sequence(documents)
-        if not documents:
+        items = self._items(documents)
+        if not items:
             return RerankResults()
         response = await self._async().rerank(
-            query,
-            [self._to_item(d) for d in documents],
-            **self._options(self.top_n if top_n == -1 else top_n),
+            query, items, **self._options(self.top_n if top_n == -1 else top_n)
         )
         self._report(response)
         return self._results(response)
@@ -360,10 +355,9 @@ class SiliconFlowRerank(BaseDocumentCompressor):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Async `compress_documents`, on the native async client (no thread pool)."""
-        self._check_sequence(documents)
-        if not documents:
+        items = self._items(documents)
+        if not items:
             return []
-        items = [self._to_item(d) for d in documents]
         try:
             response = await self._async().rerank(query, items, **self._options(self.top_n))
         except _SERVICE_ERRORS as error:
