@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -127,3 +128,29 @@ def ok_body(*scores: float, **extra: Any) -> dict[str, Any]:
     """A valid answer body: one result per score, in the given index order."""
     results = [{"index": i, "relevance_score": s} for i, s in enumerate(scores)]
     return {"id": "rerank-test", "results": results, **extra}
+
+
+class ScoringRecorder:
+    """A MockTransport handler for adapter tests: records request bodies, answers with the given
+    scores (or 0.1, 0.2, ... by position), honours top_n, or fails with `status`."""
+
+    input_tokens = 5
+    trace_id = "tr-mock"
+
+    def __init__(self, *scores: float, status: int = 200) -> None:
+        self.scores = scores
+        self.status = status
+        self.bodies: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        if self.status != 200:
+            return httpx.Response(self.status, json={"code": 50505, "message": "busy"})
+        scores = self.scores or tuple(0.1 * (i + 1) for i in range(len(body["documents"])))
+        answer = ok_body(*scores, meta={"tokens": {"input_tokens": self.input_tokens,
+                                                   "output_tokens": 0}})  # fmt: skip
+        if "top_n" in body:
+            ranked = sorted(answer["results"], key=lambda r: -r["relevance_score"])
+            answer["results"] = ranked[: body["top_n"]]
+        return httpx.Response(200, json=answer, headers={"x-siliconcloud-trace-id": self.trace_id})

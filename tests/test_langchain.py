@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 import pickle
 import zlib
@@ -25,32 +24,15 @@ from common import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowC
 from common.emulator import Fault
 from langchain_siliconflow import USAGE_EVENT, RerankResults, SiliconFlowRerank
 
-from .conftest import ok_body
+from .conftest import ScoringRecorder
 
 KEY = "sk-langchain-canary-0042"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
 
 
-class Recorder:
-    """A MockTransport handler that records request bodies and answers with given scores."""
-
-    def __init__(self, *scores: float, status: int = 200) -> None:
-        self.scores = scores
-        self.status = status
-        self.bodies: list[dict[str, Any]] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        self.bodies.append(body)
-        if self.status != 200:
-            return httpx.Response(self.status, json={"code": 50505, "message": "busy"})
-        scores = self.scores or tuple(0.1 * (i + 1) for i in range(len(body["documents"])))
-        answer = ok_body(*scores, meta={"tokens": {"input_tokens": 9, "output_tokens": 0}})
-        if "top_n" in body:
-            answer["results"] = sorted(answer["results"], key=lambda r: -r["relevance_score"])[
-                : body["top_n"]
-            ]
-        return httpx.Response(200, json=answer, headers={"x-siliconcloud-trace-id": "tr-lc"})
+class Recorder(ScoringRecorder):
+    input_tokens = 9
+    trace_id = "tr-lc"
 
 
 def mocked(recorder: Recorder, **fields: Any) -> SiliconFlowRerank:

@@ -36,29 +36,14 @@ from common import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowC
 from common.emulator import Fault
 from llama_index_siliconflow import SiliconFlowRerank
 
-from .conftest import ok_body
+from .conftest import ScoringRecorder
 
 KEY = "sk-llama-canary-0077"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
 PNG_URI = "data:image/png;base64," + base64.b64encode(PNG).decode()
 
 
-class Recorder:
-    """A MockTransport handler that records request bodies and answers with given scores."""
-
-    def __init__(self, *scores: float, status: int = 200) -> None:
-        self.scores = scores
-        self.status = status
-        self.bodies: list[dict[str, Any]] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        self.bodies.append(body)
-        if self.status != 200:
-            return httpx.Response(self.status, json={"code": 50505, "message": "busy"})
-        scores = self.scores or tuple(0.1 * (i + 1) for i in range(len(body["documents"])))
-        meta = {"tokens": {"input_tokens": 5, "output_tokens": 0}}
-        return httpx.Response(200, json=ok_body(*scores, meta=meta))
+Recorder = ScoringRecorder
 
 
 def mocked(recorder: Recorder, **fields: Any) -> SiliconFlowRerank:

@@ -394,6 +394,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.emulator._count(status)
         self.wfile.write(body)
 
+    def _send_fault(self, fault: Fault) -> None:
+        self._send(fault.status, fault.body, fault.content_type, fault.headers)
+
+    def _not_found(self) -> None:
+        self._send(404, b"404 page not found", "text/plain; charset=utf-8")
+
     def _send_json(self, status: int, payload: object) -> None:
         self._send(status, json.dumps(payload, ensure_ascii=False).encode())
 
@@ -404,7 +410,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         with self.emulator._lock:
             self.emulator._stats.requests += 1
-        self._send(404, b"404 page not found", "text/plain; charset=utf-8")
+        self._not_found()
 
     def do_POST(self) -> None:
         emulator = self.emulator
@@ -412,7 +418,7 @@ class _Handler(BaseHTTPRequestHandler):
         with emulator._lock:
             emulator._stats.requests += 1
         if self.path.split("?")[0].rstrip("/") != "/v1/rerank":
-            self._send(404, b"404 page not found", "text/plain; charset=utf-8")
+            self._not_found()
             return
         with emulator._lock:
             stats = emulator._stats
@@ -436,7 +442,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         fault = emulator._next_fault()
         if fault is not None and fault.kind == "status":
-            self._send(fault.status, fault.body, fault.content_type, fault.headers)
+            self._send_fault(fault)
             return
         if fault is not None and fault.kind == "disconnect":
             self.send_response(200)
@@ -465,8 +471,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         limited = emulator._rate_limited(answer["meta"]["tokens"]["input_tokens"])
         if limited is not None:
-            message = RATE_LIMIT_MESSAGE.format(which=limited)
-            self._send_json(429, {"message": message, "data": None})
+            self._send_fault(Fault.rate_limited(which=limited))
             return
         delay = emulator.latency + emulator.latency_per_document * len(body["documents"])
         if fault is not None and fault.kind == "slow":
