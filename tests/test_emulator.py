@@ -100,8 +100,10 @@ def test_media_items_score_from_url_words(emulator):
     assert response["meta"]["tokens"]["image_tokens"] > 0
 
 
-def test_inline_images_score_from_the_words_inside(emulator):
-    png = b"\x89PNG\r\n\x1a\n" + b"tEXtDescription\x00a ripe yellow banana"
+@pytest.mark.parametrize("padding", [0, 2 * 1024 * 1024 + 1])
+def test_inline_images_score_from_the_words_inside(emulator, padding):
+    # The padding puts the data past the part the emulator scans, at a length not a multiple of 3.
+    png = b"\x89PNG\r\n\x1a\n" + b"tEXtDescription\x00a ripe yellow banana\x00" + bytes(padding)
     inline = "data:image/png;base64," + base64.b64encode(png).decode()
     body = rerank_body(
         model="Qwen/Qwen3-VL-Reranker-8B",

@@ -96,7 +96,7 @@ def media_tokens(source: str) -> list[str]:
     if source.startswith("data:"):
         _, _, payload = source.partition(",")
         try:
-            raw = base64.b64decode(payload[: _INLINE_SCAN_BYTES * 4 // 3], validate=False)
+            raw = base64.b64decode(payload[: _INLINE_SCAN_BYTES // 3 * 4], validate=False)
         except (binascii.Error, ValueError):
             return []
         words = (w.decode("ascii").lower() for w in _ASCII_WORD.findall(raw))
