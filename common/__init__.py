@@ -42,6 +42,7 @@ from ._exceptions import (
 from ._media import (
     DocumentItem,
     ImageItem,
+    InlineMedia,
     QueryItem,
     TextItem,
     VideoItem,
@@ -72,6 +73,7 @@ __all__ = [
     "BilledUnits",
     "DocumentItem",
     "ImageItem",
+    "InlineMedia",
     "InternalServerError",
     "InvalidRequestError",
     "ModelCapabilities",

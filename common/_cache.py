@@ -10,6 +10,8 @@ from typing import Any
 
 import pydantic_core
 
+from ._media import InlineMedia, WireItem
+
 __all__ = ["RerankCache", "score_key_prefix"]
 
 
@@ -23,7 +25,13 @@ def score_key_prefix(base_url: str, body: dict[str, Any]) -> bytes:
         "max_chunks_per_doc": body.get("max_chunks_per_doc"),
         "overlap_tokens": body.get("overlap_tokens"),
     }
-    return pydantic_core.to_json(decisive)
+    return pydantic_core.to_json(decisive, fallback=_media_key)
+
+
+def _media_key(value: Any) -> str:
+    if isinstance(value, InlineMedia):
+        return value.fingerprint()
+    raise TypeError(f"cannot key {type(value).__name__}")
 
 
 class RerankCache:
@@ -50,15 +58,13 @@ class RerankCache:
         return len(self._scores)
 
     @staticmethod
-    def _key(prefix: bytes, document: str | dict[str, str]) -> bytes:
+    def _key(prefix: bytes, document: WireItem) -> bytes:
         digest = hashlib.blake2b(prefix, digest_size=20)
         digest.update(b"\0")
-        digest.update(pydantic_core.to_json(document))
+        digest.update(pydantic_core.to_json(document, fallback=_media_key))
         return digest.digest()
 
-    def lookup(
-        self, prefix: bytes, documents: Sequence[str | dict[str, str]]
-    ) -> list[float | None]:
+    def lookup(self, prefix: bytes, documents: Sequence[WireItem]) -> list[float | None]:
         """The cached score of each document, or None where there is none (counted as a miss)."""
         keys = [self._key(prefix, d) for d in documents]
         found: list[float | None] = []
@@ -73,9 +79,7 @@ class RerankCache:
             self.misses += len(found) - hits
         return found
 
-    def store(
-        self, prefix: bytes, documents: Sequence[str | dict[str, str]], scores: Sequence[float]
-    ) -> None:
+    def store(self, prefix: bytes, documents: Sequence[WireItem], scores: Sequence[float]) -> None:
         """Remember scores for documents, evicting the least recently used beyond `maxsize`."""
         keys = [self._key(prefix, d) for d in documents]
         with self._lock:

@@ -167,11 +167,21 @@ class _BaseClient:
     def _assemble(self, the_plan: Plan, responses: Sequence[RerankResponse]) -> RerankResponse:
         return assemble(the_plan, responses, cache=self.cache)
 
-    def _send_kwargs(self, request: RerankRequest) -> dict[str, Any]:
+    def _send_kwargs(self, request: RerankRequest, *, asynchronous: bool) -> dict[str, Any]:
+        content = request.content
+        if isinstance(content, bytes):
+            return {
+                "url": self._url,
+                "content": content,
+                "headers": self._headers,
+                "timeout": self.timeout,
+            }
+        content.verify()
         return {
             "url": self._url,
-            "content": request.content,
-            "headers": self._headers,
+            "content": content.aiter_bytes() if asynchronous else content.iter_bytes(),
+            # A stated length instead of chunked encoding: not every compatible server takes it.
+            "headers": {**self._headers, "Content-Length": str(content.length)},
             "timeout": self.timeout,
         }
 
@@ -179,7 +189,7 @@ class _BaseClient:
         """Seconds to wait for the rate limiter, and the tokens booked for `request`."""
         if self._limiter is None:
             return 0.0, 0
-        tokens = estimate_tokens(len(request.content))
+        tokens = estimate_tokens(request.content_length)
         return self._limiter.reserve(tokens), tokens
 
     def _handle(
@@ -336,7 +346,7 @@ class SiliconFlowClient(_BaseClient):
                 self.retry_policy.sleep(wait_for)
             try:
                 with _translate_transport_errors():
-                    response = self._http().post(**self._send_kwargs(request))
+                    response = self._http().post(**self._send_kwargs(request, asynchronous=False))
                 return self._handle(response, request, booked)
             except SiliconFlowError as error:
                 delay = self._next_delay(attempt, error)
@@ -508,7 +518,8 @@ class AsyncSiliconFlowClient(_BaseClient):
                 await self.retry_policy.async_sleep(wait_for)
             try:
                 with _translate_transport_errors():
-                    response = await (await self._http()).post(**self._send_kwargs(request))
+                    http = await self._http()
+                    response = await http.post(**self._send_kwargs(request, asynchronous=True))
                 return self._handle(response, request, booked)
             except SiliconFlowError as error:
                 delay = self._next_delay(attempt, error)

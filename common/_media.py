@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import mimetypes
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from typing import Literal, TypedDict, cast
+from typing import IO, Literal, TypedDict, cast
 
 from ._exceptions import InvalidRequestError
 
@@ -17,10 +19,12 @@ __all__ = [
     "MAX_VIDEO_BYTES",
     "DocumentItem",
     "ImageItem",
+    "InlineMedia",
     "ItemKind",
     "QueryItem",
     "TextItem",
     "VideoItem",
+    "WireItem",
     "image_item",
     "item_kind",
     "normalize_item",
@@ -34,16 +38,176 @@ class TextItem(TypedDict):
     text: str
 
 
-class ImageItem(TypedDict):
-    """An image item: `{"image": "<https URL or data URI>"}`."""
+ItemKind = Literal["text", "image", "video"]
 
-    image: str
+_CHUNK = 3 * 256 * 1024
+"""Raw bytes encoded at a time: a multiple of 3, so the pieces' base64 joins into one string."""
+
+
+class InlineMedia:
+    """Image or video content sent inline as a base64 data URI, encoded only while it is sent.
+
+    `image_item` and `video_item` return one for bytes and local files. It holds the bytes, or
+    just the path, and streams the data URI into the request body piece by piece, so a large file
+    is never in memory whole, let alone as base64 text. Each request re-reads the file and
+    refuses it, before sending, if its size changed since the item was made.
+    """
+
+    __slots__ = ("_data", "kind", "mime_type", "path", "size")
+
+    def __init__(
+        self,
+        kind: Literal["image", "video"],
+        mime_type: str,
+        *,
+        data: bytes | None = None,
+        path: Path | None = None,
+    ) -> None:
+        """Wrap `data` or the file at `path` (exactly one); use `image_item`/`video_item`."""
+        if (data is None) == (path is None):
+            raise TypeError("InlineMedia takes exactly one of data= and path=")
+        self.kind = kind
+        """`"image"` or `"video"`."""
+        self.mime_type = mime_type
+        """The MIME type that goes into the data URI."""
+        self.path = path
+        """The file the content is read from at send time, or None for in-memory bytes."""
+        self._data = data
+        self.size = len(data) if data is not None else _file_size(kind, cast(Path, path))
+        """Size of the raw content in bytes."""
+
+    def __repr__(self) -> str:
+        origin = f"path={str(self.path)!r}" if self.path is not None else "data=<bytes>"
+        return f"InlineMedia({self.kind!r}, {self.mime_type!r}, {origin}, size={self.size})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, InlineMedia):
+            return NotImplemented
+        return (self.kind, self.mime_type, self.path, self._data) == (
+            other.kind,
+            other.mime_type,
+            other.path,
+            other._data,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.mime_type, self.path, self.size))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (self.kind, self.mime_type, self._data, self.path))
+
+    @property
+    def prefix(self) -> bytes:
+        """The data URI's header, `data:<mime>;base64,`."""
+        return f"data:{self.mime_type};base64,".encode("ascii")
+
+    @property
+    def encoded_length(self) -> int:
+        """Length in bytes of the whole data URI."""
+        return len(self.prefix) + 4 * -(-self.size // 3)
+
+    def verify(self) -> None:
+        """Check that a file still has the size it had when the item was made.
+
+        Raises:
+            InvalidRequestError: The file is gone, unreadable or changed size.
+        """
+        if self.path is not None:
+            self._check_size(_file_size(self.kind, self.path))
+
+    def chunks(self) -> Iterator[bytes]:
+        """The data URI as ASCII bytes, in pieces of about 1 MiB."""
+        yield self.prefix
+        if self._data is not None:
+            view = memoryview(self._data)
+            for start in range(0, self.size, _CHUNK):
+                yield base64.b64encode(view[start : start + _CHUNK])
+            return
+        with self._open() as file:
+            for start in range(0, self.size, _CHUNK):
+                yield base64.b64encode(self._read(file, start))
+
+    async def achunks(self) -> AsyncIterator[bytes]:
+        """As `chunks`, with the file read in a worker thread so the event loop never blocks."""
+        if self._data is not None:
+            for chunk in self.chunks():
+                yield chunk
+            return
+        yield self.prefix
+        file = await asyncio.to_thread(self._open)
+        try:
+            for start in range(0, self.size, _CHUNK):
+                yield base64.b64encode(await asyncio.to_thread(self._read, file, start))
+        finally:
+            file.close()
+
+    def data_uri(self) -> str:
+        """The whole data URI as one string (this builds it in memory)."""
+        return b"".join(self.chunks()).decode("ascii")
+
+    def fingerprint(self) -> str:
+        """A digest of the MIME type and content, read in pieces (used for cache keys)."""
+        digest = hashlib.blake2b(self.prefix, digest_size=20)
+        if self._data is not None:
+            digest.update(self._data)
+        else:
+            with self._open() as file:
+                for start in range(0, self.size, _CHUNK):
+                    digest.update(self._read(file, start))
+        return f"{self.kind}:{digest.hexdigest()}"
+
+    def _check_size(self, size: int) -> None:
+        if size != self.size:
+            raise InvalidRequestError(
+                f"{self.kind} file {self.path} changed size since its item was made "
+                f"({self.size} bytes, now {size}); build the item again"
+            )
+
+    def _open(self) -> IO[bytes]:
+        path = cast(Path, self.path)
+        try:
+            file = path.open("rb")
+        except OSError as error:
+            raise InvalidRequestError(f"cannot read {self.kind} file {path}: {error}") from error
+        try:
+            self._check_size(os.fstat(file.fileno()).st_size)
+        except InvalidRequestError:
+            file.close()
+            raise
+        return file
+
+    def _read(self, file: IO[bytes], start: int) -> bytes:
+        """The piece at `start`: exactly the bytes the Content-Length already promised."""
+        want = min(_CHUNK, self.size - start)
+        piece = file.read(want)
+        if len(piece) != want:
+            raise InvalidRequestError(f"{self.kind} file {self.path} shrank while being sent")
+        return piece
+
+
+def _rebuild(
+    kind: Literal["image", "video"], mime_type: str, data: bytes | None, path: Path | None
+) -> InlineMedia:
+    return InlineMedia(kind, mime_type, data=data, path=path)
+
+
+def _file_size(kind: str, path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as error:
+        raise InvalidRequestError(f"cannot read {kind} file {path}: {error}") from error
+
+
+class ImageItem(TypedDict):
+    """An image item: `{"image": <https URL, data URI or InlineMedia>}`."""
+
+    image: str | InlineMedia
 
 
 class VideoItem(TypedDict):
-    """A video item: `{"video": "<https URL or data URI>"}`."""
+    """A video item: `{"video": <https URL, data URI or InlineMedia>}`."""
 
-    video: str
+    video: str | InlineMedia
 
 
 DocumentItem = str | TextItem | ImageItem | VideoItem
@@ -52,7 +216,8 @@ DocumentItem = str | TextItem | ImageItem | VideoItem
 QueryItem = str | TextItem | ImageItem | VideoItem
 """A query: a string or a text, image or video item."""
 
-ItemKind = Literal["text", "image", "video"]
+WireItem = str | dict[str, str | InlineMedia]
+"""A normalized item: text as a plain string, media as a one-key dict."""
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 """Largest image the helpers inline as a data URI (the vendor downsizes large images anyway)."""
@@ -93,7 +258,7 @@ def _media_item(
     mime_type: str | None,
     max_bytes: int,
     allow_paths: bool,
-) -> str:
+) -> str | InlineMedia:
     if isinstance(source, str):
         if _is_url(source) or _DATA_URI.match(source):
             return source
@@ -104,10 +269,14 @@ def _media_item(
             )
         source = Path(source.removeprefix("file://"))
     if isinstance(source, bytes | bytearray | memoryview):
-        data = bytes(source)
+        raw = bytes(source)  # a copy only of mutable buffers
+        data: bytes | None = raw
+        path = None
         origin = "bytes"
+        size = len(raw)
+        head = raw[:16]
     elif isinstance(source, os.PathLike):
-        path = Path(source)
+        data, path = None, Path(source)
         origin = str(path)
         try:
             size = path.stat().st_size
@@ -115,7 +284,8 @@ def _media_item(
                 raise InvalidRequestError(
                     f"{kind} file {origin} is {size} bytes, over the {max_bytes}-byte limit"
                 )
-            data = path.read_bytes()
+            with path.open("rb") as file:
+                head = file.read(16)
         except OSError as error:
             raise InvalidRequestError(f"cannot read {kind} file {origin}: {error}") from error
         mime_type = mime_type or mimetypes.guess_type(path.name)[0]
@@ -124,23 +294,18 @@ def _media_item(
             f"{kind} source must be a URL or data URI string, bytes, or a path; "
             f"got {type(source).__name__}"
         )
-    if not data:
+    if not size:
         raise InvalidRequestError(f"{kind} {origin} is empty")
-    if len(data) > max_bytes:
+    if size > max_bytes:
         raise InvalidRequestError(
-            f"{kind} {origin} is {len(data)} bytes, over the {max_bytes}-byte limit"
+            f"{kind} {origin} is {size} bytes, over the {max_bytes}-byte limit"
         )
-    mime_type = mime_type or _sniff(data)
+    mime_type = mime_type or _sniff(head)
     if mime_type is None:
         raise InvalidRequestError(f"cannot tell the MIME type of {kind} {origin}; pass mime_type=")
     if not mime_type.startswith(f"{kind}/"):
         raise InvalidRequestError(f"{kind} {origin} has MIME type {mime_type}, not {kind}/*")
-    # Build the URI with as few whole copies alive at once as Python allows: large media is the
-    # memory peak of a call (the file, then its base64, then the URI string).
-    encoded = base64.b64encode(data)
-    del data
-    encoded = f"data:{mime_type};base64,".encode("ascii") + encoded
-    return encoded.decode("ascii")
+    return InlineMedia(kind, mime_type, data=data, path=path)
 
 
 def image_item(
@@ -155,7 +320,9 @@ def image_item(
     Args:
         source: An `https://` (or `http://`) URL or a `data:` URI, sent as is; raw bytes; or a
             `pathlib.Path` to read. A plain string that is neither URL nor data URI is refused
-            unless `allow_paths` is set, so a file is only read when the caller says so.
+            unless `allow_paths` is set, so a file is only read when the caller says so. Bytes
+            and files become an `InlineMedia`, base64-encoded piece by piece while the request
+            is sent; a file is checked now and read then.
         mime_type: The MIME type of bytes or a file; guessed from the file name or the content
             when omitted.
         max_bytes: Refuse inline content larger than this.
@@ -163,7 +330,7 @@ def image_item(
             for strings from untrusted places, such as loader metadata.
 
     Returns:
-        `{"image": <URL or data URI>}`.
+        `{"image": <URL, data URI or InlineMedia>}`.
 
     Raises:
         InvalidRequestError: The source is malformed, unreadable, empty, too large or not an image.
@@ -183,7 +350,7 @@ def video_item(
     Works as `image_item`, for `video/*` content.
 
     Returns:
-        `{"video": <URL or data URI>}`.
+        `{"video": <URL, data URI or InlineMedia>}`.
 
     Raises:
         InvalidRequestError: The source is malformed, unreadable, empty, too large or not a video.
@@ -191,14 +358,14 @@ def video_item(
     return {"video": _media_item("video", source, mime_type, max_bytes, allow_paths)}
 
 
-def item_kind(item: str | Mapping[str, str]) -> ItemKind:
+def item_kind(item: WireItem) -> ItemKind:
     """Return the kind of an already normalized item."""
     if isinstance(item, str):
         return "text"
     return cast(ItemKind, next(iter(item)))
 
 
-def normalize_item(item: object, what: str) -> str | dict[str, str]:
+def normalize_item(item: object, what: str) -> WireItem:
     """Check one query or document item and return its wire form.
 
     Text items become plain strings (accepted by every model and by compatible servers); image and
@@ -217,10 +384,15 @@ def normalize_item(item: object, what: str) -> str | dict[str, str]:
             if not value.strip():
                 raise InvalidRequestError(f"{what} has an empty {key!r} value")
             return {key: value}
+        if isinstance(value, InlineMedia):
+            if value.kind != key:
+                raise InvalidRequestError(f"{what} puts {value.kind} content under {key!r}")
+            return {key: value}
     shown = repr(item)
     if len(shown) > 80:
         shown = shown[:77] + "..."
     raise InvalidRequestError(
         f"{what} must be a string or one of {{'text': str}}, {{'image': str}}, "
-        f"{{'video': str}}; got {type(item).__name__} {shown}"
+        f"{{'video': str}} (media may also be an image_item/video_item InlineMedia); "
+        f"got {type(item).__name__} {shown}"
     )

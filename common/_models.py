@@ -194,5 +194,7 @@ def _with_document(result: RerankResult, request: RerankRequest) -> RerankResult
     if result.document is not None:
         return result
     item = request.documents[result.index]
+    if isinstance(item, dict):
+        item = {kind: v if isinstance(v, str) else v.data_uri() for kind, v in item.items()}
     document = RerankDocument.model_validate(item)
     return result.model_copy(update={"document": document})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import secrets
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,9 +12,45 @@ import pydantic_core
 
 from ._capabilities import model_capabilities
 from ._exceptions import InvalidRequestError
-from ._media import DocumentItem, QueryItem, item_kind, normalize_item
+from ._media import DocumentItem, InlineMedia, QueryItem, WireItem, item_kind, normalize_item
 
-__all__ = ["RerankRequest", "build_request", "subset", "validate_options"]
+__all__ = ["RerankRequest", "StreamedBody", "build_request", "subset", "validate_options"]
+
+
+@dataclass(frozen=True)
+class StreamedBody:
+    """A JSON body with inline media spliced in while it is sent, never built whole.
+
+    Attributes:
+        parts: JSON bytes and the media whose data URIs go between them (inside the quotes).
+        length: The body's exact length, sent as Content-Length.
+    """
+
+    parts: tuple[bytes | InlineMedia, ...]
+    length: int
+
+    def verify(self) -> None:
+        """Refuse, before anything is sent, media files that changed since their items were made."""
+        for part in self.parts:
+            if isinstance(part, InlineMedia):
+                part.verify()
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        """The body, piece by piece."""
+        for part in self.parts:
+            if isinstance(part, bytes):
+                yield part
+            else:
+                yield from part.chunks()
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body, piece by piece, reading files without blocking the event loop."""
+        for part in self.parts:
+            if isinstance(part, bytes):
+                yield part
+            else:
+                async for chunk in part.achunks():
+                    yield chunk
 
 
 @dataclass(frozen=True)
@@ -21,25 +59,50 @@ class RerankRequest:
 
     Attributes:
         body: The JSON body as a dict (only the fields the caller set).
-        content: The same body encoded as UTF-8 JSON bytes.
+        content: The same body as UTF-8 JSON bytes, or streamed when it holds `InlineMedia`.
         documents: The normalized document items, as sent.
         top_n: The effective `top_n` (clamped to the number of documents), or None for all.
         return_documents: Whether the caller asked for documents in the results.
     """
 
     body: dict[str, Any]
-    content: bytes
-    documents: list[str | dict[str, str]]
+    content: bytes | StreamedBody
+    documents: list[WireItem]
     top_n: int | None
     return_documents: bool
 
+    @property
+    def content_length(self) -> int:
+        """Size of the body in bytes."""
+        content = self.content
+        return len(content) if isinstance(content, bytes) else content.length
 
-def _encode(body: dict[str, Any]) -> bytes:
+
+def _encode(body: dict[str, Any]) -> bytes | StreamedBody:
+    media: list[InlineMedia] = []
+    # Media go into the JSON as unguessable placeholders, which are then cut out: the encoder
+    # stays the one fast call, and a data URI is never built whole.
+    token = secrets.token_hex(16)
+
+    def placeholder(value: Any) -> str:
+        if not isinstance(value, InlineMedia):
+            raise TypeError(f"cannot encode {type(value).__name__}")
+        media.append(value)
+        return f"sf-media-{token}-{len(media) - 1}"
+
     try:
-        return pydantic_core.to_json(body)
+        encoded = pydantic_core.to_json(body, fallback=placeholder)
     except pydantic_core.PydanticSerializationError as error:
         # Lone surrogates (from badly decoded bytes) cannot be sent as UTF-8 JSON.
         raise InvalidRequestError(f"the query or a document is not valid text: {error}") from None
+    if not media:
+        return encoded
+    pieces = re.split(rb"sf-media-" + token.encode() + rb"-(\d+)", encoded)
+    parts: list[bytes | InlineMedia] = []
+    for position, piece in enumerate(pieces):
+        parts.append(piece if position % 2 == 0 else media[int(piece)])
+    length = sum(len(p) if isinstance(p, bytes) else p.encoded_length for p in parts)
+    return StreamedBody(tuple(parts), length)
 
 
 def _positive_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
@@ -163,8 +226,8 @@ def validate_options(
 
 def _check_modalities(
     model: str,
-    query: str | dict[str, str],
-    documents: list[str | dict[str, str]],
+    query: WireItem,
+    documents: list[WireItem],
 ) -> None:
     caps = model_capabilities(model)
     if caps is None:

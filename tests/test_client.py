@@ -377,6 +377,17 @@ def test_requested_documents_are_filled_in_when_the_server_omits_them(make_runne
     assert documents[1].text == "alpha"
 
 
+def test_inline_media_documents_are_filled_in_as_data_uris(make_runner, tmp_path: Path):
+    png = tmp_path / "cat.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 8)
+    response = make_runner(Recorder(ok_body(0.9, 0.1))).rerank(
+        "q", [image_item(png), image_item(png.read_bytes())], model="Qwen/Qwen3-VL-Reranker-8B",
+        return_documents=True,
+    )  # fmt: skip
+    expected = "data:image/png;base64,iVBORw0KGgoAAAAAAAAAAA=="
+    assert [r.document.image for r in response.results if r.document] == [expected, expected]
+
+
 def test_server_returning_more_than_top_n_is_cut(make_runner):
     response = make_runner(Recorder(ok_body(0.1, 0.9, 0.5))).rerank("q", ["a", "b", "c"], top_n=2)
     assert [r.index for r in response.results] == [1, 2]

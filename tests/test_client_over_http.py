@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from common import (
     AuthenticationError,
     BadRequestError,
     InternalServerError,
+    InvalidRequestError,
     NotFoundError,
     RateLimitError,
+    RerankCache,
     ResponseValidationError,
     ServiceUnavailableError,
     SiliconFlowClient,
@@ -199,3 +202,76 @@ def test_injected_http_client_over_http(emulator):
         assert not http.is_closed
         client.rerank("apple", DOCUMENTS)
     assert emulator.stats.requests == 2
+
+
+# -- inline media streamed from files ------------------------------------------------------------
+
+VL = "Qwen/Qwen3-VL-Reranker-8B"
+
+
+def png_file(path: Path, words: str, padding: int) -> Path:
+    """A PNG-looking file whose readable words the emulator scores, padded past one read piece."""
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + f"tEXtComment\x00{words}\x00".encode() + b"\x00" * padding
+    )
+    return path
+
+
+def test_media_files_are_streamed_with_a_stated_length(make_runner, emulator, tmp_path: Path):
+    banana = png_file(tmp_path / "banana.png", "ripe banana", 2 * 1024 * 1024)
+    response = make_runner(base_url=emulator.base_url).rerank(
+        "banana", ["an orange", image_item(banana)], model=VL
+    )
+    assert response.results[0].index == 1
+    sent = emulator.stats.last_request_body["documents"][1]["image"]
+    assert sent == "data:image/png;base64," + base64.b64encode(banana.read_bytes()).decode()
+    headers = emulator.stats.last_request_headers
+    assert "transfer-encoding" not in headers
+    assert int(headers["content-length"]) > len(sent)
+
+
+def test_a_changed_media_file_is_refused_before_sending(make_runner, emulator, tmp_path: Path):
+    banana = png_file(tmp_path / "banana.png", "ripe banana", 100)
+    item = image_item(banana)
+    banana.write_bytes(banana.read_bytes() + b"appended")
+    with pytest.raises(InvalidRequestError, match="changed size"):
+        make_runner(base_url=emulator.base_url).rerank("banana", ["x", item], model=VL)
+    assert emulator.stats.requests == 0
+
+
+def test_a_streamed_body_is_sent_again_on_retry(make_runner, emulator, tmp_path: Path):
+    banana = png_file(tmp_path / "banana.png", "ripe banana", 1024 * 1024)
+    emulator.enqueue(Fault.server_error())
+    runner = make_runner(base_url=emulator.base_url, max_retries=1)
+    response = runner.rerank("banana", ["an orange", image_item(banana)], model=VL)
+    assert emulator.stats.requests == 2
+    assert response.results[0].index == 1
+    sent = emulator.stats.last_request_body["documents"][1]["image"]
+    assert base64.b64decode(sent.split(",", 1)[1]) == banana.read_bytes()
+
+
+def test_media_files_in_batches_and_the_cache(make_runner, emulator, tmp_path: Path):
+    files = [
+        png_file(tmp_path / f"{name}.png", words, 1000)
+        for name, words in [
+            ("car", "red car"),
+            ("banana", "ripe banana"),
+            ("bread", "banana bread"),
+        ]
+    ]
+    documents = [image_item(f) for f in files]
+    whole = make_runner(base_url=emulator.base_url).rerank("banana", documents, model=VL)
+    cache = RerankCache()
+    runner = make_runner(base_url=emulator.base_url, max_documents_per_request=1, cache=cache)
+    emulator.reset()
+    batched = runner.rerank("banana", documents, model=VL)
+    assert emulator.stats.requests == 3
+    assert batched.results == whole.results
+    again = runner.rerank("banana", [image_item(f) for f in files], model=VL)
+    assert emulator.stats.requests == 3  # every score came from the cache
+    assert again.results == whole.results
+    # Same size, new content: the cache keys on content, so this one is asked for again.
+    files[0].write_bytes(files[0].read_bytes().replace(b"red car", b"old car"))
+    runner.rerank("banana", [image_item(f) for f in files], model=VL)
+    assert emulator.stats.requests == 4
+    assert cache.hits == 5

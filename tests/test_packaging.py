@@ -33,6 +33,7 @@ EXPECTED_COMMON = [
     "BilledUnits",
     "DocumentItem",
     "ImageItem",
+    "InlineMedia",
     "InternalServerError",
     "InvalidRequestError",
     "ModelCapabilities",
