@@ -131,13 +131,16 @@ class _BaseClient:
             if requests_per_minute or tokens_per_minute
             else None
         )
-        self._url = f"{self.base_url}/rerank"
-        self._headers = {
-            "Authorization": f"Bearer {self._api_key.get_secret_value()}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": f"siliconflow-rerank/{__version__}",
-        }
+        # Parsed once: httpx re-parses a string URL and re-normalizes a dict of headers per request.
+        self._url = httpx.URL(f"{self.base_url}/rerank")
+        self._headers = httpx.Headers(
+            {
+                "Authorization": f"Bearer {self._api_key.get_secret_value()}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": f"siliconflow-rerank/{__version__}",
+            }
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, max_retries={self.max_retries})"
@@ -177,11 +180,13 @@ class _BaseClient:
                 "timeout": self.timeout,
             }
         content.verify()
+        headers = self._headers.copy()
+        headers["Content-Length"] = str(content.length)
         return {
             "url": self._url,
             "content": content.aiter_bytes() if asynchronous else content.iter_bytes(),
             # A stated length instead of chunked encoding: not every compatible server takes it.
-            "headers": {**self._headers, "Content-Length": str(content.length)},
+            "headers": headers,
             "timeout": self.timeout,
         }
 

@@ -234,10 +234,10 @@ def _check_modalities(
         return
     if caps.modalities >= {"image", "video"}:
         return
-    named = [("query", query), *((f"documents[{i}]", d) for i, d in enumerate(documents))]
-    for what, item in named:
+    for position, item in enumerate([query, *documents]):
         kind = item_kind(item)
         if kind not in caps.modalities:
+            what = "query" if position == 0 else f"documents[{position - 1}]"
             raise InvalidRequestError(
                 f"model {model!r} ranks text only, but {what} is a {kind} item; "
                 "use a multimodal model such as 'Qwen/Qwen3-VL-Reranker-8B'"
