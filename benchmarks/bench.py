@@ -66,6 +66,16 @@ def median_of(runs: list[float]) -> float:
     return statistics.median(runs)
 
 
+def clean_heap() -> None:
+    """Start each timed run from a collected heap.
+
+    Without this, the full collection that the heap's growth calls for lands on whichever
+    contender runs when the threshold is crossed (with LangChain and LlamaIndex loaded, one costs
+    over 100 ms here). After it, a run pays only for the collections its own garbage causes.
+    """
+    gc.collect()
+
+
 # -- 1. per-call overhead -----------------------------------------------------------------------
 
 
@@ -114,6 +124,7 @@ def bench_overhead(base_url: str, calls: int = 200) -> dict[str, float]:
             call()  # warm up: connections, imports, caches
     for _ in range(RUNS):
         for name, call in contenders.items():  # interleaved, so drift hits everyone alike
+            clean_heap()
             started = time.perf_counter()
             for _ in range(calls):
                 call()
@@ -202,11 +213,11 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, float]:
                 nodes, query_str=QUERY
             )
         results: dict[str, list[float]] = {name: [] for name in contenders}
-        # One contender at a time, so that one's idle connections do not load the server for
-        # the next; warmed up first, so that pools are full.
-        for name, call in contenders.items():
+        for call in contenders.values():  # warm up: every pool full before anything is timed
             await asyncio.gather(*(call() for _ in range(count)))
-            for _ in range(RUNS):
+        for _ in range(RUNS):
+            for name, call in contenders.items():  # interleaved, so drift hits everyone alike
+                clean_heap()
                 started = time.perf_counter()
                 await asyncio.gather(*(call() for _ in range(count)))
                 results[name].append(time.perf_counter() - started)
@@ -248,9 +259,11 @@ def _sync_concurrency(
         def hammer(call: Callable[[], object]) -> None:
             list(pool.map(lambda _: call(), range(count)))
 
-        for name, call in contenders.items():
+        for call in contenders.values():
             hammer(call)  # warm up
-            for _ in range(RUNS):
+        for _ in range(RUNS):
+            for name, call in contenders.items():
+                clean_heap()
                 started = time.perf_counter()
                 hammer(call)
                 results[name].append(time.perf_counter() - started)
@@ -283,6 +296,7 @@ def bench_large_lists(base_url: str, count: int = 10_000) -> dict[str, float]:
     expected = clients["unbatched (one request)"].rerank(QUERY, documents, top_n=10).results
     for _ in range(max(RUNS - 2, 3)):
         for name, client in clients.items():
+            clean_heap()
             started = time.perf_counter()
             got = client.rerank(QUERY, documents, top_n=10).results
             results[name].append(time.perf_counter() - started)
@@ -338,12 +352,32 @@ def bench_memory(base_url: str, image_path: Path) -> dict[str, dict[str, float]]
         "for i in range(10000)]\nsize = len(json.dumps(docs).encode())"
     )
     text = _probe(base_url, documents, "client.rerank('apple', docs, top_n=10)")
-    image = _probe(
+    image = f"path = Path({str(image_path)!r})\nsize = path.stat().st_size"
+    sync_image = _probe(
         base_url,
-        f"path = Path({str(image_path)!r})\nsize = path.stat().st_size",
+        image,
         "client.rerank('apple', [image_item(path)], model='Qwen/Qwen3-VL-Reranker-8B')",
     )
-    return {"10,000 text documents": text, "one 5 MB image from a file": image}
+    async_image = _probe(
+        base_url,
+        image + ASYNC_SETUP,
+        "loop.run_until_complete(aclient.rerank('apple', [image_item(path)], "
+        "model='Qwen/Qwen3-VL-Reranker-8B'))",
+    )
+    return {
+        "10,000 text documents": text,
+        "one 5 MB image from a file": sync_image,
+        "one 5 MB image from a file (async client)": async_image,
+    }
+
+
+ASYNC_SETUP = """
+import asyncio
+from common import AsyncSiliconFlowClient
+loop = asyncio.new_event_loop()
+aclient = AsyncSiliconFlowClient(api_key="k", base_url=client.base_url)
+loop.run_until_complete(aclient.rerank("warm up", ["a", "b"]))
+"""
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -366,8 +400,9 @@ def write_report(results: dict[str, Any]) -> None:
     lines = [
         "# Benchmark results",
         "",
-        f"Machine: {machine()}. Median of {RUNS} runs; every contender against the same local "
-        "emulator process. Produced by `bash benchmarks/run.sh`.",
+        f"Machine: {machine()}. Median of {RUNS} runs, contenders interleaved, a full garbage "
+        "collection before each timed run; every contender against the same local emulator "
+        "process. Produced by `bash benchmarks/run.sh`.",
         "",
         "## 1. Per-call overhead (sequential calls, 50 short documents, instant server)",
         "",
