@@ -61,7 +61,27 @@ def _translate_transport_errors() -> Iterator[None]:
     """The one place where transport exceptions become ours."""
     try:
         yield
-    except httpx.TimeoutException as error:
+    except httpx.RequestError as error:
+        own = _raised_by_the_body(error)
+        if own is not None:
+            raise own from None
+        raise _transport_error(error) from error
+
+
+def _raised_by_the_body(error: BaseException) -> InvalidRequestError | None:
+    """Our own error from streaming a media file, which the aiohttp transport wraps."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, InvalidRequestError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _transport_error(error: httpx.RequestError) -> SiliconFlowError:
+    if isinstance(error, httpx.TimeoutException):
         cause = error.__cause__
         # The aiohttp transport reports a dropped connection as a connect timeout; only a cause
         # that is itself a timeout (or httpx's own) makes this a timeout.
@@ -71,14 +91,13 @@ def _translate_transport_errors() -> Iterator[None]:
             and not type(cause).__module__.startswith(("httpcore", "httpx"))
         )
         if dropped:
-            raise APIConnectionError(
+            return APIConnectionError(
                 f"connection failed ({type(cause).__name__}): {cause or 'no details'}"
-            ) from error
-        raise APITimeoutError(f"request timed out ({type(error).__name__}): {error}") from error
-    except httpx.RequestError as error:
-        raise APIConnectionError(
-            f"connection failed ({type(error).__name__}): {error or 'no details'}"
-        ) from error
+            )
+        return APITimeoutError(f"request timed out ({type(error).__name__}): {error}")
+    return APIConnectionError(
+        f"connection failed ({type(error).__name__}): {error or 'no details'}"
+    )
 
 
 class _BaseClient:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import socket
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from common import (
     AsyncSiliconFlowClient,
     AuthenticationError,
     BadRequestError,
+    InlineMedia,
     InternalServerError,
     InvalidRequestError,
     NotFoundError,
@@ -237,6 +239,28 @@ def test_a_changed_media_file_is_refused_before_sending(make_runner, emulator, t
     with pytest.raises(InvalidRequestError, match="changed size"):
         make_runner(base_url=emulator.base_url).rerank("banana", ["x", item], model=VL)
     assert emulator.stats.requests == 0
+
+
+def test_a_media_file_that_shrinks_while_sent_fails_without_retry(
+    make_runner, emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    big = png_file(tmp_path / "big.png", "ripe banana", 3 * 1024 * 1024)
+    item = image_item(big)
+    real_read = InlineMedia._read
+
+    def read_then_shrink(self: InlineMedia, file: Any, start: int) -> bytes:
+        piece = real_read(self, file, start)
+        if start == 0:  # the file is cut short right after its first piece went out
+            with big.open("r+b") as handle:
+                handle.truncate(1000)
+        return piece
+
+    monkeypatch.setattr(InlineMedia, "_read", read_then_shrink)
+    runner = make_runner(base_url=emulator.base_url, max_retries=2)
+    with pytest.raises(InvalidRequestError, match="shrank while being sent"):
+        runner.rerank("banana", ["an orange", item], model=VL)
+    assert emulator.stats.requests <= 1  # the half-sent attempt, never a retry
+    assert runner.sleeps.delays == []
 
 
 def test_a_streamed_body_is_sent_again_on_retry(make_runner, emulator, tmp_path: Path):
