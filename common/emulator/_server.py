@@ -215,6 +215,7 @@ class RerankEmulator:
         self._faults: collections.deque[Fault] = collections.deque()
         self._stats = EmulatorStats()
         self._window: collections.deque[tuple[float, int]] = collections.deque()
+        self._window_tokens = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._sockets: set[socket.socket] = set()
@@ -303,6 +304,7 @@ class RerankEmulator:
             self._stats = EmulatorStats(in_flight=busy, max_in_flight=busy)
             self._faults.clear()
             self._window.clear()
+            self._window_tokens = 0
 
     def rank(self, body: dict[str, Any]) -> dict[str, Any]:
         """Answer a rerank body as the server would (raises `ValueError` where it answers 400).
@@ -325,19 +327,22 @@ class RerankEmulator:
             self._stats.by_status[status] = self._stats.by_status.get(status, 0) + 1
 
     def _rate_limited(self, tokens: int) -> str | None:
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            return None  # no window to keep: it would grow with every request of a long run
         now = time.monotonic()
         with self._lock:
             while self._window and self._window[0][0] <= now - 60:
-                self._window.popleft()
+                self._window_tokens -= self._window.popleft()[1]
             if (
                 self.requests_per_minute is not None
                 and len(self._window) >= self.requests_per_minute
             ):
                 return "RPM"
-            used = sum(count for _, count in self._window)
+            used = self._window_tokens
             if self.tokens_per_minute is not None and used + tokens > self.tokens_per_minute:
                 return "TPM"
             self._window.append((now, tokens))
+            self._window_tokens += tokens
             return None
 
 
