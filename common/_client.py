@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from ._batching import Batch, Plan, assemble, name_batch, plan
 from ._cache import RerankCache
 from ._config import (
+    DEFAULT_KEEPALIVE_EXPIRY,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
@@ -114,6 +115,7 @@ class _BaseClient:
         max_documents_per_request: int | None,
         max_concurrency: int,
         max_connections: int,
+        keepalive_expiry: float,
         requests_per_minute: int | None,
         tokens_per_minute: int | None,
         cache: RerankCache | None,
@@ -121,6 +123,14 @@ class _BaseClient:
         _check_count("max_retries", max_retries, 0)
         _check_count("max_concurrency", max_concurrency, 1)
         _check_count("max_connections", max_connections, 1)
+        if (
+            isinstance(keepalive_expiry, bool)
+            or not isinstance(keepalive_expiry, int | float)
+            or not 0 <= keepalive_expiry < float("inf")
+        ):
+            raise InvalidRequestError(
+                f"keepalive_expiry must be a number of seconds >= 0, got {keepalive_expiry!r}"
+            )
         for name, value in [
             ("max_documents_per_request", max_documents_per_request),
             ("requests_per_minute", requests_per_minute),
@@ -143,6 +153,8 @@ class _BaseClient:
         """How many requests of one call may be in flight at once."""
         self.max_connections = max_connections
         """Size of the connection pool this client creates."""
+        self.keepalive_expiry = float(keepalive_expiry)
+        """Seconds an idle connection of that pool is kept for the next call."""
         self.cache = cache
         """The score cache, if any."""
         self._limiter = (
@@ -171,6 +183,13 @@ class _BaseClient:
         # A client is a shared resource (a thread-safe connection pool), like a lock or a file:
         # deep copies of objects that hold one share it.
         return self
+
+    def _limits(self) -> httpx.Limits:
+        return httpx.Limits(
+            max_connections=self.max_connections,
+            max_keepalive_connections=self.max_connections,
+            keepalive_expiry=self.keepalive_expiry,
+        )
 
     def _plan(
         self,
@@ -290,6 +309,7 @@ _CLIENT_ARGS = """
                 (merged exactly: scores are per query-document pair). None never splits.
             max_concurrency: How many requests of one call run at once.
             max_connections: Size of the connection pool this client creates.
+            keepalive_expiry: Seconds an idle pooled connection is kept (httpx's default is 5).
             requests_per_minute: Client-side limit, shared by every call on this client.
             tokens_per_minute: Client-side limit on (estimated) tokens, shared likewise.
             cache: A `RerankCache` to reuse scores across calls (off by default).
@@ -319,6 +339,7 @@ class SiliconFlowClient(_BaseClient):
         max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY,
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
         cache: RerankCache | None = None,
@@ -332,6 +353,7 @@ class SiliconFlowClient(_BaseClient):
             max_documents_per_request=max_documents_per_request,
             max_concurrency=max_concurrency,
             max_connections=max_connections,
+            keepalive_expiry=keepalive_expiry,
             requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute,
             cache=cache,
@@ -352,11 +374,7 @@ class SiliconFlowClient(_BaseClient):
             return owned
         with self._lock:
             if self._owned is None:
-                limits = httpx.Limits(
-                    max_connections=self.max_connections,
-                    max_keepalive_connections=self.max_connections,
-                )
-                self._owned = httpx.Client(timeout=self.timeout, limits=limits)
+                self._owned = httpx.Client(timeout=self.timeout, limits=self._limits())
                 # Framework objects that hold a client are rarely closed by their users: close the
                 # pool when this client is garbage-collected instead of leaking its sockets.
                 weakref.finalize(self, self._owned.close)
@@ -493,6 +511,7 @@ class AsyncSiliconFlowClient(_BaseClient):
         max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY,
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
         cache: RerankCache | None = None,
@@ -506,6 +525,7 @@ class AsyncSiliconFlowClient(_BaseClient):
             max_documents_per_request=max_documents_per_request,
             max_concurrency=max_concurrency,
             max_connections=max_connections,
+            keepalive_expiry=keepalive_expiry,
             requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute,
             cache=cache,
@@ -527,7 +547,7 @@ class AsyncSiliconFlowClient(_BaseClient):
             # Pooled connections belong to the loop that opened them, so each loop gets its own
             # pool (code that calls asyncio.run() per request must not hit "Event loop is
             # closed"), and the pool closes when its loop shuts down (see _close_with_loop).
-            transport = AiohttpTransport(limits=httpx.Limits(max_connections=self.max_connections))
+            transport = AiohttpTransport(limits=self._limits())
             client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
             guard = _close_with_loop(client)
             await guard.__anext__()

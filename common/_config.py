@@ -13,6 +13,7 @@ __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
     "DEFAULT_BASE_URL",
+    "DEFAULT_KEEPALIVE_EXPIRY",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_DOCUMENTS_PER_REQUEST",
@@ -37,6 +38,13 @@ a long list. (httpx's own 5 s default cuts such requests off.)"""
 
 DEFAULT_MAX_CONNECTIONS = 256
 """Enough connections for a few hundred concurrent reranks on one client."""
+
+DEFAULT_KEEPALIVE_EXPIRY = 30.0
+"""Seconds an idle pooled connection is kept for the next call.
+
+RAG traffic comes in bursts seconds apart; httpx's own 5 s would often pay a new TLS handshake per
+connection between them. 30 s stays under the 60 s or more that servers and load balancers
+commonly keep an idle connection open."""
 
 DEFAULT_MAX_DOCUMENTS_PER_REQUEST = 128
 """Lists longer than this are split into concurrent requests (see the README's benchmark)."""

@@ -172,6 +172,10 @@ def test_missing_key_names_both_fixes(client_kind):
         ({"max_retries": -1}, "max_retries"),
         ({"max_retries": 1.5}, "max_retries"),
         ({"api_key": "   "}, "SILICONFLOW_API_KEY"),
+        ({"keepalive_expiry": -1}, "keepalive_expiry"),
+        ({"keepalive_expiry": True}, "keepalive_expiry"),
+        ({"keepalive_expiry": float("inf")}, "keepalive_expiry"),
+        ({"keepalive_expiry": "30"}, "keepalive_expiry"),
     ],
 )
 def test_bad_configuration_fails_at_construction(client_kind, kwargs, fragment):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from common import (
+    DEFAULT_KEEPALIVE_EXPIRY,
     APIConnectionError,
     APITimeoutError,
     AsyncSiliconFlowClient,
@@ -71,6 +73,19 @@ def test_connections_are_opened_lazily_and_kept_alive(make_runner, emulator):
     stats = emulator.stats
     assert stats.requests == 4
     assert stats.connections == 1
+
+
+@pytest.mark.parametrize(("expiry", "connections"), [(0.05, 2), (None, 1)])
+def test_idle_connections_are_kept_for_keepalive_expiry(make_runner, emulator, expiry, connections):
+    settings = {} if expiry is None else {"keepalive_expiry": expiry}
+    runner = make_runner(base_url=emulator.base_url, **settings)
+    assert runner.client.keepalive_expiry == (
+        DEFAULT_KEEPALIVE_EXPIRY if expiry is None else expiry
+    )
+    runner.rerank("apple", DOCUMENTS)
+    time.sleep(0.3)  # longer than the short expiry, far shorter than the default
+    runner.rerank("apple", DOCUMENTS)
+    assert emulator.stats.connections == connections
 
 
 @pytest.mark.parametrize(
