@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -178,10 +179,15 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
     )
 
 
+_BY_INDEX = attrgetter("index")
+_BY_SCORE = attrgetter("relevance_score")
+
+
 def rank(results: list[RerankResult], request: RerankRequest) -> list[RerankResult]:
     """Order results as every answer is returned: best first, ties by index, cut to `top_n`,
     with each document filled in when the caller asked for documents."""
-    ranked = sorted(results, key=lambda r: (-r.relevance_score, r.index))
+    # Two stable C-keyed sorts: by index, then by score (reverse keeps equal scores in index order).
+    ranked = sorted(sorted(results, key=_BY_INDEX), key=_BY_SCORE, reverse=True)
     if request.top_n is not None:
         ranked = ranked[: request.top_n]
     if request.return_documents:
