@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import urllib.request
 import weakref
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -547,7 +548,7 @@ class AsyncSiliconFlowClient(_BaseClient):
             # Pooled connections belong to the loop that opened them, so each loop gets its own
             # pool (code that calls asyncio.run() per request must not hit "Event loop is
             # closed"), and the pool closes when its loop shuts down (see _close_with_loop).
-            transport = AiohttpTransport(limits=self._limits())
+            transport = AiohttpTransport(limits=self._limits(), proxy=_environment_proxy(self._url))
             client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
             guard = _close_with_loop(client)
             await guard.__anext__()
@@ -648,6 +649,19 @@ class AsyncSiliconFlowClient(_BaseClient):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _environment_proxy(url: httpx.URL) -> httpx.Proxy | None:
+    """The proxy that HTTP(S)_PROXY / ALL_PROXY name for `url`, unless NO_PROXY exempts its host.
+
+    httpx's own pool (the sync client) honours these variables; the aiohttp transport does not read
+    the environment, so the async client hands it the same choice.
+    """
+    if urllib.request.proxy_bypass(url.host):
+        return None
+    proxies = urllib.request.getproxies()
+    chosen = proxies.get(url.scheme) or proxies.get("all")
+    return httpx.Proxy(chosen) if chosen else None
 
 
 async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:

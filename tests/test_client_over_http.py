@@ -88,6 +88,31 @@ def test_idle_connections_are_kept_for_keepalive_expiry(make_runner, emulator, e
     assert emulator.stats.connections == connections
 
 
+def test_both_clients_go_through_the_proxy_the_environment_names(
+    make_runner, emulator, monkeypatch: pytest.MonkeyPatch
+):
+    # The emulator stands in for the proxy: the API host below does not exist, so only a request
+    # sent through the proxy can be answered.
+    monkeypatch.setenv("HTTP_PROXY", emulator.base_url.removesuffix("/v1"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    runner = make_runner(base_url="http://rerank.example.invalid/v1", max_retries=0)
+    response = runner.rerank("apple", DOCUMENTS)
+    assert response.results[0].index in (1, 2)
+    assert emulator.stats.requests == 1
+
+
+def test_no_proxy_exempts_the_api_host(make_runner, emulator, monkeypatch: pytest.MonkeyPatch):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = unused.getsockname()[1]  # nothing listens here once the socket closes
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    runner = make_runner(base_url=emulator.base_url, max_retries=0)
+    assert runner.rerank("apple", DOCUMENTS).results
+    assert emulator.stats.requests == 1
+
+
 @pytest.mark.parametrize(
     "fault",
     [
@@ -274,7 +299,7 @@ def test_a_media_file_that_shrinks_while_sent_fails_without_retry(
     runner = make_runner(base_url=emulator.base_url, max_retries=2)
     with pytest.raises(InvalidRequestError, match="shrank while being sent"):
         runner.rerank("banana", ["an orange", item], model=VL)
-    assert emulator.stats.requests <= 1  # the half-sent attempt, never a retry
+    assert emulator.stats.requests == 0  # the half-sent attempt is no request; and no retry
     assert runner.sleeps.delays == []
 
 
