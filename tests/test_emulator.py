@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,26 @@ def test_answers_like_the_api(emulator):
     assert tokens["input_tokens"] > 0
     assert tokens["image_tokens"] == 0
     assert body["meta"]["billed_units"]["input_tokens"] == tokens["input_tokens"]
+
+
+def test_an_abandoned_upload_is_not_a_request(emulator):
+    host, port = emulator.base_url.removeprefix("http://").split("/")[0].split(":")
+    with socket.create_connection((host, int(port))) as partial:
+        partial.sendall(
+            b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"model": "BAAI/'
+        )
+        deadline = time.monotonic() + 5
+        while emulator.stats.open_connections == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    # Closed mid-body: wait until the server has seen it go, then check it was not counted.
+    deadline = time.monotonic() + 5
+    while emulator.stats.open_connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert emulator.stats.open_connections == 0
+    assert emulator.stats.requests == 0
+    assert post(emulator, rerank_body()).status_code == 200
+    assert emulator.stats.requests == 1
 
 
 def test_scores_are_deterministic_and_per_pair(emulator):

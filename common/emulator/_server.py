@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from .._capabilities import ModelCapabilities, model_capabilities
 from . import _scoring
@@ -408,9 +409,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, payload: object) -> None:
         self._send(status, json.dumps(payload, ensure_ascii=False).encode())
 
-    def _read_body(self) -> bytes:
+    def _read_body(self) -> bytes | None:
+        """The request body, or None when the client went away before sending all of it."""
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            self.close_connection = True
+            return None
+        return raw
 
     def do_GET(self) -> None:
         with self.emulator._lock:
@@ -420,9 +426,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         emulator = self.emulator
         raw = self._read_body()
+        if raw is None:  # an abandoned upload is not a request: nothing to count or answer
+            return
         with emulator._lock:
             emulator._stats.requests += 1
-        if self.path.split("?")[0].rstrip("/") != "/v1/rerank":
+        # A client sends the absolute form ("POST http://host/v1/rerank") through a proxy; as a
+        # server must, take it too, so that the emulator can stand in for a proxy in tests.
+        if urlsplit(self.path).path.rstrip("/") != "/v1/rerank":
             self._not_found()
             return
         with emulator._lock:
