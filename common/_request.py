@@ -78,17 +78,20 @@ class RerankRequest:
         return len(content) if isinstance(content, bytes) else content.length
 
 
+# Media go into the JSON as placeholders, which are then cut out: the encoder stays the one fast
+# call, and a data URI is never built whole. The random part, drawn once, keeps text from matching.
+_PLACEHOLDER = f"sf-media-{secrets.token_hex(16)}-"
+_PLACEHOLDERS = re.compile(re.escape(_PLACEHOLDER.encode()) + rb"(\d+)")
+
+
 def _encode(body: dict[str, Any]) -> bytes | StreamedBody:
     media: list[InlineMedia] = []
-    # Media go into the JSON as unguessable placeholders, which are then cut out: the encoder
-    # stays the one fast call, and a data URI is never built whole.
-    token = secrets.token_hex(16)
 
     def placeholder(value: Any) -> str:
         if not isinstance(value, InlineMedia):
             raise TypeError(f"cannot encode {type(value).__name__}")
         media.append(value)
-        return f"sf-media-{token}-{len(media) - 1}"
+        return f"{_PLACEHOLDER}{len(media) - 1}"
 
     try:
         encoded = pydantic_core.to_json(body, fallback=placeholder)
@@ -97,7 +100,7 @@ def _encode(body: dict[str, Any]) -> bytes | StreamedBody:
         raise InvalidRequestError(f"the query or a document is not valid text: {error}") from None
     if not media:
         return encoded
-    pieces = re.split(rb"sf-media-" + token.encode() + rb"-(\d+)", encoded)
+    pieces = _PLACEHOLDERS.split(encoded)
     parts: list[bytes | InlineMedia] = []
     for position, piece in enumerate(pieces):
         parts.append(piece if position % 2 == 0 else media[int(piece)])
