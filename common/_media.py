@@ -118,14 +118,8 @@ class InlineMedia:
     def chunks(self) -> Iterator[bytes]:
         """The data URI as ASCII bytes, in pieces of about 1 MiB."""
         yield self.prefix
-        if self._data is not None:
-            view = memoryview(self._data)
-            for start in range(0, self.size, _CHUNK):
-                yield base64.b64encode(view[start : start + _CHUNK])
-            return
-        with self._open() as file:
-            for start in range(0, self.size, _CHUNK):
-                yield base64.b64encode(self._read(file, start))
+        for piece in self._pieces():
+            yield base64.b64encode(piece)
 
     async def achunks(self) -> AsyncIterator[bytes]:
         """As `chunks`, with the file read in a worker thread so the event loop never blocks."""
@@ -148,13 +142,20 @@ class InlineMedia:
     def fingerprint(self) -> str:
         """A digest of the MIME type and content, read in pieces (used for cache keys)."""
         digest = hashlib.blake2b(self.prefix, digest_size=20)
-        if self._data is not None:
-            digest.update(self._data)
-        else:
-            with self._open() as file:
-                for start in range(0, self.size, _CHUNK):
-                    digest.update(self._read(file, start))
+        for piece in self._pieces():
+            digest.update(piece)
         return f"{self.kind}:{digest.hexdigest()}"
+
+    def _pieces(self) -> Iterator[bytes | memoryview]:
+        """The raw content, `_CHUNK` bytes at a time (the bytes held, or the file read)."""
+        if self._data is not None:
+            view = memoryview(self._data)
+            for start in range(0, self.size, _CHUNK):
+                yield view[start : start + _CHUNK]
+            return
+        with self._open() as file:
+            for start in range(0, self.size, _CHUNK):
+                yield self._read(file, start)
 
     def _check_size(self, size: int) -> None:
         if size != self.size:
@@ -168,7 +169,7 @@ class InlineMedia:
         try:
             file = path.open("rb")
         except OSError as error:
-            raise InvalidRequestError(f"cannot read {self.kind} file {path}: {error}") from error
+            raise _unreadable(self.kind, path, error) from error
         try:
             self._check_size(os.fstat(file.fileno()).st_size)
         except InvalidRequestError:
@@ -195,7 +196,20 @@ def _file_size(kind: str, path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError as error:
-        raise InvalidRequestError(f"cannot read {kind} file {path}: {error}") from error
+        raise _unreadable(kind, path, error) from error
+
+
+def _file_head(kind: str, path: Path) -> bytes:
+    """The first bytes of a file, to sniff its type (reading them also proves it readable)."""
+    try:
+        with path.open("rb") as file:
+            return file.read(16)
+    except OSError as error:
+        raise _unreadable(kind, path, error) from error
+
+
+def _unreadable(kind: str, path: Path, error: OSError) -> InvalidRequestError:
+    return InvalidRequestError(f"cannot read {kind} file {path}: {error}")
 
 
 class ImageItem(TypedDict):
@@ -268,26 +282,14 @@ def _media_item(
                 "(a local file is read only when asked: pass a pathlib.Path, or allow_paths=True)"
             )
         source = Path(source.removeprefix("file://"))
+    data: bytes | None = None
+    path: Path | None = None
     if isinstance(source, bytes | bytearray | memoryview):
-        raw = bytes(source)  # a copy only of mutable buffers
-        data: bytes | None = raw
-        path = None
-        origin = "bytes"
-        size = len(raw)
-        head = raw[:16]
+        data = bytes(source)  # a copy only of mutable buffers
+        origin, size = "bytes", len(data)
     elif isinstance(source, os.PathLike):
-        data, path = None, Path(source)
-        origin = str(path)
-        try:
-            size = path.stat().st_size
-            if size > max_bytes:
-                raise InvalidRequestError(
-                    f"{kind} file {origin} is {size} bytes, over the {max_bytes}-byte limit"
-                )
-            with path.open("rb") as file:
-                head = file.read(16)
-        except OSError as error:
-            raise InvalidRequestError(f"cannot read {kind} file {origin}: {error}") from error
+        path = Path(source)
+        origin, size = f"file {path}", _file_size(kind, path)
         mime_type = mime_type or mimetypes.guess_type(path.name)[0]
     else:
         raise InvalidRequestError(
@@ -300,6 +302,8 @@ def _media_item(
         raise InvalidRequestError(
             f"{kind} {origin} is {size} bytes, over the {max_bytes}-byte limit"
         )
+    # Read only now, so that an empty or oversized file is refused before any of it is read.
+    head = data[:16] if data is not None else _file_head(kind, cast(Path, path))
     mime_type = mime_type or _sniff(head)
     if mime_type is None:
         raise InvalidRequestError(f"cannot tell the MIME type of {kind} {origin}; pass mime_type=")
