@@ -211,23 +211,15 @@ class _BaseClient:
 
     def _send_kwargs(self, request: RerankRequest, *, asynchronous: bool) -> dict[str, Any]:
         content = request.content
-        if isinstance(content, bytes):
-            return {
-                "url": self._url,
-                "content": content,
-                "headers": self._headers,
-                "timeout": self.timeout,
-            }
-        content.verify()
-        headers = self._headers.copy()
-        headers["Content-Length"] = str(content.length)
-        return {
-            "url": self._url,
-            "content": content.aiter_bytes() if asynchronous else content.iter_bytes(),
+        body: Any = content
+        headers = self._headers
+        if not isinstance(content, bytes):
+            content.verify()
+            body = content.aiter_bytes() if asynchronous else content.iter_bytes()
             # A stated length instead of chunked encoding: not every compatible server takes it.
-            "headers": headers,
-            "timeout": self.timeout,
-        }
+            headers = headers.copy()
+            headers["Content-Length"] = str(content.length)
+        return {"url": self._url, "content": body, "headers": headers, "timeout": self.timeout}
 
     def _reserve(self, request: RerankRequest) -> tuple[float, int]:
         """Seconds to wait for the rate limiter, and the tokens booked for `request`."""
