@@ -29,7 +29,8 @@ class Plan:
     request: RerankRequest
     batches: list[Batch]
     known: dict[int, float] = field(default_factory=dict)
-    cache_prefix: bytes | None = None
+    cache_keys: list[bytes] | None = None
+    """The cache key of each of the call's documents, when a cache is used."""
 
 
 def plan(
@@ -46,10 +47,11 @@ def plan(
     count = len(request.documents)
     known: dict[int, float] = {}
     pending: Sequence[int] = range(count)
-    prefix = None
+    keys = None
     if cache is not None:
         prefix = score_key_prefix(base_url, request.body)
-        scores = cache.lookup(prefix, request.documents)
+        keys = [cache._key(prefix, document) for document in request.documents]
+        scores = cache._lookup_keys(keys)
         known = {i: s for i, s in enumerate(scores) if s is not None}
         pending = [i for i, s in enumerate(scores) if s is None]
     size = batch_size or count
@@ -62,7 +64,7 @@ def plan(
         Batch(number, group, subset(request, group, top_n=cache is None))
         for number, group in enumerate(groups)
     ]
-    return Plan(request, batches, known, prefix)
+    return Plan(request, batches, known, keys)
 
 
 def _sum(values: Sequence[int | None]) -> int | None:
@@ -104,10 +106,10 @@ def assemble(
     for batch, response in zip(the_plan.batches, responses, strict=True):
         positions = batch.positions
         results.extend(r.model_copy(update={"index": positions[r.index]}) for r in response.results)
-        if cache is not None and the_plan.cache_prefix is not None:
-            cache.store(
-                the_plan.cache_prefix,
-                [batch.request.documents[r.index] for r in response.results],
+        if cache is not None and the_plan.cache_keys is not None:
+            keys = the_plan.cache_keys
+            cache._store_keys(
+                [keys[positions[r.index]] for r in response.results],
                 [r.relevance_score for r in response.results],
             )
     results.extend(RerankResult(index=i, relevance_score=s) for i, s in the_plan.known.items())

@@ -66,7 +66,16 @@ class RerankCache:
 
     def lookup(self, prefix: bytes, documents: Sequence[WireItem]) -> list[float | None]:
         """The cached score of each document, or None where there is none (counted as a miss)."""
-        keys = [self._key(prefix, d) for d in documents]
+        return self._lookup_keys([self._key(prefix, d) for d in documents])
+
+    def store(self, prefix: bytes, documents: Sequence[WireItem], scores: Sequence[float]) -> None:
+        """Remember scores for documents, evicting the least recently used beyond `maxsize`."""
+        self._store_keys([self._key(prefix, d) for d in documents], scores)
+
+    # A call keys its documents once (hashing media reads whole files) and uses the keys for both
+    # the lookup before sending and the store after the answers.
+
+    def _lookup_keys(self, keys: Sequence[bytes]) -> list[float | None]:
         found: list[float | None] = []
         with self._lock:
             for key in keys:
@@ -79,9 +88,7 @@ class RerankCache:
             self.misses += len(found) - hits
         return found
 
-    def store(self, prefix: bytes, documents: Sequence[WireItem], scores: Sequence[float]) -> None:
-        """Remember scores for documents, evicting the least recently used beyond `maxsize`."""
-        keys = [self._key(prefix, d) for d in documents]
+    def _store_keys(self, keys: Sequence[bytes], scores: Sequence[float]) -> None:
         with self._lock:
             for key, score in zip(keys, scores, strict=True):
                 self._scores[key] = score

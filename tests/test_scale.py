@@ -12,10 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common import (
+    InlineMedia,
     InvalidRequestError,
     RerankCache,
     ServiceUnavailableError,
     SiliconFlowClient,
+    image_item,
 )
 from common._ratelimit import RateLimiter, estimate_tokens
 from common.emulator import Fault, RerankEmulator
@@ -195,6 +197,26 @@ def test_cache_is_keyed_by_server(make_runner, emulator):
         make_runner(base_url=emulator.base_url, cache=cache).rerank("apple", corpus(3))
         make_runner(base_url=other.base_url, cache=cache).rerank("apple", corpus(3))
     assert cache.hits == 0
+
+
+def test_cache_keys_each_document_once_per_call(make_runner, emulator, monkeypatch):
+    # Keying an inline media item hashes its whole content: a call does it once per document,
+    # for the lookup and the store alike.
+    hashed: list[InlineMedia] = []
+    real = InlineMedia.fingerprint
+
+    def counted(self: InlineMedia) -> str:
+        hashed.append(self)
+        return real(self)
+
+    monkeypatch.setattr(InlineMedia, "fingerprint", counted)
+    pictures = [image_item(b"\x89PNG\r\n\x1a\n" + bytes([i]) * 64) for i in range(3)]
+    runner = make_runner(base_url=emulator.base_url, cache=RerankCache())
+    runner.rerank("banana", pictures, model="Qwen/Qwen3-VL-Reranker-8B")
+    assert len(hashed) == 3
+    runner.rerank("banana", pictures, model="Qwen/Qwen3-VL-Reranker-8B")
+    assert len(hashed) == 6
+    assert emulator.stats.requests == 1  # the second call came from the cache
 
 
 def test_cache_evicts_least_recently_used():
