@@ -47,8 +47,9 @@ def test_answers_like_the_api(emulator):
 
 
 def test_an_abandoned_upload_is_not_a_request(emulator):
-    host, port = emulator.base_url.removeprefix("http://").split("/")[0].split(":")
-    with socket.create_connection((host, int(port))) as partial:
+    url = httpx.URL(emulator.base_url)
+    assert url.port is not None
+    with socket.create_connection((url.host, url.port)) as partial:
         partial.sendall(
             b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 1000\r\n\r\n" + b'{"model": "BAAI/'
