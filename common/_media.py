@@ -118,8 +118,8 @@ class InlineMedia:
     def chunks(self) -> Iterator[bytes]:
         """The data URI as ASCII bytes, in pieces of about 1 MiB."""
         yield self.prefix
-        for piece in self._pieces():
-            yield base64.b64encode(piece)
+        # map() keeps no reference to a raw piece once it is encoded (a loop variable would).
+        yield from map(base64.b64encode, self._pieces())
 
     async def achunks(self) -> AsyncIterator[bytes]:
         """As `chunks`, with the file read in a worker thread so the event loop never blocks."""
