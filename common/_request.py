@@ -145,7 +145,11 @@ def build_request(
         )
     if len(documents) == 0:
         raise InvalidRequestError("documents must hold at least one document")
-    wire_documents = [normalize_item(item, f"documents[{i}]") for i, item in enumerate(documents)]
+    # Plain strings, by far the common case, skip the call and the label it would format.
+    wire_documents = [
+        item if type(item) is str else normalize_item(item, f"documents[{i}]")
+        for i, item in enumerate(documents)
+    ]
 
     options = validate_options(
         model,
@@ -238,6 +242,8 @@ def _check_modalities(
     if caps.modalities >= {"image", "video"}:
         return
     for position, item in enumerate([query, *documents]):
+        if isinstance(item, str):
+            continue  # every model ranks text
         kind = item_kind(item)
         if kind not in caps.modalities:
             what = "query" if position == 0 else f"documents[{position - 1}]"
