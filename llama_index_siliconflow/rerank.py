@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -256,6 +257,8 @@ class SiliconFlowRerank(BaseNodePostprocessor):
     # -- conversions ---------------------------------------------------------------------------
 
     def _node_item(self, node: BaseNode) -> DocumentItem:
+        if not _may_hold_media(type(node)):
+            return node.get_content(metadata_mode=self.metadata_mode)
         if isinstance(node, ImageNode):
             if node.image:
                 return image_item(_b64decode(node.image, node), mime_type=node.image_mimetype)
@@ -334,11 +337,11 @@ class SiliconFlowRerank(BaseNodePostprocessor):
         dispatcher.event(
             RerankUsageEvent(model_name=self.model, usage=usage, trace_id=response.trace_id)
         )
-        return [
-            NodeWithScore(node=_marked_copy(nodes[r.index].node, SCORE_KEY, r.relevance_score),
-                          score=r.relevance_score)
-            for r in response.results
-        ]  # fmt: skip
+        ranked = []
+        for result in response.results:
+            score = result.relevance_score
+            ranked.append(_scored(_marked_copy(nodes[result.index].node, SCORE_KEY, score), score))
+        return ranked
 
     def _passed_through(
         self, nodes: list[NodeWithScore], error: SiliconFlowError
@@ -399,6 +402,12 @@ class _Outcome:
     nodes: list[NodeWithScore] = field(default_factory=list)
 
 
+@functools.cache
+def _may_hold_media(node_class: type[BaseNode]) -> bool:
+    # Cached per class: an isinstance check against a pydantic model class goes through ABCMeta.
+    return issubclass(node_class, (ImageNode, Node))
+
+
 def _b64decode(data: str | bytes, node: BaseNode) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
@@ -426,7 +435,7 @@ def _marked_copy(node: BaseNode, key: str, value: Any) -> BaseNode:
     once per returned node on every query, the largest part of the adapter's own cost.
     """
     cls = type(node)
-    clone = cls.__new__(cls)
+    clone = _new(cls)
     state = node.__dict__.copy()
     metadata = node.metadata.copy()
     metadata[key] = value
@@ -443,5 +452,16 @@ def _marked_copy(node: BaseNode, key: str, value: Any) -> BaseNode:
     return clone
 
 
+def _scored(node: BaseNode, score: float | None) -> NodeWithScore:
+    """`NodeWithScore(node=node, score=score)` without re-validating a node we just built."""
+    scored = _new(NodeWithScore)
+    _set(scored, "__dict__", {"node": node, "score": score})
+    _set(scored, "__pydantic_fields_set__", {"node", "score"})
+    _set(scored, "__pydantic_extra__", None)
+    _set(scored, "__pydantic_private__", None)
+    return scored
+
+
+_new = object.__new__
 _set = object.__setattr__
 _UPDATED = frozenset({"metadata", "excluded_llm_metadata_keys", "excluded_embed_metadata_keys"})

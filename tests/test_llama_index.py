@@ -162,6 +162,26 @@ def test_nodes_are_scored_copies_best_first(postprocess):
     ]
 
 
+def test_returned_nodes_are_ordinary_pydantic_objects(postprocess):
+    # The adapter builds its results without re-validating them: they must still behave exactly
+    # like objects built through the validating constructors.
+    out = postprocess(mocked(Recorder(0.3, 0.8), top_n=None), text_nodes("a", "b", topic="x"))
+    best = out[0]
+    node = best.node.model_copy()
+    validated = NodeWithScore(node=node, score=0.8)
+    assert best == validated
+    assert best.model_dump() == validated.model_dump()
+    assert best.to_json() == validated.to_json()
+    assert pickle.loads(pickle.dumps(best)) == best
+    assert best.model_fields_set == {"node", "score"}
+    assert best.node.model_fields_set >= {"text", "metadata", "excluded_llm_metadata_keys"}
+    best.score = 0.1
+    best.node.metadata["extra"] = 1
+    assert out[0].score == 0.1
+    assert "extra" not in out[1].node.metadata
+    assert best.model_copy(update={"score": 0.5}).score == 0.5
+
+
 def test_metadata_mode_and_settings(postprocess):
     recorder = Recorder()
     reranker = mocked(
