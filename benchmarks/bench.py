@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 HERE = Path(__file__).resolve().parent
-RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+RUNS = int(os.environ.get("BENCH_RUNS", "7"))
 KEY = "bench-key"
 QUERY = "how to keep apples fresh"
 
@@ -79,8 +79,17 @@ def clean_heap() -> None:
 # -- 1. per-call overhead -----------------------------------------------------------------------
 
 
-def bench_overhead(base_url: str, calls: int = 200) -> dict[str, float]:
-    """Milliseconds per sequential call of 50 short documents (server answers at once)."""
+OVERHEAD_CALLS = 40
+OVERHEAD_ROUNDS = RUNS * 5
+
+
+def bench_overhead(base_url: str) -> dict[str, float]:
+    """Milliseconds per sequential call of 50 short documents (server answers at once).
+
+    Many short rounds rather than a few long ones: slow stretches of a shared machine last
+    seconds, and short interleaved rounds spread them over every contender alike (with 7 rounds
+    of 200 calls, one stretch could move a contender's median by a third).
+    """
     from langchain_core.documents import Document
     from llama_index.core.schema import NodeWithScore, TextNode
 
@@ -122,13 +131,13 @@ def bench_overhead(base_url: str, calls: int = 200) -> dict[str, float]:
     for call in contenders.values():
         for _ in range(20):
             call()  # warm up: connections, imports, caches
-    for _ in range(RUNS):
+    for _ in range(OVERHEAD_ROUNDS):
         for name, call in contenders.items():  # interleaved, so drift hits everyone alike
             clean_heap()
             started = time.perf_counter()
-            for _ in range(calls):
+            for _ in range(OVERHEAD_CALLS):
                 call()
-            results[name].append((time.perf_counter() - started) / calls * 1000)
+            results[name].append((time.perf_counter() - started) / OVERHEAD_CALLS * 1000)
     raw.close()
     core.close()
     return {name: median_of(runs) for name, runs in results.items()}
@@ -400,11 +409,14 @@ def write_report(results: dict[str, Any]) -> None:
     lines = [
         "# Benchmark results",
         "",
-        f"Machine: {machine()}. Median of {RUNS} runs, contenders interleaved, a full garbage "
-        "collection before each timed run; every contender against the same local emulator "
-        "process. Produced by `bash benchmarks/run.sh`.",
+        f"Machine: {machine()}. Median of {RUNS} runs unless a section says otherwise, "
+        "contenders interleaved, a full garbage collection before each timed run; every "
+        "contender against the same local emulator process. Produced by "
+        "`bash benchmarks/run.sh`.",
         "",
         "## 1. Per-call overhead (sequential calls, 50 short documents, instant server)",
+        "",
+        f"Median of {OVERHEAD_ROUNDS} interleaved rounds of {OVERHEAD_CALLS} calls each.",
         "",
         "| contender | ms per call | × floor |",
         "|---|---:|---:|",
