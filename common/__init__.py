@@ -25,6 +25,7 @@ from ._config import (
     DEFAULT_TIMEOUT,
 )
 from ._exceptions import (
+    SERVICE_ERRORS,
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -66,6 +67,7 @@ __all__ = [
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT",
+    "SERVICE_ERRORS",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",

@@ -18,6 +18,8 @@ SiliconFlowError
 ```
 
 Every error that came from an answer carries the `x-siliconcloud-trace-id` header as `trace_id`.
+`SERVICE_ERRORS` groups what the service can do wrong (all but `InvalidRequestError`): the errors
+that the adapters' `on_error="passthrough"` absorbs, while bad input always raises.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "SERVICE_ERRORS",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
@@ -161,6 +164,14 @@ class InternalServerError(APIStatusError):
 
 class ServiceUnavailableError(InternalServerError):
     """503: the model service is overloaded or busy."""
+
+
+SERVICE_ERRORS: tuple[type[SiliconFlowError], ...] = (
+    APIConnectionError,
+    APIStatusError,
+    ResponseValidationError,
+)
+"""The errors that come from the service, not from the caller's input: catch these to fall back."""
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {

@@ -16,15 +16,13 @@ from common import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
-    APIConnectionError,
-    APIStatusError,
+    SERVICE_ERRORS,
     AsyncSiliconFlowClient,
     DocumentItem,
     InvalidRequestError,
     QueryItem,
     RerankCache,
     RerankResponse,
-    ResponseValidationError,
     SiliconFlowClient,
     Usage,
     image_item,
@@ -38,9 +36,6 @@ logger = logging.getLogger("siliconflow_rerank")
 
 USAGE_EVENT = "siliconflow_rerank_usage"
 """Name of the LangChain custom event that reports each call's token usage."""
-
-# What the service can do wrong; input errors (InvalidRequestError) always raise.
-_SERVICE_ERRORS = (APIConnectionError, APIStatusError, ResponseValidationError)
 
 
 class RerankResults(list[dict[str, Any]]):
@@ -319,7 +314,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
             return []
         try:
             response = self._sync().rerank(query, items, **self._options(self.top_n))
-        except _SERVICE_ERRORS as error:
+        except SERVICE_ERRORS as error:
             if self.on_error == "raise":
                 raise
             return self._passed_through(documents, error)
@@ -360,7 +355,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
             return []
         try:
             response = await self._async().rerank(query, items, **self._options(self.top_n))
-        except _SERVICE_ERRORS as error:
+        except SERVICE_ERRORS as error:
             if self.on_error == "raise":
                 raise
             return self._passed_through(documents, error)

@@ -35,15 +35,13 @@ from common import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
-    APIConnectionError,
-    APIStatusError,
+    SERVICE_ERRORS,
     AsyncSiliconFlowClient,
     DocumentItem,
     InvalidRequestError,
     QueryItem,
     RerankCache,
     RerankResponse,
-    ResponseValidationError,
     SiliconFlowClient,
     SiliconFlowError,
     image_item,
@@ -58,9 +56,6 @@ dispatcher = get_dispatcher(__name__)
 
 SCORE_KEY = "relevance_score"
 STATUS_KEY = "rerank_status"
-
-# What the service can do wrong; input errors (InvalidRequestError) always raise.
-_SERVICE_ERRORS = (APIConnectionError, APIStatusError, ResponseValidationError)
 
 
 class RerankUsageEvent(BaseEvent):
@@ -371,7 +366,7 @@ class SiliconFlowRerank(BaseNodePostprocessor):
         with self._observed(nodes, query_bundle) as outcome:
             try:
                 response = self._sync().rerank(query, items, **self._options())
-            except _SERVICE_ERRORS as error:
+            except SERVICE_ERRORS as error:
                 outcome.nodes = self._passed_through(nodes, error)
             else:
                 outcome.nodes = self._finish(nodes, response)
@@ -390,7 +385,7 @@ class SiliconFlowRerank(BaseNodePostprocessor):
         with self._observed(nodes, query_bundle) as outcome:
             try:
                 response = await self._async().rerank(query, items, **self._options())
-            except _SERVICE_ERRORS as error:
+            except SERVICE_ERRORS as error:
                 outcome.nodes = self._passed_through(nodes, error)
             else:
                 outcome.nodes = self._finish(nodes, response)

@@ -25,6 +25,7 @@ EXPECTED_COMMON = [
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT",
+    "SERVICE_ERRORS",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
