@@ -10,9 +10,15 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr, model_validator
+from llama_index.core.bridge.pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    model_validator,
+)
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events import BaseEvent
@@ -56,6 +62,8 @@ dispatcher = get_dispatcher(__name__)
 
 SCORE_KEY = "relevance_score"
 STATUS_KEY = "rerank_status"
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class RerankUsageEvent(BaseEvent):
@@ -347,10 +355,7 @@ class SiliconFlowRerank(BaseNodePostprocessor):
         logger.warning(
             "SiliconFlow rerank failed, passing %d nodes through unranked: %s", len(kept), error
         )
-        return [
-            NodeWithScore(node=_marked_copy(n.node, STATUS_KEY, "failed"), score=n.score)
-            for n in kept
-        ]
+        return [_scored(_marked_copy(n.node, STATUS_KEY, "failed"), n.score) for n in kept]
 
     # -- the postprocessor API -----------------------------------------------------------------
 
@@ -429,8 +434,6 @@ def _marked_copy(node: BaseNode, key: str, value: Any) -> BaseNode:
     What `node.model_copy(update=...)` does, without its generic `copy.copy` calls: this runs
     once per returned node on every query, the largest part of the adapter's own cost.
     """
-    cls = type(node)
-    clone = _new(cls)
     state = node.__dict__.copy()
     metadata = node.metadata.copy()
     metadata[key] = value
@@ -440,21 +443,34 @@ def _marked_copy(node: BaseNode, key: str, value: Any) -> BaseNode:
     keys = node.excluded_embed_metadata_keys
     state["excluded_embed_metadata_keys"] = [*keys, key] if key not in keys else keys.copy()
     extra, private = node.__pydantic_extra__, node.__pydantic_private__
-    _set(clone, "__dict__", state)
-    _set(clone, "__pydantic_fields_set__", node.__pydantic_fields_set__ | _UPDATED)
-    _set(clone, "__pydantic_extra__", None if extra is None else extra.copy())
-    _set(clone, "__pydantic_private__", None if private is None else private.copy())
-    return clone
+    return _assembled(
+        type(node),
+        state,
+        node.__pydantic_fields_set__ | _UPDATED,
+        None if extra is None else extra.copy(),
+        None if private is None else private.copy(),
+    )
 
 
 def _scored(node: BaseNode, score: float | None) -> NodeWithScore:
     """`NodeWithScore(node=node, score=score)` without re-validating a node we just built."""
-    scored = _new(NodeWithScore)
-    _set(scored, "__dict__", {"node": node, "score": score})
-    _set(scored, "__pydantic_fields_set__", {"node", "score"})
-    _set(scored, "__pydantic_extra__", None)
-    _set(scored, "__pydantic_private__", None)
-    return scored
+    return _assembled(NodeWithScore, {"node": node, "score": score}, {"node", "score"})
+
+
+def _assembled(
+    cls: type[_Model],
+    state: dict[str, Any],
+    fields_set: set[str],
+    extra: dict[str, Any] | None = None,
+    private: dict[str, Any] | None = None,
+) -> _Model:
+    """An instance of pydantic model `cls` from already valid state, as `model_copy` builds one."""
+    instance = _new(cls)
+    _set(instance, "__dict__", state)
+    _set(instance, "__pydantic_fields_set__", fields_set)
+    _set(instance, "__pydantic_extra__", extra)
+    _set(instance, "__pydantic_private__", private)
+    return instance
 
 
 _new = object.__new__
