@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -154,3 +155,10 @@ class ScoringRecorder:
             ranked = sorted(answer["results"], key=lambda r: -r["relevance_score"])
             answer["results"] = ranked[: body["top_n"]]
         return httpx.Response(200, json=answer, headers={"x-siliconcloud-trace-id": self.trace_id})
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll `condition` until it holds or `timeout` seconds pass (the caller asserts after)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -16,6 +16,8 @@ import pytest
 
 from common.emulator import Fault, RerankEmulator
 
+from .conftest import wait_until
+
 HEADERS = {"Authorization": "Bearer anything"}
 
 
@@ -54,13 +56,9 @@ def test_an_abandoned_upload_is_not_a_request(emulator):
             b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 1000\r\n\r\n" + b'{"model": "BAAI/'
         )
-        deadline = time.monotonic() + 5
-        while emulator.stats.open_connections == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: emulator.stats.open_connections)
     # Closed mid-body: wait until the server has seen it go, then check it was not counted.
-    deadline = time.monotonic() + 5
-    while emulator.stats.open_connections and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not emulator.stats.open_connections)
     assert emulator.stats.open_connections == 0
     assert emulator.stats.requests == 0
     assert post(emulator, rerank_body()).status_code == 200

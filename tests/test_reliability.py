@@ -11,7 +11,6 @@ import asyncio
 import copy
 import logging
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,7 @@ from common.emulator import Fault, RerankEmulator
 from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
 from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
 
-from .conftest import SleepRecorder
+from .conftest import SleepRecorder, wait_until
 
 KEY = "sk-reliability-0001"
 QUERY = "fresh apple"
@@ -178,9 +177,7 @@ def run_path(name: str, server: RerankEmulator, check: Callable[[Path], None]) -
         assert path.inputs() == before, "the caller's documents or nodes changed"
     finally:
         path.close()
-    deadline = time.monotonic() + 3
-    while server.stats.open_connections and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not server.stats.open_connections, timeout=3)
     assert server.stats.open_connections == 0, "a connection was left open"
 
 
