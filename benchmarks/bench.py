@@ -405,6 +405,18 @@ def machine() -> str:
     )
 
 
+def _table(title: str, columns: list[str], note: str | None = None) -> list[str]:
+    """A report section's heading, optional note and table header (first column left-aligned)."""
+    return [
+        "",
+        f"## {title}",
+        "",
+        *([note, ""] if note else []),
+        "| " + " | ".join(columns) + " |",
+        "|---" + "|---:" * (len(columns) - 1) + "|",
+    ]
+
+
 def write_report(results: dict[str, Any]) -> None:
     lines = [
         "# Benchmark results",
@@ -413,24 +425,20 @@ def write_report(results: dict[str, Any]) -> None:
         "contenders interleaved, a full garbage collection before each timed run; every "
         "contender against the same local emulator process. Produced by "
         "`bash benchmarks/run.sh`.",
-        "",
-        "## 1. Per-call overhead (sequential calls, 50 short documents, instant server)",
-        "",
-        f"Median of {OVERHEAD_ROUNDS} interleaved rounds of {OVERHEAD_CALLS} calls each.",
-        "",
-        "| contender | ms per call | × floor |",
-        "|---|---:|---:|",
     ]
+    lines += _table(
+        "1. Per-call overhead (sequential calls, 50 short documents, instant server)",
+        ["contender", "ms per call", "× floor"],
+        note=f"Median of {OVERHEAD_ROUNDS} interleaved rounds of {OVERHEAD_CALLS} calls each.",
+    )
     overhead = results["overhead"]
     floor = overhead["raw httpx (floor)"]
     lines += [f"| {name} | {ms:.2f} | {ms / floor:.2f} |" for name, ms in overhead.items()]
-    lines += [
-        "",
-        "## 2. Concurrency (200 concurrent reranks of 20 documents, server answers after 100 ms)",
-        "",
-        "| contender | seconds | × floor |",
-        "|---|---:|---:|",
-    ]
+
+    lines += _table(
+        "2. Concurrency (200 concurrent reranks of 20 documents, server answers after 100 ms)",
+        ["contender", "seconds", "× floor"],
+    )
     concurrency = results["concurrency"]
     floor = concurrency["raw asyncio sockets (floor)"]
     sync_floor = concurrency["sync: raw httpx.Client, 50 threads (floor)"]
@@ -439,23 +447,19 @@ def write_report(results: dict[str, Any]) -> None:
         for name, s in concurrency.items()
     ]
     lines += ["", "(Sync rows are compared with the sync floor, the others with raw sockets.)"]
-    lines += [
-        "",
-        "## 3. Large lists (10,000 documents, server latency 0.2 ms per document)",
-        "",
-        "| setting | seconds | speed-up |",
-        "|---|---:|---:|",
-    ]
+
+    lines += _table(
+        "3. Large lists (10,000 documents, server latency 0.2 ms per document)",
+        ["setting", "seconds", "speed-up"],
+    )
     large = results["large"]
     whole = large["unbatched (one request)"]
     lines += [f"| {name} | {s:.2f} | {whole / s:.1f}× |" for name, s in large.items()]
-    lines += [
-        "",
-        "## 4. Memory (peak RSS growth during one call)",
-        "",
-        "| input | input size (MiB) | peak growth (MiB) | ratio |",
-        "|---|---:|---:|---:|",
-    ]
+
+    lines += _table(
+        "4. Memory (peak RSS growth during one call)",
+        ["input", "input size (MiB)", "peak growth (MiB)", "ratio"],
+    )
     for name, m in results["memory"].items():
         ratio = m["growth_mib"] / m["size_mib"]
         lines.append(f"| {name} | {m['size_mib']:.1f} | {m['growth_mib']:.1f} | {ratio:.2f} |")
