@@ -46,7 +46,7 @@ def long_documents(n: int, size: int = 1000) -> list[str]:
 def emulator(*args: str) -> Iterator[str]:
     """Serve the emulator in its own process; yield its API root."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "common.emulator", "--port", "0", *args],
+        [sys.executable, "-m", "siliconflow_rerank.emulator", "--port", "0", *args],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -93,9 +93,9 @@ def bench_overhead(base_url: str) -> dict[str, float]:
     from langchain_core.documents import Document
     from llama_index.core.schema import NodeWithScore, TextNode
 
-    from common import SiliconFlowClient
     from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
     from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
+    from siliconflow_rerank import SiliconFlowClient
 
     documents = short_documents(50)
     lc_documents = [Document(page_content=d) for d in documents]
@@ -178,9 +178,9 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, float]:
     from langchain_core.documents import Document
     from llama_index.core.schema import NodeWithScore, TextNode
 
-    from common import AsyncSiliconFlowClient
     from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
     from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
+    from siliconflow_rerank import AsyncSiliconFlowClient
 
     documents = short_documents(20)
     body = json.dumps(
@@ -250,7 +250,7 @@ def _sync_concurrency(
     """The sync path under the same load: `count` calls from 50 threads on one pooled client."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from common import SiliconFlowClient
+    from siliconflow_rerank import SiliconFlowClient
 
     url = f"{base_url}/rerank"
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
@@ -286,7 +286,7 @@ def _sync_concurrency(
 
 def bench_large_lists(base_url: str, count: int = 10_000) -> dict[str, float]:
     """Seconds to rerank `count` documents, unbatched and with several batch sizes."""
-    from common import SiliconFlowClient
+    from siliconflow_rerank import SiliconFlowClient
 
     documents = short_documents(count)
     settings: dict[str, dict[str, Any]] = {
@@ -321,7 +321,7 @@ _MEMORY_PROBE = r"""
 import gc, json, sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from common import SiliconFlowClient, image_item
+from siliconflow_rerank import SiliconFlowClient, image_item
 
 def peak_kib():
     for line in open("/proc/self/status"):
@@ -382,7 +382,7 @@ def bench_memory(base_url: str, image_path: Path) -> dict[str, dict[str, float]]
 
 ASYNC_SETUP = """
 import asyncio
-from common import AsyncSiliconFlowClient
+from siliconflow_rerank import AsyncSiliconFlowClient
 loop = asyncio.new_event_loop()
 aclient = AsyncSiliconFlowClient(api_key="k", base_url=client.base_url)
 loop.run_until_complete(aclient.rerank("warm up", ["a", "b"]))

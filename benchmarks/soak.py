@@ -24,15 +24,15 @@ from typing import Any
 from langchain_core.documents import Document
 from llama_index.core.schema import NodeWithScore, TextNode
 
-from common import (
+from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
+from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
+from siliconflow_rerank import (
     AsyncSiliconFlowClient,
     RetryPolicy,
     SiliconFlowClient,
     SiliconFlowError,
 )
-from common.emulator import Fault, RerankEmulator
-from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
-from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
+from siliconflow_rerank.emulator import Fault, RerankEmulator
 
 HERE = Path(__file__).resolve().parent
 WORDS = [

@@ -1,7 +1,7 @@
 """siliconflow-rerank core: typed sync and async clients for SiliconFlow's `POST /v1/rerank`.
 
 Example:
-    >>> from common import SiliconFlowClient, image_item
+    >>> from siliconflow_rerank import SiliconFlowClient, image_item
     >>> with SiliconFlowClient() as client:  # doctest: +SKIP
     ...     response = client.rerank("apple", ["apple pie", "banana bread"], top_n=1)
     ...     best = response.results[0].index

@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from common.emulator import RerankEmulator
+from siliconflow_rerank.emulator import RerankEmulator
 
 
 @contextlib.contextmanager

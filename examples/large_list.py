@@ -12,7 +12,7 @@ import time
 
 from _support import real_api_or_emulator
 
-from common import RerankCache, SiliconFlowClient
+from siliconflow_rerank import RerankCache, SiliconFlowClient
 
 TOPICS = ["apples", "trains", "cheese", "bicycles", "rain", "tea", "violins", "glaciers"]
 

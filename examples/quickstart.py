@@ -12,7 +12,7 @@ import asyncio
 
 from _support import real_api_or_emulator
 
-from common import AsyncSiliconFlowClient, RerankResponse, SiliconFlowClient, image_item
+from siliconflow_rerank import AsyncSiliconFlowClient, RerankResponse, SiliconFlowClient, image_item
 
 QUERY = "How do I keep apples fresh?"
 DOCUMENTS = [

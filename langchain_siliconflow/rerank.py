@@ -10,7 +10,7 @@ from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Call
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, StrictInt, model_validator
 
-from common import (
+from siliconflow_rerank import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
     DEFAULT_MAX_RETRIES,
@@ -280,7 +280,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
 
         Args:
             documents: Strings, Documents, or ready items (`{"text"|"image"|"video": ...}`).
-            query: A string, or an image or video item (see `common.image_item`).
+            query: A string, or an image or video item (see `siliconflow_rerank.image_item`).
             top_n: How many results; the default uses the `top_n` field, None returns all.
 
         Returns:

@@ -35,7 +35,7 @@ from llama_index.core.schema import (
 )
 from pydantic import StrictInt
 
-from common import (
+from siliconflow_rerank import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
     DEFAULT_MAX_RETRIES,

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from common import AsyncSiliconFlowClient, RetryPolicy, SiliconFlowClient
-from common.emulator import RerankEmulator
+from siliconflow_rerank import AsyncSiliconFlowClient, RetryPolicy, SiliconFlowClient
+from siliconflow_rerank.emulator import RerankEmulator
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

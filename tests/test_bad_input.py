@@ -12,16 +12,16 @@ import pytest
 from langchain_core.documents import Document
 from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode
 
-from common import (
+from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
+from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
+from siliconflow_rerank import (
     AsyncSiliconFlowClient,
     InvalidRequestError,
     SiliconFlowClient,
     image_item,
     video_item,
 )
-from common.emulator import RerankEmulator
-from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
-from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
+from siliconflow_rerank.emulator import RerankEmulator
 
 KEY = "sk-bad-input-000"
 VL = "Qwen/Qwen3-VL-Reranker-8B"

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-import common
-from common import (
+import siliconflow_rerank
+from siliconflow_rerank import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -155,7 +155,7 @@ def test_arguments_win_over_environment(make_runner, monkeypatch):
 
 
 def test_missing_key_names_both_fixes(client_kind):
-    cls = SiliconFlowClient if client_kind == "sync" else common.AsyncSiliconFlowClient
+    cls = SiliconFlowClient if client_kind == "sync" else siliconflow_rerank.AsyncSiliconFlowClient
     with pytest.raises(InvalidRequestError) as info:
         cls()
     assert "SILICONFLOW_API_KEY" in str(info.value)
@@ -179,7 +179,7 @@ def test_missing_key_names_both_fixes(client_kind):
     ],
 )
 def test_bad_configuration_fails_at_construction(client_kind, kwargs, fragment):
-    cls = SiliconFlowClient if client_kind == "sync" else common.AsyncSiliconFlowClient
+    cls = SiliconFlowClient if client_kind == "sync" else siliconflow_rerank.AsyncSiliconFlowClient
     kwargs = {"api_key": KEY, **kwargs}
     with pytest.raises(InvalidRequestError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         cls(**kwargs)
@@ -638,7 +638,9 @@ def test_borrowed_http_client_is_not_closed(client_kind):
 
         async def scenario() -> bool:
             http = httpx.AsyncClient(transport=transport)
-            async with common.AsyncSiliconFlowClient(api_key=KEY, http_client=http) as client:
+            async with siliconflow_rerank.AsyncSiliconFlowClient(
+                api_key=KEY, http_client=http
+            ) as client:
                 await client.rerank("q", ["a"])
             closed = http.is_closed
             await http.aclose()
@@ -659,7 +661,7 @@ def test_per_client_timeout_reaches_the_request(make_runner):
 
 
 def test_default_timeout_is_explicit_and_generous():
-    timeout = common.DEFAULT_TIMEOUT
+    timeout = siliconflow_rerank.DEFAULT_TIMEOUT
     assert timeout.connect is not None
     assert timeout.read is not None
     assert timeout.connect <= 10

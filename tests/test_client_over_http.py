@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from common import (
+from siliconflow_rerank import (
     DEFAULT_KEEPALIVE_EXPIRY,
     APIConnectionError,
     APITimeoutError,
@@ -30,7 +30,7 @@ from common import (
     SiliconFlowClient,
     image_item,
 )
-from common.emulator import Fault
+from siliconflow_rerank.emulator import Fault
 
 DOCUMENTS = ["a red car", "apple pie", "green apple", "a bicycle"]
 

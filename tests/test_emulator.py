@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from common.emulator import Fault, RerankEmulator
+from siliconflow_rerank.emulator import Fault, RerankEmulator
 
 from .conftest import wait_until
 
@@ -299,7 +299,7 @@ def test_rank_gives_ground_truth_without_http(emulator):
 
 def test_command_line_serves_until_stopped():
     process = subprocess.Popen(
-        [sys.executable, "-m", "common.emulator", "--port", "0", "--fault", "503"],
+        [sys.executable, "-m", "siliconflow_rerank.emulator", "--port", "0", "--fault", "503"],
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -20,9 +20,9 @@ from langchain_core.load import dumps
 from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
-from common import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowClient
-from common.emulator import Fault
 from langchain_siliconflow import USAGE_EVENT, RerankResults, SiliconFlowRerank
+from siliconflow_rerank import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowClient
+from siliconflow_rerank.emulator import Fault
 
 from .conftest import ScoringRecorder
 
@@ -444,7 +444,7 @@ def test_close_releases_own_pools_but_not_passed_clients(emulator):
 
 
 def test_scale_settings_reach_the_core(emulator, compress):
-    from common import RerankCache
+    from siliconflow_rerank import RerankCache
 
     cache = RerankCache()
     seen: list[tuple[int, int]] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common import AsyncSiliconFlowClient, BadRequestError, SiliconFlowClient
+from siliconflow_rerank import AsyncSiliconFlowClient, BadRequestError, SiliconFlowClient
 
 from .conftest import LIVE_API_KEY, LIVE_BASE_URL
 

@@ -32,9 +32,9 @@ from llama_index.core.schema import (
     TextNode,
 )
 
-from common import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowClient
-from common.emulator import Fault
 from llama_index_siliconflow import SiliconFlowRerank
+from siliconflow_rerank import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowClient
+from siliconflow_rerank.emulator import Fault
 
 from .conftest import ScoringRecorder
 
@@ -458,7 +458,7 @@ async def test_hundred_concurrent_calls_overlap(emulator):
 
 
 def test_scale_settings_reach_the_core(emulator, postprocess):
-    from common import RerankCache
+    from siliconflow_rerank import RerankCache
 
     cache = RerankCache()
     seen: list[tuple[int, int]] = []

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from common import InlineMedia, InvalidRequestError, image_item, video_item
-from common._media import normalize_item
+from siliconflow_rerank import InlineMedia, InvalidRequestError, image_item, video_item
+from siliconflow_rerank._media import normalize_item
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 16

@@ -19,7 +19,9 @@ import pytest
 from langchain_core.documents import Document
 from llama_index.core.schema import NodeWithScore, TextNode
 
-from common import (
+from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
+from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
+from siliconflow_rerank import (
     APIConnectionError,
     APITimeoutError,
     AsyncSiliconFlowClient,
@@ -30,9 +32,7 @@ from common import (
     SiliconFlowClient,
     SiliconFlowError,
 )
-from common.emulator import Fault, RerankEmulator
-from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
-from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
+from siliconflow_rerank.emulator import Fault, RerankEmulator
 
 from .conftest import SleepRecorder, wait_until
 

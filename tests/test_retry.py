@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from common import (
+from siliconflow_rerank import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -14,7 +14,7 @@ from common import (
     ResponseValidationError,
     RetryPolicy,
 )
-from common._retry import is_retryable, retry_after_seconds, retry_delay
+from siliconflow_rerank._retry import is_retryable, retry_after_seconds, retry_delay
 
 
 def status(code: int) -> APIStatusError:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common import (
+from siliconflow_rerank import (
     InlineMedia,
     InvalidRequestError,
     RerankCache,
@@ -19,8 +19,8 @@ from common import (
     SiliconFlowClient,
     image_item,
 )
-from common._ratelimit import RateLimiter, estimate_tokens
-from common.emulator import Fault, RerankEmulator
+from siliconflow_rerank._ratelimit import RateLimiter, estimate_tokens
+from siliconflow_rerank.emulator import Fault, RerankEmulator
 
 WORDS = ["apple", "pear", "fresh", "fridge", "car", "bus", "pie", "lemon", "green", "red"]
 
@@ -103,7 +103,7 @@ def test_progress_is_reported_per_batch(make_runner):
     ],
 )
 def test_bad_scale_settings_fail_at_construction(client_kind, setting, value):
-    from common import AsyncSiliconFlowClient
+    from siliconflow_rerank import AsyncSiliconFlowClient
 
     cls = SiliconFlowClient if client_kind == "sync" else AsyncSiliconFlowClient
     with pytest.raises(InvalidRequestError, match=setting):

@@ -12,10 +12,10 @@ from langchain_core.documents import Document
 from langchain_core.load import dumps
 from llama_index.core.schema import NodeWithScore, TextNode
 
-from common import AsyncSiliconFlowClient, SiliconFlowClient, SiliconFlowError
-from common.emulator import Fault, RerankEmulator
 from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
 from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
+from siliconflow_rerank import AsyncSiliconFlowClient, SiliconFlowClient, SiliconFlowError
+from siliconflow_rerank.emulator import Fault, RerankEmulator
 
 from .conftest import SleepRecorder
 

@@ -6,15 +6,15 @@ scores come from a deterministic lexical function: same input, same scores, on e
 Media items score from the words of their URL's file name, or the readable words inside inline data.
 
 Example:
-    >>> from common import SiliconFlowClient
-    >>> from common.emulator import Fault, RerankEmulator
+    >>> from siliconflow_rerank import SiliconFlowClient
+    >>> from siliconflow_rerank.emulator import Fault, RerankEmulator
     >>> with RerankEmulator() as emulator:  # doctest: +SKIP
     ...     emulator.enqueue(Fault.overloaded())
     ...     client = SiliconFlowClient(api_key="any", base_url=emulator.base_url)
     ...     client.rerank("apple", ["apple pie", "car"]).results[0].index
     0
 
-Command line: `python -m common.emulator --port 8000`.
+Command line: `python -m siliconflow_rerank.emulator --port 8000`.
 """
 
 from __future__ import annotations

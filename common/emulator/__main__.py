@@ -27,7 +27,7 @@ _FAULTS = {
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments and serve."""
     parser = argparse.ArgumentParser(
-        prog="python -m common.emulator",
+        prog="python -m siliconflow_rerank.emulator",
         description="Serve a local SiliconFlow rerank emulator (lexical scores, not a model).",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -175,8 +175,9 @@ class _Invalid(Exception):
 class RerankEmulator:
     """A SiliconFlow-compatible rerank server on a real loopback socket. Not a model.
 
-    Scores come from a deterministic lexical function (see `common.emulator` docs); everything
-    else (validation, status codes, body shapes, headers, chunking, usage) follows the API.
+    Scores come from a deterministic lexical function (see the `siliconflow_rerank.emulator` docs);
+    everything else (validation, status codes, body shapes, headers, chunking, usage) follows the
+    API.
 
     Example:
         >>> with RerankEmulator() as emulator:  # doctest: +SKIP
