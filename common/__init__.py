@@ -23,6 +23,8 @@ from ._config import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
+    resolve_api_key,
+    resolve_base_url,
 )
 from ._exceptions import (
     SERVICE_ERRORS,
@@ -102,6 +104,8 @@ __all__ = [
     "image_item",
     "known_models",
     "model_capabilities",
+    "resolve_api_key",
+    "resolve_base_url",
     "validate_options",
     "video_item",
 ]

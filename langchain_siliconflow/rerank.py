@@ -55,7 +55,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
     """Rerank LangChain documents with SiliconFlow (text, image and video).
 
     Setup:
-        `pip install "siliconflow-rerank[langchain]"` and set `SILICONFLOW_API_KEY`.
+        `pip install ".[langchain]"` in a checkout of siliconflow-rerank; set `SILICONFLOW_API_KEY`.
 
     Instantiate:
         ```python

@@ -7,7 +7,8 @@ try:
 except ImportError as error:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "llama_index_siliconflow needs llama-index-core: "
-        "pip install 'siliconflow-rerank[llama-index]'"
+        "pip install 'llama-index-core>=0.12,<0.15' "
+        "(or, in a checkout of siliconflow-rerank, pip install '.[llama-index]')"
     ) from error
 
 from .rerank import RerankUsageEvent, SiliconFlowRerank

@@ -86,7 +86,8 @@ class SiliconFlowRerank(BaseNodePostprocessor):
     """Rerank LlamaIndex nodes with SiliconFlow: text, image and video nodes, sync and async.
 
     Setup:
-        `pip install "siliconflow-rerank[llama-index]"` and set `SILICONFLOW_API_KEY`.
+        `pip install ".[llama-index]"` in a checkout of siliconflow-rerank, and set
+        `SILICONFLOW_API_KEY`.
 
     Usage:
         ```python

@@ -62,6 +62,8 @@ EXPECTED_CORE = [
     "image_item",
     "known_models",
     "model_capabilities",
+    "resolve_api_key",
+    "resolve_base_url",
     "validate_options",
     "video_item",
 ]
@@ -156,8 +158,8 @@ def test_packages_are_typed(package):
 @pytest.mark.parametrize(
     ("package", "blocked", "extra"),
     [
-        ("langchain_siliconflow", "langchain_core", "siliconflow-rerank[langchain]"),
-        ("llama_index_siliconflow", "llama_index", "siliconflow-rerank[llama-index]"),
+        ("langchain_siliconflow", "langchain_core", "pip install 'langchain-core>=1.0,<2'"),
+        ("llama_index_siliconflow", "llama_index", "pip install 'llama-index-core>=0.12,<0.15'"),
     ],
 )
 def test_adapter_without_its_extra_says_which_to_install(package, blocked, extra):

@@ -1,0 +1,150 @@
+"""`ChatSiliconFlow`: the vendor's chat model on langchain-openai, with the core's key and URL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import openai
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import LangSmithParams
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_openai.chat_models.base import BaseChatOpenAI
+from pydantic import ConfigDict, Field, model_validator
+
+from siliconflow_rerank import API_KEY_ENV, resolve_api_key, resolve_base_url
+
+__all__ = ["DEFAULT_CHAT_MODEL", "ChatSiliconFlow"]
+
+DEFAULT_CHAT_MODEL = "deepseek-ai/DeepSeek-V3.1"
+"""The vendor package's default chat model."""
+
+_KEY_NAMES = ("api_key", "openai_api_key", "siliconflow_api_key")
+_URL_NAMES = ("base_url", "openai_api_base")
+
+
+class ChatSiliconFlow(BaseChatOpenAI):
+    """A chat model on SiliconFlow's OpenAI-compatible chat endpoint.
+
+    A drop-in for the vendor package's `ChatSiliconFlow` (same constructor arguments: `model`,
+    `api_key` or `siliconflow_api_key`, `base_url`, `timeout`, `max_retries`, and everything
+    `langchain-openai` takes), with this package's rules for the key (`SILICONFLOW_API_KEY`, never
+    `OPENAI_API_KEY`) and the API root (`SILICONFLOW_BASE_URL`, then `https://api.siliconflow.cn/v1`).
+    Reasoning models' `reasoning_content` is in `message.additional_kwargs["reasoning_content"]`.
+
+    Setup:
+        `pip install ".[langchain-chat]"` from a checkout of siliconflow-rerank.
+
+    Usage:
+        ```python
+        from langchain_siliconflow import ChatSiliconFlow
+
+        chat = ChatSiliconFlow(model="deepseek-ai/DeepSeek-R1", temperature=0)
+        answer = chat.invoke("Why keep apples cold?")
+        answer.content, answer.additional_kwargs.get("reasoning_content")
+        ```
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    model_name: str = Field(default=DEFAULT_CHAT_MODEL, alias="model")
+    """The chat model's name on SiliconFlow."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _siliconflow_endpoint(cls, values: Any) -> Any:
+        # The key and API root follow the core's rules; langchain-openai then builds its clients.
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        keys = [values.pop(name) for name in _KEY_NAMES if name in values]
+        urls = [values.pop(name) for name in _URL_NAMES if name in values]
+        values["api_key"] = resolve_api_key(next((k for k in keys if k is not None), None))
+        values["base_url"] = resolve_base_url(next((u for u in urls if u is not None), None))
+        return values
+
+    @property
+    def _llm_type(self) -> str:
+        return "chat-siliconflow"
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        """Where LangChain's serializer finds the key: the environment variable, never the value."""
+        return {"openai_api_key": API_KEY_ENV}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "siliconflow"
+        return params
+
+    def _create_chat_result(
+        self,
+        response: dict[str, Any] | openai.BaseModel,
+        generation_info: dict[str, Any] | None = None,
+    ) -> ChatResult:
+        result = super()._create_chat_result(response, generation_info)
+        if isinstance(response, openai.BaseModel):
+            response = response.model_dump()
+        choices = response.get("choices") or []
+        reasoning = (choices[0].get("message") or {}).get("reasoning_content") if choices else None
+        if reasoning is not None and result.generations:
+            result.generations[0].message.additional_kwargs["reasoning_content"] = reasoning
+        return result
+
+    def _convert_chunk_to_generation_chunk(
+        self,
+        chunk: dict[str, Any],
+        default_chunk_class: type,
+        base_generation_info: dict[str, Any] | None,
+    ) -> ChatGenerationChunk | None:
+        generation = super()._convert_chunk_to_generation_chunk(
+            chunk, default_chunk_class, base_generation_info
+        )
+        choices = chunk.get("choices") or []
+        if generation is not None and choices and isinstance(generation.message, AIMessageChunk):
+            reasoning = (choices[0].get("delta") or {}).get("reasoning_content")
+            if reasoning is not None:
+                generation.message.additional_kwargs["reasoning_content"] = reasoning
+        return generation
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        totals = _UsageTotals()
+        for chunk in super()._stream(messages, stop=stop, run_manager=run_manager, **kwargs):
+            yield totals.as_delta(chunk)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        totals = _UsageTotals()
+        async for chunk in super()._astream(messages, stop=stop, run_manager=run_manager, **kwargs):
+            yield totals.as_delta(chunk)
+
+
+class _UsageTotals:
+    """SiliconFlow puts the running usage totals in every streamed chunk; LangChain adds chunks'
+    usage up. Each chunk is given only what is new since the last one, so the sum is right."""
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+    def as_delta(self, chunk: ChatGenerationChunk) -> ChatGenerationChunk:
+        usage = getattr(chunk.message, "usage_metadata", None)
+        if usage:
+            seen_input, seen_output = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
+            usage["input_tokens"] = seen_input - self.input_tokens
+            usage["output_tokens"] = seen_output - self.output_tokens
+            usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+            self.input_tokens, self.output_tokens = seen_input, seen_output
+        return chunk

@@ -1,0 +1,249 @@
+"""`ChatSiliconFlow` against a local OpenAI-compatible chat server over a real socket.
+
+The server answers like SiliconFlow's chat endpoint: `reasoning_content` beside `content`, and in
+streams the running usage totals in every chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessageChunk
+
+from langchain_siliconflow import ChatSiliconFlow
+
+KEY = "sk-chat-canary-5151"
+ROOT = Path(__file__).resolve().parent.parent
+ANSWER = ["Cold ", "slows ", "ripening."]
+REASONING = ["Apples give off ethylene; ", "cold slows it."]
+
+
+class ChatStub:
+    """Records each request and answers with a fixed reply, whole or streamed."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append(
+                    {"path": self.path, "auth": self.headers["Authorization"], "body": body}
+                )
+                if body.get("stream"):
+                    self._stream(body)
+                    return
+                payload = json.dumps(
+                    {
+                        "id": "chat-1",
+                        "object": "chat.completion",
+                        "created": 1,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {
+                                    "role": "assistant",
+                                    "content": "".join(ANSWER),
+                                    "reasoning_content": "".join(REASONING),
+                                },
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _stream(self, body: dict[str, Any]) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                deltas = [{"reasoning_content": part, "content": None} for part in REASONING]
+                deltas += [{"content": part} for part in ANSWER]
+                for number, delta in enumerate(deltas, start=1):
+                    chunk = {
+                        "id": "chat-1",
+                        "object": "chat.completion.chunk",
+                        "created": 1,
+                        "model": body["model"],
+                        "choices": [{"index": 0, "delta": {"role": "assistant", **delta}}],
+                        # SiliconFlow's habit: running totals in every chunk.
+                        "usage": {
+                            "prompt_tokens": 7,
+                            "completion_tokens": number,
+                            "total_tokens": 7 + number,
+                        },
+                    }
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+
+@pytest.fixture
+def stub() -> Iterator[ChatStub]:
+    server = ChatStub()
+    server.thread.start()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def test_invoke_sends_siliconflows_request_and_surfaces_reasoning(stub: ChatStub):
+    chat = ChatSiliconFlow(model="deepseek-ai/DeepSeek-R1", api_key=KEY, base_url=stub.base_url)
+    answer = chat.invoke("Why keep apples cold?")
+    assert answer.content == "".join(ANSWER)
+    assert answer.additional_kwargs["reasoning_content"] == "".join(REASONING)
+    assert answer.usage_metadata is not None
+    assert answer.usage_metadata["total_tokens"] == 12
+    (request,) = stub.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["auth"] == f"Bearer {KEY}"
+    assert request["body"]["model"] == "deepseek-ai/DeepSeek-R1"
+    assert request["body"]["messages"] == [{"role": "user", "content": "Why keep apples cold?"}]
+
+
+async def test_ainvoke_is_the_same_answer(stub: ChatStub):
+    chat = ChatSiliconFlow(api_key=KEY, base_url=stub.base_url)
+    answer = await chat.ainvoke("Why keep apples cold?")
+    assert answer.content == "".join(ANSWER)
+    assert answer.additional_kwargs["reasoning_content"] == "".join(REASONING)
+    assert stub.requests[0]["body"]["model"] == "deepseek-ai/DeepSeek-V3.1"
+
+
+def _check_stream(chunks: list[AIMessageChunk]) -> None:
+    reasoning = [c.additional_kwargs.get("reasoning_content") for c in chunks]
+    assert [r for r in reasoning if r] == REASONING
+    assert "".join(str(c.content) for c in chunks) == "".join(ANSWER)
+    whole = chunks[0]
+    for chunk in chunks[1:]:
+        whole = whole + chunk
+    # Running totals turned into deltas: the sum is the last chunk's totals, not their sum.
+    assert whole.usage_metadata is not None
+    assert whole.usage_metadata["input_tokens"] == 7
+    assert whole.usage_metadata["output_tokens"] == len(REASONING) + len(ANSWER)
+    assert whole.usage_metadata["total_tokens"] == 7 + len(REASONING) + len(ANSWER)
+
+
+def test_stream_yields_reasoning_then_content_with_usage_counted_once(stub: ChatStub):
+    chat = ChatSiliconFlow(api_key=KEY, base_url=stub.base_url)
+    chunks = list(chat.stream("Why keep apples cold?"))
+    _check_stream(chunks)
+    assert stub.requests[0]["body"]["stream"] is True
+
+
+async def test_astream_likewise(stub: ChatStub):
+    chat = ChatSiliconFlow(api_key=KEY, base_url=stub.base_url)
+    _check_stream([chunk async for chunk in chat.astream("Why keep apples cold?")])
+
+
+def test_key_and_root_come_from_siliconflows_variables(
+    stub: ChatStub, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("SILICONFLOW_API_KEY", KEY)
+    monkeypatch.setenv("SILICONFLOW_BASE_URL", stub.base_url + "/")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-this-one")
+    ChatSiliconFlow().invoke("hi")
+    assert stub.requests[0]["auth"] == f"Bearer {KEY}"
+    assert stub.requests[0]["path"] == "/v1/chat/completions"
+
+
+def test_vendor_constructor_arguments_are_accepted(stub: ChatStub):
+    chat = ChatSiliconFlow(
+        model="Qwen/Qwen3-8B",
+        siliconflow_api_key=KEY,
+        base_url=stub.base_url,
+        timeout=5,
+        max_retries=0,
+    )
+    assert (chat.model_name, chat.request_timeout, chat.max_retries) == ("Qwen/Qwen3-8B", 5, 0)
+    chat.invoke("hi")
+    assert stub.requests[0]["auth"] == f"Bearer {KEY}"
+
+
+def test_default_root_is_siliconflows_mainland_api():
+    chat = ChatSiliconFlow(api_key=KEY)
+    assert chat.openai_api_base == "https://api.siliconflow.cn/v1"
+
+
+def test_missing_key_names_siliconflows_variable(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-this-one")
+    with pytest.raises(ValueError, match="SILICONFLOW_API_KEY"):
+        ChatSiliconFlow()
+
+
+def test_key_stays_out_of_repr_and_dumps():
+    from langchain_core.load import dumps
+
+    chat = ChatSiliconFlow(api_key=KEY)
+    assert KEY not in repr(chat)
+    assert KEY not in str(chat)
+    assert KEY not in dumps(chat)
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+    )
+
+
+def test_without_langchain_openai_the_error_names_the_extra():
+    code = (
+        "import sys\n"
+        "sys.modules['langchain_openai'] = None\n"
+        "import langchain_siliconflow\n"
+        "print(langchain_siliconflow.SiliconFlowRerank.__name__)\n"
+        "try:\n"
+        "    from langchain_siliconflow import ChatSiliconFlow\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    rerank, message = _run(code).stdout.splitlines()
+    assert rerank == "SiliconFlowRerank"
+    assert "langchain-chat" in message
+    assert "pip install 'langchain-openai" in message
+
+
+def test_the_vendors_distribution_beside_ours_logs_one_warning(tmp_path: Path):
+    code = "import langchain_siliconflow, langchain_siliconflow.rerank\n"
+    assert "langchain-siliconflow" not in _run(code).stderr
+    info = tmp_path / "langchain_siliconflow-1.0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: langchain-siliconflow\nVersion: 1.0.0\n", encoding="utf-8"
+    )
+    stderr = _run(code, PYTHONPATH=str(tmp_path)).stderr
+    assert stderr.count("langchain-siliconflow distribution is installed") == 1
+    assert "pip uninstall -y langchain-siliconflow siliconflow-rerank" in stderr
