@@ -1,4 +1,4 @@
-"""LangChain: retrieve with a vector store, then rerank with SiliconFlow.
+"""LangChain: a cheap first-stage retriever, then SiliconFlow's reranker picks the best.
 
 Runs offline against the bundled emulator unless SILICONFLOW_API_KEY is set. Needs only the
 `langchain` extra.
@@ -9,13 +9,12 @@ Runs offline against the bundled emulator unless SILICONFLOW_API_KEY is set. Nee
 from __future__ import annotations
 
 import asyncio
-import zlib
 
 from _support import real_api_or_emulator
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
-from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
-from langchain_core.vectorstores import InMemoryVectorStore
 
 from langchain_siliconflow import SiliconFlowRerank
 
@@ -29,38 +28,37 @@ NOTES = [
 ]
 
 
-class ToyEmbeddings(Embeddings):
-    """A deterministic stand-in for a real embedding model (hashed bag of words)."""
+def _words(text: str) -> set[str]:
+    return {word.strip(".,;?!").lower() for word in text.split()}
 
-    def _embed(self, text: str) -> list[float]:
-        vector = [0.0] * 64
-        for word in text.lower().split():
-            vector[zlib.crc32(word.strip(".,;").encode()) % 64] += 1.0
-        return vector
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return [self._embed(text) for text in texts]
+class KeywordRetriever(BaseRetriever):
+    """A stand-in for a vector store: the `k` documents sharing the most words with the query."""
 
-    def embed_query(self, text: str) -> list[float]:
-        return self._embed(text)
+    documents: list[Document]
+    k: int = 6
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        words = _words(query)
+        ranked = sorted(self.documents, key=lambda d: -len(words & _words(d.page_content)))
+        return ranked[: self.k]
 
 
 def main() -> None:
     """Build a retriever, wrap it with the reranker, and query it sync and async."""
     with real_api_or_emulator():
-        store = InMemoryVectorStore(ToyEmbeddings())
-        store.add_documents(
-            [
-                Document(page_content=text, metadata={"source": f"note-{i}"})
-                for i, text in enumerate(NOTES)
-            ]
-        )
+        documents = [
+            Document(page_content=text, metadata={"source": f"note-{i}"})
+            for i, text in enumerate(NOTES)
+        ]
         reranker = SiliconFlowRerank(top_n=3)
         # Retrieve 6 candidates, then let the reranker pick and order the best 3. (With
         # langchain-classic installed, ContextualCompressionRetriever(base_compressor=reranker,
         # base_retriever=...) does the same.)
         retriever = RunnableParallel(
-            documents=store.as_retriever(search_kwargs={"k": 6}), query=RunnablePassthrough()
+            documents=KeywordRetriever(documents=documents, k=6), query=RunnablePassthrough()
         ) | RunnableLambda(
             lambda x: reranker.compress_documents(x["documents"], x["query"]),
             afunc=lambda x: reranker.acompress_documents(x["documents"], x["query"]),
