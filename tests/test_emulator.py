@@ -84,6 +84,16 @@ def test_ties_are_broken_by_index(emulator):
     assert [r["index"] for r in results] == [1, 3, 0, 2]
 
 
+def test_obvious_cases_rank_as_a_reader_expects(emulator):
+    documents = ["Apple released a phone.", "Bananas ripen fast.", "Store apples in the fridge."]
+    body = rerank_body(query="How do I keep apples fresh?", documents=documents)
+    results = post(emulator, body).json()["results"]
+    # "apples" meets "Apple" through the folded plural, but the exact form ranks higher.
+    assert [r["index"] for r in results] == [2, 0, 1]
+    assert results[1]["relevance_score"] > 0
+    assert results[2]["relevance_score"] == 0
+
+
 def test_chinese_text_scores_sensibly(emulator):
     body = rerank_body(
         query="苹果手机", documents=["今天天气很好", "我买了一部苹果手机", "苹果很好吃"]

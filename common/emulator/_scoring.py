@@ -3,9 +3,11 @@
 This is not a model. A (query, document) pair scores by BM25-style term overlap squashed into 0..1,
 computed from the pair alone (no corpus statistics), so that splitting a list across requests never
 changes a score, just as with a real cross-encoder. Latin text is split into words, CJK text into
-characters, scored as unigrams and bigrams. Media items score from the words of the file name in
-their URL, or for inline data from the readable words inside the file (for example a PNG text
-chunk): a stand-in for vision.
+characters, scored as unigrams and bigrams. A word scores by its light stem (plurals folded, so
+"apples" meets "Apple") and, where the stem differs, by its exact form too, so that for "keep apples
+fresh" a document about "apples" ranks above one about "Apple". Media items score from the words
+of the file name in their URL, or for inline data from the readable words inside the file (for
+example a PNG text chunk): a stand-in for vision.
 """
 
 from __future__ import annotations
@@ -77,16 +79,24 @@ def units(text: str) -> list[str]:
             out.extend(run)
         elif run in _STOPWORDS:
             out.append("")  # counted as a token, never matched
-        elif len(run) > 3 and run.endswith("s") and not run.endswith("ss"):
-            out.append(run[:-1])  # a crude plural folding, so "apples" meets "apple"
         else:
             out.append(run)
     return out
 
 
+def _stem(word: str) -> str:
+    # A light plural folding: "apples" -> "apple", "boxes" stays apart from "box" (good enough).
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
 def scoring_terms(tokens: Sequence[str]) -> list[str]:
-    """The terms a token list scores with: the tokens, plus bigrams of adjacent CJK characters."""
-    terms = list(tokens)
+    """The terms a token list scores with: stems, exact forms where they differ from the stem
+    (marked with `=`), and bigrams of adjacent CJK characters."""
+    stems = [_stem(token) for token in tokens]
+    exact = [f"={token}" for token, stem in zip(tokens, stems, strict=True) if token != stem]
+    terms = stems + exact
     terms.extend(a + b for a, b in itertools.pairwise(tokens) if _CJK.match(a) and _CJK.match(b))
     return terms
 
