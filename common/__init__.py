@@ -1,4 +1,5 @@
-"""siliconflow-rerank core: typed sync and async clients for SiliconFlow's `POST /v1/rerank`.
+"""siliconflow-rerank core: typed sync and async clients for SiliconFlow's `POST /v1/rerank` and
+`POST /v1/embeddings`.
 
 Example:
     >>> from siliconflow_rerank import SiliconFlowClient, image_item
@@ -10,12 +11,21 @@ Example:
 from __future__ import annotations
 
 from ._cache import RerankCache
-from ._capabilities import ModelCapabilities, known_models, model_capabilities
+from ._capabilities import (
+    EmbeddingCapabilities,
+    ModelCapabilities,
+    embedding_capabilities,
+    known_embedding_models,
+    known_models,
+    model_capabilities,
+)
 from ._client import AsyncSiliconFlowClient, SiliconFlowClient
 from ._config import (
     API_KEY_ENV,
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
+    DEFAULT_EMBEDDING_BATCH_SIZE,
+    DEFAULT_EMBEDDING_MODEL,
     DEFAULT_KEEPALIVE_EXPIRY,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_CONNECTIONS,
@@ -26,6 +36,7 @@ from ._config import (
     resolve_api_key,
     resolve_base_url,
 )
+from ._embeddings import EmbeddingInput, EmbeddingResponse
 from ._exceptions import (
     SERVICE_ERRORS,
     APIConnectionError,
@@ -62,6 +73,8 @@ __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
     "DEFAULT_BASE_URL",
+    "DEFAULT_EMBEDDING_BATCH_SIZE",
+    "DEFAULT_EMBEDDING_MODEL",
     "DEFAULT_KEEPALIVE_EXPIRY",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_CONNECTIONS",
@@ -78,6 +91,9 @@ __all__ = [
     "BadRequestError",
     "BilledUnits",
     "DocumentItem",
+    "EmbeddingCapabilities",
+    "EmbeddingInput",
+    "EmbeddingResponse",
     "ImageItem",
     "InlineMedia",
     "InternalServerError",
@@ -101,7 +117,9 @@ __all__ = [
     "Usage",
     "VideoItem",
     "__version__",
+    "embedding_capabilities",
     "image_item",
+    "known_embedding_models",
     "known_models",
     "model_capabilities",
     "resolve_api_key",

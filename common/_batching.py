@@ -10,7 +10,7 @@ from ._exceptions import SiliconFlowError
 from ._models import BilledUnits, RerankResponse, RerankResult, Usage, rank
 from ._request import RerankRequest, subset
 
-__all__ = ["Batch", "Plan", "assemble", "name_batch", "plan"]
+__all__ = ["Batch", "Plan", "assemble", "merge_usage", "name_batch", "plan"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def _sum(values: Sequence[int | None]) -> int | None:
     return sum(present) if present else None
 
 
-def _merge_usage(usages: Sequence[Usage | None]) -> Usage | None:
+def merge_usage(usages: Sequence[Usage | None]) -> Usage | None:
+    """Sum the usage of a call's requests (None where no request reported any)."""
     parts = [u for u in usages if u is not None]
     if not parts:
         return None
@@ -117,17 +118,18 @@ def assemble(
     return RerankResponse(
         id=responses[0].id if responses else None,
         results=rank(results, request),
-        usage=_merge_usage([r.usage for r in responses]),
+        usage=merge_usage([r.usage for r in responses]),
         trace_id=",".join(trace_ids) or None,
         model=responses[0].model if responses else None,
     )
 
 
-def name_batch(error: SiliconFlowError, batch: Batch, total: int) -> SiliconFlowError:
-    """Say in `error` which batch failed, when a call was split into several."""
+def name_batch(
+    error: SiliconFlowError, number: int, first: int, last: int, total: int, items: str
+) -> SiliconFlowError:
+    """Say in `error` which batch failed (`items` `first`..`last`), when a call was split."""
     if total > 1:
-        first, last = batch.positions[0], batch.positions[-1]
-        error.batch = batch.number
-        note = f"batch {batch.number + 1} of {total} (documents {first}..{last}) failed: "
+        error.batch = number
+        note = f"batch {number + 1} of {total} ({items} {first}..{last}) failed: "
         error.args = (note + str(error.args[0] if error.args else ""), *error.args[1:])
     return error

@@ -1,17 +1,19 @@
-"""The sync and async rerank clients. Everything but the send line lives in `_BaseClient`."""
+"""The sync and async clients (rerank and embeddings). Everything but the I/O loops lives in
+`_BaseClient`: request building, answer handling and retry decisions."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import urllib.request
 import weakref
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
@@ -20,6 +22,8 @@ from pydantic import SecretStr
 from ._batching import Batch, Plan, assemble, name_batch, plan
 from ._cache import RerankCache
 from ._config import (
+    DEFAULT_EMBEDDING_BATCH_SIZE,
+    DEFAULT_EMBEDDING_MODEL,
     DEFAULT_KEEPALIVE_EXPIRY,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_CONNECTIONS,
@@ -31,6 +35,15 @@ from ._config import (
     resolve_api_key,
     resolve_base_url,
     resolve_timeout,
+)
+from ._embeddings import (
+    EmbeddingInput,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EncodingFormat,
+    build_embedding_requests,
+    merge_embeddings,
+    parse_embeddings,
 )
 from ._exceptions import (
     APIConnectionError,
@@ -56,6 +69,31 @@ TRACE_HEADER = "x-siliconcloud-trace-id"
 
 ProgressCallback = Callable[[int, int], object]
 """Called as `on_progress(batches_done, batches_total)` after each request of a call."""
+
+_Answer = TypeVar("_Answer", RerankResponse, EmbeddingResponse)
+_Request = RerankRequest | EmbeddingRequest
+_Reader = Callable[[bytes, str | None], _Answer]
+"""Parses a 2xx answer body (given its trace id) into the call's answer type."""
+
+
+def _rerank_reader(request: RerankRequest) -> _Reader[RerankResponse]:
+    return lambda content, trace_id: parse(content, request, trace_id=trace_id)
+
+
+def _embedding_reader(request: EmbeddingRequest) -> _Reader[EmbeddingResponse]:
+    return lambda content, trace_id: parse_embeddings(content, request, trace_id=trace_id)
+
+
+def _name_rerank_batch(error: SiliconFlowError, batch: Batch, total: int) -> SiliconFlowError:
+    positions = batch.positions
+    return name_batch(error, batch.number, positions[0], positions[-1], total, "documents")
+
+
+def _name_embedding_batch(
+    error: SiliconFlowError, request: EmbeddingRequest, total: int
+) -> SiliconFlowError:
+    last = request.first + request.count - 1
+    return name_batch(error, request.number, request.first, last, total, "inputs")
 
 
 @contextlib.contextmanager
@@ -165,6 +203,7 @@ class _BaseClient:
         )
         # Parsed once: httpx re-parses a string URL and re-normalizes a dict of headers per request.
         self._url = httpx.URL(f"{self.base_url}/rerank")
+        self._embeddings_url = httpx.URL(f"{self.base_url}/embeddings")
         self._headers = httpx.Headers(
             {
                 "Authorization": f"Bearer {self._api_key.get_secret_value()}",
@@ -209,7 +248,9 @@ class _BaseClient:
     def _assemble(self, the_plan: Plan, responses: Sequence[RerankResponse]) -> RerankResponse:
         return assemble(the_plan, responses, cache=self.cache)
 
-    def _send_kwargs(self, request: RerankRequest, *, asynchronous: bool) -> dict[str, Any]:
+    def _send_kwargs(
+        self, url: httpx.URL, request: _Request, *, asynchronous: bool
+    ) -> dict[str, Any]:
         content = request.content
         body: Any = content
         headers = self._headers
@@ -219,18 +260,32 @@ class _BaseClient:
             # A stated length instead of chunked encoding: not every compatible server takes it.
             headers = headers.copy()
             headers["Content-Length"] = str(content.length)
-        return {"url": self._url, "content": body, "headers": headers, "timeout": self.timeout}
+        return {"url": url, "content": body, "headers": headers, "timeout": self.timeout}
 
-    def _reserve(self, request: RerankRequest) -> tuple[float, int]:
+    def _embedding_requests(
+        self,
+        inputs: str | Sequence[EmbeddingInput],
+        model: str,
+        dimensions: int | None,
+        encoding_format: EncodingFormat,
+        batch_size: int,
+    ) -> list[EmbeddingRequest]:
+        return build_embedding_requests(
+            inputs,
+            model=model,
+            dimensions=dimensions,
+            encoding_format=encoding_format,
+            batch_size=batch_size,
+        )
+
+    def _reserve(self, request: _Request) -> tuple[float, int]:
         """Seconds to wait for the rate limiter, and the tokens booked for `request`."""
         if self._limiter is None:
             return 0.0, 0
         tokens = estimate_tokens(request.content_length)
         return self._limiter.reserve(tokens), tokens
 
-    def _handle(
-        self, response: httpx.Response, request: RerankRequest, booked: int
-    ) -> RerankResponse:
+    def _handle(self, response: httpx.Response, read: _Reader[_Answer], booked: int) -> _Answer:
         trace_id = response.headers.get(TRACE_HEADER)
         if not response.is_success:
             raise status_error(
@@ -241,7 +296,7 @@ class _BaseClient:
                 base_url=self.base_url,
                 secret=self._api_key.get_secret_value(),
             )
-        parsed = parse(response.content, request, trace_id=trace_id)
+        parsed = read(response.content, trace_id)
         if self._limiter is not None and parsed.usage is not None:
             used = parsed.usage.total_tokens or parsed.usage.input_tokens
             if used is not None:
@@ -250,15 +305,15 @@ class _BaseClient:
 
     def _next_delay(self, attempt: int, error: SiliconFlowError) -> float | None:
         """Seconds to wait before retrying after `error`, or None to give up and raise it."""
-        # Reranking is a pure function of its inputs, so repeating a POST that may have reached the
-        # server is safe: the worst case is a second bill for the same answer.
+        # Reranking and embedding are pure functions of their inputs, so repeating a POST that may
+        # have reached the server is safe: the worst case is a second bill for the same answer.
         if attempt >= self.max_retries or not is_retryable(error):
             return None
         headers = error.headers if isinstance(error, APIStatusError) else None
         delay = retry_delay(attempt, self.retry_policy, headers=headers)
         status = error.status_code if isinstance(error, APIStatusError) else type(error).__name__
         logger.info(
-            "SiliconFlow rerank attempt %d failed (%s); retrying in %.2fs",
+            "SiliconFlow request attempt %d failed (%s); retrying in %.2fs",
             attempt + 1,
             status,
             delay,
@@ -373,7 +428,7 @@ class SiliconFlowClient(_BaseClient):
                 weakref.finalize(self, self._owned.close)
             return self._owned
 
-    def _send(self, request: RerankRequest) -> RerankResponse:
+    def _send(self, url: httpx.URL, request: _Request, read: _Reader[_Answer]) -> _Answer:
         attempt = 0
         while True:
             wait_for, booked = self._reserve(request)
@@ -381,8 +436,9 @@ class SiliconFlowClient(_BaseClient):
                 self.retry_policy.sleep(wait_for)
             try:
                 with _translate_transport_errors():
-                    response = self._http().post(**self._send_kwargs(request, asynchronous=False))
-                return self._handle(response, request, booked)
+                    kwargs = self._send_kwargs(url, request, asynchronous=False)
+                    response = self._http().post(**kwargs)
+                return self._handle(response, read, booked)
             except SiliconFlowError as error:
                 delay = self._next_delay(attempt, error)
                 if delay is None:
@@ -429,26 +485,72 @@ class SiliconFlowClient(_BaseClient):
             model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
         )
         the_plan = self._plan(query, documents, options)
-        return self._assemble(the_plan, self._fan_out(the_plan.batches, on_progress))
+        batches, total = the_plan.batches, len(the_plan.batches)
+        jobs = [functools.partial(self._send_batch, batch, total) for batch in batches]
+        return self._assemble(the_plan, self._fan_out(jobs, on_progress))
+
+    def embed(
+        self,
+        inputs: str | Sequence[EmbeddingInput],
+        *,
+        model: str = DEFAULT_EMBEDDING_MODEL,
+        dimensions: int | None = None,
+        encoding_format: EncodingFormat = "float",
+        batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE,
+        on_progress: ProgressCallback | None = None,
+    ) -> EmbeddingResponse:
+        """Embed `inputs`: one vector per input, in input order.
+
+        Args:
+            inputs: One string, or a sequence of strings, text items and image items (images
+                for `Qwen/Qwen3-VL-Embedding-8B`; build them with `image_item`).
+            model: The embedding model.
+            dimensions: The vector length, for the models that take it (Qwen3 embeddings).
+            encoding_format: How vectors travel: `"float"` (JSON numbers) or `"base64"`
+                (float32 bytes); either way they are returned as floats.
+            batch_size: Longer lists are split into concurrent requests of this many inputs
+                (the service takes at most 32), answered in one response.
+            on_progress: Called with (requests done, requests in all) as a long call proceeds.
+
+        Returns:
+            The vectors, `embeddings[i]` for `inputs[i]`, with the usage summed.
+
+        Raises:
+            InvalidRequestError: Bad input, before any request is sent.
+            APIStatusError: The server answered with an error status (a subclass per status).
+            APIConnectionError: No answer, after the retries (`APITimeoutError` for timeouts).
+            ResponseValidationError: An answer is not a valid embeddings response (an input
+                without its vector, vectors of different lengths, a value that is not finite).
+        """
+        requests = self._embedding_requests(inputs, model, dimensions, encoding_format, batch_size)
+        total = len(requests)
+        jobs = [functools.partial(self._send_embedding, request, total) for request in requests]
+        return merge_embeddings(self._fan_out(jobs, on_progress))
 
     def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
         try:
-            return self._send(batch.request)
+            return self._send(self._url, batch.request, _rerank_reader(batch.request))
         except SiliconFlowError as error:
-            raise name_batch(error, batch, total) from error.__cause__
+            raise _name_rerank_batch(error, batch, total) from error.__cause__
+
+    def _send_embedding(self, request: EmbeddingRequest, total: int) -> EmbeddingResponse:
+        try:
+            return self._send(self._embeddings_url, request, _embedding_reader(request))
+        except SiliconFlowError as error:
+            raise _name_embedding_batch(error, request, total) from error.__cause__
 
     def _fan_out(
-        self, batches: list[Batch], on_progress: ProgressCallback | None
-    ) -> list[RerankResponse]:
-        if len(batches) <= 1:  # the common case: no pool, no thread hop
-            responses = [self._send_batch(batch, 1) for batch in batches]
-            if on_progress is not None and batches:
+        self, jobs: Sequence[Callable[[], _Answer]], on_progress: ProgressCallback | None
+    ) -> list[_Answer]:
+        if len(jobs) <= 1:  # the common case: no pool, no thread hop
+            responses = [job() for job in jobs]
+            if on_progress is not None and jobs:
                 on_progress(1, 1)
             return responses
         # Threads over the one pooled client: the sync path gets the same concurrency as async.
-        workers = min(self.max_concurrency, len(batches))
+        workers = min(self.max_concurrency, len(jobs))
         with ThreadPoolExecutor(workers, thread_name_prefix="siliconflow-rerank") as pool:
-            futures = [pool.submit(self._send_batch, b, len(batches)) for b in batches]
+            futures = [pool.submit(job) for job in jobs]
             pending, finished = set(futures), 0
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -547,7 +649,7 @@ class AsyncSiliconFlowClient(_BaseClient):
             self._owned, self._owned_loop, self._guard = client, loop, guard
         return self._owned
 
-    async def _send(self, request: RerankRequest) -> RerankResponse:
+    async def _send(self, url: httpx.URL, request: _Request, read: _Reader[_Answer]) -> _Answer:
         attempt = 0
         while True:
             wait_for, booked = self._reserve(request)
@@ -556,8 +658,8 @@ class AsyncSiliconFlowClient(_BaseClient):
             try:
                 with _translate_transport_errors():
                     http = await self._http()
-                    response = await http.post(**self._send_kwargs(request, asynchronous=True))
-                return self._handle(response, request, booked)
+                    response = await http.post(**self._send_kwargs(url, request, asynchronous=True))
+                return self._handle(response, read, booked)
             except SiliconFlowError as error:
                 delay = self._next_delay(attempt, error)
                 if delay is None:
@@ -583,30 +685,54 @@ class AsyncSiliconFlowClient(_BaseClient):
             model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
         )
         the_plan = self._plan(query, documents, options)
-        return self._assemble(the_plan, await self._fan_out(the_plan.batches, on_progress))
+        batches, total = the_plan.batches, len(the_plan.batches)
+        jobs = [functools.partial(self._send_batch, batch, total) for batch in batches]
+        return self._assemble(the_plan, await self._fan_out(jobs, on_progress))
+
+    async def embed(
+        self,
+        inputs: str | Sequence[EmbeddingInput],
+        *,
+        model: str = DEFAULT_EMBEDDING_MODEL,
+        dimensions: int | None = None,
+        encoding_format: EncodingFormat = "float",
+        batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE,
+        on_progress: ProgressCallback | None = None,
+    ) -> EmbeddingResponse:
+        """Embed `inputs`: one vector per input, in input order; see `SiliconFlowClient.embed`."""
+        requests = self._embedding_requests(inputs, model, dimensions, encoding_format, batch_size)
+        total = len(requests)
+        jobs = [functools.partial(self._send_embedding, request, total) for request in requests]
+        return merge_embeddings(await self._fan_out(jobs, on_progress))
 
     async def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
         try:
-            return await self._send(batch.request)
+            return await self._send(self._url, batch.request, _rerank_reader(batch.request))
         except SiliconFlowError as error:
-            raise name_batch(error, batch, total) from error.__cause__
+            raise _name_rerank_batch(error, batch, total) from error.__cause__
+
+    async def _send_embedding(self, request: EmbeddingRequest, total: int) -> EmbeddingResponse:
+        try:
+            return await self._send(self._embeddings_url, request, _embedding_reader(request))
+        except SiliconFlowError as error:
+            raise _name_embedding_batch(error, request, total) from error.__cause__
 
     async def _fan_out(
-        self, batches: list[Batch], on_progress: ProgressCallback | None
-    ) -> list[RerankResponse]:
-        if len(batches) <= 1:  # the common case: no tasks, no semaphore
-            responses = [await self._send_batch(batch, 1) for batch in batches]
-            if on_progress is not None and batches:
+        self, jobs: Sequence[Callable[[], Awaitable[_Answer]]], on_progress: ProgressCallback | None
+    ) -> list[_Answer]:
+        if len(jobs) <= 1:  # the common case: no tasks, no semaphore
+            responses = [await job() for job in jobs]
+            if on_progress is not None and jobs:
                 on_progress(1, 1)
             return responses
         gate = asyncio.Semaphore(self.max_concurrency)
 
-        async def one(batch: Batch) -> RerankResponse:
+        async def one(job: Callable[[], Awaitable[_Answer]]) -> _Answer:
             async with gate:
-                return await self._send_batch(batch, len(batches))
+                return await job()
 
-        tasks = [asyncio.ensure_future(one(b)) for b in batches]
-        pending: set[asyncio.Future[RerankResponse]] = set(tasks)
+        tasks = [asyncio.ensure_future(one(job)) for job in jobs]
+        pending: set[asyncio.Future[_Answer]] = set(tasks)
         finished = 0
         try:
             while pending:

@@ -13,6 +13,8 @@ __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
     "DEFAULT_BASE_URL",
+    "DEFAULT_EMBEDDING_BATCH_SIZE",
+    "DEFAULT_EMBEDDING_MODEL",
     "DEFAULT_KEEPALIVE_EXPIRY",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_CONNECTIONS",
@@ -31,6 +33,10 @@ BASE_URL_ENV = "SILICONFLOW_BASE_URL"
 DEFAULT_BASE_URL = "https://api.siliconflow.cn/v1"
 DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
 DEFAULT_MAX_RETRIES = 2
+DEFAULT_EMBEDDING_MODEL = "BAAI/bge-m3"
+
+DEFAULT_EMBEDDING_BATCH_SIZE = 32
+"""Inputs per embeddings request: the most the service takes in one. Longer lists are split."""
 
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 """A short connect timeout finds a dead host fast; the long read timeout lets an 8B reranker finish

@@ -14,7 +14,14 @@ from ._capabilities import model_capabilities
 from ._exceptions import InvalidRequestError
 from ._media import DocumentItem, InlineMedia, QueryItem, WireItem, item_kind, normalize_item
 
-__all__ = ["RerankRequest", "StreamedBody", "build_request", "subset", "validate_options"]
+__all__ = [
+    "RerankRequest",
+    "StreamedBody",
+    "build_request",
+    "encode_body",
+    "subset",
+    "validate_options",
+]
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,12 @@ _PLACEHOLDER = f"sf-media-{secrets.token_hex(16)}-"
 _PLACEHOLDERS = re.compile(re.escape(_PLACEHOLDER.encode()) + rb"(\d+)")
 
 
-def _encode(body: dict[str, Any]) -> bytes | StreamedBody:
+def encode_body(body: dict[str, Any]) -> bytes | StreamedBody:
+    """Encode a request body as JSON bytes, or as a `StreamedBody` when it holds `InlineMedia`.
+
+    Raises:
+        InvalidRequestError: The body holds text that cannot be sent as UTF-8 (lone surrogates).
+    """
     media: list[InlineMedia] = []
 
     def placeholder(value: Any) -> str:
@@ -97,7 +109,9 @@ def _encode(body: dict[str, Any]) -> bytes | StreamedBody:
         encoded = pydantic_core.to_json(body, fallback=placeholder)
     except pydantic_core.PydanticSerializationError as error:
         # Lone surrogates (from badly decoded bytes) cannot be sent as UTF-8 JSON.
-        raise InvalidRequestError(f"the query or a document is not valid text: {error}") from None
+        raise InvalidRequestError(
+            f"the request holds text that is not valid text: {error}"
+        ) from None
     if not media:
         return encoded
     pieces = _PLACEHOLDERS.split(encoded)
@@ -171,7 +185,7 @@ def build_request(
     _check_modalities(model, wire_query, wire_documents)
     return RerankRequest(
         body=body,
-        content=_encode(body),
+        content=encode_body(body),
         documents=wire_documents,
         top_n=top_n,
         return_documents=bool(return_documents),
@@ -271,7 +285,7 @@ def subset(
         fitted = body["top_n"] = min(request.top_n, len(documents))
     return RerankRequest(
         body=body,
-        content=_encode(body),
+        content=encode_body(body),
         documents=documents,
         top_n=fitted,
         return_documents=request.return_documents,

@@ -1,4 +1,5 @@
-"""LangChain integration: `SiliconFlowRerank` (a document compressor) and `ChatSiliconFlow`.
+"""LangChain integration: `SiliconFlowRerank` (a document compressor), `SiliconFlowEmbeddings`
+and `ChatSiliconFlow`.
 
 `ChatSiliconFlow` needs `langchain-openai` (the `langchain-chat` extra), imported on first use.
 """
@@ -17,12 +18,19 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
         "(or, in a checkout of siliconflow-rerank, pip install '.[langchain]')"
     ) from error
 
+from .embeddings import SiliconFlowEmbeddings
 from .rerank import USAGE_EVENT, RerankResults, SiliconFlowRerank
 
 if TYPE_CHECKING:
     from .chat_models import ChatSiliconFlow
 
-__all__ = ["USAGE_EVENT", "ChatSiliconFlow", "RerankResults", "SiliconFlowRerank"]
+__all__ = [
+    "USAGE_EVENT",
+    "ChatSiliconFlow",
+    "RerankResults",
+    "SiliconFlowEmbeddings",
+    "SiliconFlowRerank",
+]
 
 VENDOR_DISTRIBUTION = "langchain-siliconflow"
 """The vendor's distribution, which installs an import package of the same name as this one."""

@@ -76,6 +76,12 @@ class Runner:
         assert self.loop is not None
         return self.loop.run_until_complete(self.client.rerank(*args, **kwargs))
 
+    def embed(self, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(self.client, SiliconFlowClient):
+            return self.client.embed(*args, **kwargs)
+        assert self.loop is not None
+        return self.loop.run_until_complete(self.client.embed(*args, **kwargs))
+
     def close(self) -> None:
         if isinstance(self.client, SiliconFlowClient):
             self.client.close()

@@ -1,9 +1,12 @@
-"""A local SiliconFlow rerank emulator: a real HTTP server for offline development and tests.
+"""A local SiliconFlow emulator (rerank and embeddings): a real HTTP server for offline development
+and tests.
 
 It is an emulator, not a model. It validates requests, answers with the API's status codes, body
 shapes and headers, chunks long documents, reports usage and injects faults on demand, but its
-scores come from a deterministic lexical function: same input, same scores, on every machine.
-Media items score from the words of their URL's file name, or the readable words inside inline data.
+scores and vectors come from deterministic lexical functions: same input, same answer, on every
+machine. Vectors hash the same weighted terms the scores use, so cosine similarity ranks obvious
+matches first. Media items score from the words of their URL's file name, or the readable words
+inside inline data.
 
 Example:
     >>> from siliconflow_rerank import SiliconFlowClient

@@ -12,10 +12,14 @@ example a PNG text chunk): a stand-in for vision.
 
 from __future__ import annotations
 
+import array
 import base64
 import binascii
+import hashlib
 import itertools
+import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Sequence
 
@@ -143,3 +147,35 @@ def chunks(tokens: list[str], size: int, overlap: int, limit: int) -> list[list[
     step = max(size - overlap, 1)
     out = [tokens[start : start + size] for start in range(0, len(tokens) - overlap, step)]
     return out[:limit]
+
+
+def embedding(model: str, terms: Sequence[str], dimensions: int) -> list[float]:
+    """A unit vector for a term list: each distinct term hashed to one signed slot, weighted by
+    1 + log(count). Texts that share terms point the same way, so cosine similarity ranks obvious
+    matches first. The model name seeds the hash: different models, different spaces."""
+    vector = [0.0] * dimensions
+    for term, count in Counter(t for t in terms if t).items():
+        digest = hashlib.blake2b(f"{model}\0{term}".encode(), digest_size=8).digest()
+        slot = int.from_bytes(digest[:4], "little") % dimensions
+        vector[slot] += (1.0 + math.log(count)) * (1.0 if digest[4] & 1 else -1.0)
+    norm = math.sqrt(sum(v * v for v in vector))
+    if norm == 0.0:  # nothing to weigh (only stopwords): still a unit vector
+        vector[0], norm = 1.0, 1.0
+    return [round(v / norm, 6) for v in vector]
+
+
+def float32_base64(vector: Sequence[float]) -> str:
+    """Little-endian float32 bytes, base64-encoded: the service's `encoding_format="base64"`."""
+    values = array.array("f", vector)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return base64.b64encode(values.tobytes()).decode("ascii")
+
+
+def float32_values(encoded: str) -> list[float]:
+    """The floats of a `float32_base64` string."""
+    values = array.array("f")
+    values.frombytes(base64.b64decode(encoded))
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()

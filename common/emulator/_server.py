@@ -1,4 +1,4 @@
-"""A local HTTP server that speaks SiliconFlow's rerank API, with faults on demand."""
+"""A local HTTP server speaking SiliconFlow's rerank and embeddings APIs, with faults on demand."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from .._capabilities import ModelCapabilities, model_capabilities
+from .._capabilities import ModelCapabilities, embedding_capabilities, model_capabilities
 from . import _scoring
 
 __all__ = ["EmulatorStats", "Fault", "RerankEmulator"]
@@ -47,7 +47,7 @@ FaultKind = Literal[
 
 @dataclass(frozen=True)
 class Fault:
-    """One scripted misbehaviour, applied to one upcoming rerank request.
+    """One scripted misbehaviour, applied to one upcoming API request (rerank or embeddings).
 
     Build faults with the class methods (`Fault.rate_limited()`, `Fault.disconnect()`, ...).
     """
@@ -153,13 +153,13 @@ class EmulatorStats:
     by_status: dict[int, int] = field(default_factory=dict)
     """Answers sent, per status (a dropped connection counts as status 0)."""
     last_request_body: Any = None
-    """The decoded JSON body of the latest rerank request."""
+    """The decoded JSON body of the latest API (rerank or embeddings) request."""
     last_request_headers: dict[str, str] = field(default_factory=dict)
-    """The headers of the latest rerank request (names in lower case)."""
+    """The headers of the latest API request (names in lower case)."""
     in_flight: int = 0
-    """Rerank requests being handled right now."""
+    """API requests being handled right now."""
     max_in_flight: int = 0
-    """The most rerank requests handled at the same time since the last reset."""
+    """The most API requests handled at the same time since the last reset."""
     connections: int = 0
     """TCP connections accepted (fewer than `requests` when clients keep connections alive)."""
     open_connections: int = 0
@@ -167,17 +167,19 @@ class EmulatorStats:
 
 
 class _Invalid(Exception):
-    def __init__(self, message: str, code: int = 20015) -> None:
+    def __init__(self, message: str, code: int = 20015, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status
 
 
 class RerankEmulator:
-    """A SiliconFlow-compatible rerank server on a real loopback socket. Not a model.
+    """A SiliconFlow-compatible rerank and embeddings server on a real loopback socket. Not a model.
 
-    Scores come from a deterministic lexical function (see the `siliconflow_rerank.emulator` docs);
-    everything else (validation, status codes, body shapes, headers, chunking, usage) follows the
-    API.
+    Scores and vectors come from deterministic lexical functions (see the
+    `siliconflow_rerank.emulator` docs); everything else (validation, status codes, body shapes,
+    headers, chunking, usage) follows the API. Faults, the key check, rate limits and counters
+    apply to both endpoints alike.
 
     Example:
         >>> with RerankEmulator() as emulator:  # doctest: +SKIP
@@ -202,7 +204,7 @@ class RerankEmulator:
             port: Port to bind; 0 picks a free one (see `base_url`).
             api_key: The only key accepted; None accepts any non-empty bearer token.
             latency: Seconds to wait before each answer.
-            latency_per_document: Further seconds per document in the request.
+            latency_per_document: Further seconds per document (or input to embed) in a request.
             requests_per_minute: Answer 429 past this many requests in a minute.
             tokens_per_minute: Answer 429 past this many input tokens in a minute.
         """
@@ -268,7 +270,7 @@ class RerankEmulator:
         self.stop()
 
     def enqueue(self, *faults: Fault) -> None:
-        """Script faults: each of the next rerank requests gets the next fault, in order."""
+        """Script faults: each of the next API requests gets the next fault, in order."""
         with self._lock:
             self._faults.extend(faults)
 
@@ -314,7 +316,15 @@ class RerankEmulator:
         Handy as ground truth in tests: the scores a request over HTTP would get.
         """
         try:
-            return _answer(body)
+            return _rerank_answer(body)
+        except _Invalid as error:
+            raise ValueError(str(error)) from None
+
+    def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer an embeddings body as the server would (raises `ValueError` where it answers
+        400 or 413): the vectors a request over HTTP would get."""
+        try:
+            return _embedding_answer(body)
         except _Invalid as error:
             raise ValueError(str(error)) from None
 
@@ -433,7 +443,8 @@ class _Handler(BaseHTTPRequestHandler):
             emulator._stats.requests += 1
         # A client sends the absolute form ("POST http://host/v1/rerank") through a proxy; as a
         # server must, take it too, so that the emulator can stand in for a proxy in tests.
-        if urlsplit(self.path).path.rstrip("/") != "/v1/rerank":
+        endpoint = _ENDPOINTS.get(urlsplit(self.path).path.rstrip("/"))
+        if endpoint is None:
             self._not_found()
             return
         with emulator._lock:
@@ -442,12 +453,12 @@ class _Handler(BaseHTTPRequestHandler):
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
             stats.last_request_headers = {k.lower(): v for k, v in self.headers.items()}
         try:
-            self._rerank(raw)
+            self._serve(raw, endpoint)
         finally:
             with emulator._lock:
                 emulator._stats.in_flight -= 1
 
-    def _rerank(self, raw: bytes) -> None:
+    def _serve(self, raw: bytes, endpoint: _Endpoint) -> None:
         emulator = self.emulator
         try:
             body = json.loads(raw)
@@ -465,7 +476,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", "4096")
             self.end_headers()
-            self.wfile.write(b'{"id": "rerank-emu", "results": [{"ind')
+            self.wfile.write(endpoint.cut_short)
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -480,33 +491,36 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, {"code": 20015, "message": "Invalid JSON body.", "data": None})
             return
         try:
-            answer = _answer(body)
+            answer = endpoint.answer(body)
         except _Invalid as error:
-            self._send_json(400, {"code": error.code, "message": str(error), "data": None})
+            payload = {"code": error.code, "message": str(error), "data": None}
+            self._send_json(error.status, payload)
             return
 
-        limited = emulator._rate_limited(answer["meta"]["tokens"]["input_tokens"])
+        limited = emulator._rate_limited(endpoint.tokens(answer))
         if limited is not None:
             self._send_fault(Fault.rate_limited(which=limited))
             return
-        delay = emulator.latency + emulator.latency_per_document * len(body["documents"])
+        delay = emulator.latency + emulator.latency_per_document * endpoint.items(body)
         if fault is not None and fault.kind == "slow":
             delay += fault.delay
         if delay > 0:
             emulator._wake.wait(delay)
-        self._send_answer(answer, fault)
+        self._send_answer(answer, fault, endpoint)
 
-    def _send_answer(self, answer: dict[str, Any], fault: Fault | None) -> None:
+    def _send_answer(
+        self, answer: dict[str, Any], fault: Fault | None, endpoint: _Endpoint
+    ) -> None:
         kind = fault.kind if fault is not None else None
-        results = answer["results"]
-        if kind == "index_out_of_range" and results:
-            results[0]["index"] = len(results) + 1000
-        elif kind == "duplicate_index" and results:
-            results.append(dict(results[0]))
-        elif kind == "non_finite_score" and results:
-            results[0]["relevance_score"] = math.nan
+        entries = answer[endpoint.entries]
+        if kind == "index_out_of_range" and entries:
+            entries[0]["index"] = len(entries) + 1000
+        elif kind == "duplicate_index" and entries:
+            entries.append(dict(entries[0]))
+        elif kind == "non_finite_score" and entries:
+            endpoint.spoil(entries[0])
         elif kind == "missing_results":
-            del answer["results"]
+            del answer[endpoint.entries]
         encoded = json.dumps(answer, ensure_ascii=False).encode()
         if kind == "truncated_json":
             encoded = encoded[: len(encoded) // 2]
@@ -551,7 +565,7 @@ class _Item:
     videos: int
 
 
-def _answer(body: dict[str, Any]) -> dict[str, Any]:
+def _rerank_answer(body: dict[str, Any]) -> dict[str, Any]:
     """Validate a rerank body as the API does and build the answer."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -613,3 +627,133 @@ def _answer(body: dict[str, Any]) -> dict[str, Any]:
         "results": results,
         "meta": {"tokens": tokens, "billed_units": billed},
     }
+
+
+def _embedding_item(item: object, model: str, modalities: frozenset[str], what: str) -> _Item:
+    if isinstance(item, dict) and len(item) == 1 and "text" in item:
+        item = item["text"]
+    if isinstance(item, str):
+        if not item.strip():
+            raise _Invalid(f"{what} must not be empty.")
+        return _Item(_scoring.units(item), 0, 0)
+    if isinstance(item, dict) and len(item) == 1 and isinstance(item.get("image"), str):
+        if "image" not in modalities:
+            raise _Invalid(f"Model {model} does not support image input in {what}.")
+        if not item["image"]:
+            raise _Invalid(f"{what} has an empty image.")
+        return _Item(_scoring.media_tokens(item["image"]), 1, 0)
+    raise _Invalid(f"{what} has an unsupported format.")
+
+
+def _embedding_answer(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate an embeddings body as the API does and build the answer."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _Invalid("model is required.")
+    caps = embedding_capabilities(model)
+    if caps is None:
+        raise _Invalid("Model does not exist. Please check it carefully.", code=20012)
+    inputs = body.get("input")
+    if isinstance(inputs, str | dict):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        raise _Invalid("input is required and must hold at least 1 item.")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise _Invalid(f"input must hold at most {MAX_EMBEDDING_INPUTS} items, got {len(inputs)}.")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise _Invalid("encoding_format must be float or base64.")
+    dimensions = body.get("dimensions")
+    if dimensions is not None:
+        if caps.dimension_choices is None:
+            raise _Invalid(f"Model {model} does not support dimensions.")
+        valid = isinstance(dimensions, int) and not isinstance(dimensions, bool) and dimensions > 0
+        if not valid or (caps.dimension_choices and dimensions not in caps.dimension_choices):
+            raise _Invalid(f"dimensions {dimensions!r} is not supported by model {model}.")
+    size = dimensions or caps.dimensions
+    items = [
+        _embedding_item(item, model, caps.modalities, f"input[{i}]")
+        for i, item in enumerate(inputs)
+    ]
+    data = []
+    tokens = 0
+    for index, item in enumerate(items):
+        count = len(item.tokens) + item.images * _scoring.IMAGE_TOKENS
+        if count > caps.max_input_tokens:
+            raise _Invalid(
+                f"input[{index}] has {count} tokens, over the model's {caps.max_input_tokens}.",
+                code=20042,
+                status=413,
+            )
+        tokens += count
+        vector = _scoring.embedding(model, _scoring.scoring_terms(item.tokens), size)
+        encoded: list[float] | str = vector
+        if encoding == "base64":
+            encoded = _scoring.float32_base64(vector)
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    return {
+        "object": "list",
+        "model": model,
+        "data": data,
+        "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
+    }
+
+
+MAX_EMBEDDING_INPUTS = 32
+"""The most inputs one embeddings request may hold, as on the service."""
+
+
+def _spoil_score(result: dict[str, Any]) -> None:
+    result["relevance_score"] = math.nan
+
+
+def _spoil_vector(entry: dict[str, Any]) -> None:
+    vector = entry["embedding"]
+    if isinstance(vector, str):
+        entry["embedding"] = _scoring.float32_base64(
+            [math.nan, *_scoring.float32_values(vector)[1:]]
+        )
+    else:
+        vector[0] = math.nan
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """What differs between the endpoints: the answer, and where faults reach into it."""
+
+    answer: Callable[[dict[str, Any]], dict[str, Any]]
+    tokens: Callable[[dict[str, Any]], int]
+    """Input tokens of an answer, for the TPM limit."""
+    items: Callable[[dict[str, Any]], int]
+    """Documents or inputs in a (valid) request, for `latency_per_document`."""
+    entries: str
+    """The answer's list that faults spoil."""
+    spoil: Callable[[dict[str, Any]], None]
+    """Makes one entry non-finite."""
+    cut_short: bytes
+    """What a dropped connection sends before it drops."""
+
+
+def _listed(body: dict[str, Any], name: str) -> int:
+    value = body[name]
+    return len(value) if isinstance(value, list) else 1
+
+
+_ENDPOINTS = {
+    "/v1/rerank": _Endpoint(
+        answer=_rerank_answer,
+        tokens=lambda answer: int(answer["meta"]["tokens"]["input_tokens"]),
+        items=lambda body: _listed(body, "documents"),
+        entries="results",
+        spoil=_spoil_score,
+        cut_short=b'{"id": "rerank-emu", "results": [{"ind',
+    ),
+    "/v1/embeddings": _Endpoint(
+        answer=_embedding_answer,
+        tokens=lambda answer: int(answer["usage"]["prompt_tokens"]),
+        items=lambda body: _listed(body, "input"),
+        entries="data",
+        spoil=_spoil_vector,
+        cut_short=b'{"object": "list", "data": [{"object": "embedding", "ind',
+    ),
+}
