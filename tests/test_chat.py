@@ -247,3 +247,37 @@ def test_the_vendors_distribution_beside_ours_logs_one_warning(tmp_path: Path):
     stderr = _run(code, PYTHONPATH=str(tmp_path)).stderr
     assert stderr.count("langchain-siliconflow distribution is installed") == 1
     assert "pip uninstall -y langchain-siliconflow siliconflow-rerank" in stderr
+
+
+# -- against the bundled emulator, as the README and examples use it -------------------------
+
+
+def test_the_emulator_answers_chat_whole_and_streamed(emulator):
+    chat = ChatSiliconFlow(model="deepseek-ai/DeepSeek-R1", api_key=KEY, base_url=emulator.base_url)
+    answer = chat.invoke("Why keep apples cold?")
+    assert answer.content == "(emulated answer) You asked: Why keep apples cold?"
+    assert answer.additional_kwargs["reasoning_content"].startswith("An emulator does not reason")
+    assert emulator.stats.last_request_body["messages"] == [
+        {"role": "user", "content": "Why keep apples cold?"}
+    ]
+    chunks = list(chat.stream("Why keep apples cold?"))
+    assert "".join(str(c.content) for c in chunks) == answer.content
+    whole = chunks[0]
+    for chunk in chunks[1:]:
+        whole = whole + chunk
+    assert whole.usage_metadata == answer.usage_metadata
+    assert (
+        whole.additional_kwargs["reasoning_content"]
+        == answer.additional_kwargs["reasoning_content"]
+    )
+    chat.root_client.close()  # the emulator is shared: leave no connection open
+
+
+async def test_the_emulator_answers_async_chat_without_reasoning_for_plain_models(emulator):
+    chat = ChatSiliconFlow(api_key=KEY, base_url=emulator.base_url)
+    answer = await chat.ainvoke([("system", "Be brief."), ("user", "Name a fruit.")])
+    assert answer.content == "(emulated answer) You asked: Name a fruit."
+    assert "reasoning_content" not in answer.additional_kwargs
+    streamed = [chunk async for chunk in chat.astream("Name a fruit.")]
+    assert "".join(str(c.content) for c in streamed) == answer.content
+    await chat.root_async_client.close()

@@ -209,7 +209,7 @@ def test_wrong_key_gets_bare_json_string_401(emulator):
 
 def test_other_paths_get_plain_text_404(emulator):
     for response in (
-        httpx.post(emulator.base_url + "/chat/completions", json={}, headers=HEADERS),
+        httpx.post(emulator.base_url + "/audio/speech", json={}, headers=HEADERS),
         httpx.get(emulator.base_url + "/rerank"),
     ):
         assert response.status_code == 404

@@ -521,6 +521,12 @@ class _Handler(BaseHTTPRequestHandler):
             endpoint.spoil(entries[0])
         elif kind == "missing_results":
             del answer[endpoint.entries]
+        stream = answer.pop("_stream", None)
+        if stream is not None:
+            events = [f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n" for chunk in stream]
+            body = ("".join(events) + "data: [DONE]\n\n").encode()
+            self._send(200, body, "text/event-stream; charset=utf-8")
+            return
         encoded = json.dumps(answer, ensure_ascii=False).encode()
         if kind == "truncated_json":
             encoded = encoded[: len(encoded) // 2]
@@ -734,6 +740,72 @@ class _Endpoint:
     """What a dropped connection sends before it drops."""
 
 
+def _text_of(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _chat_answer(body: dict[str, Any]) -> dict[str, Any]:
+    """A deterministic stand-in for a chat model: it answers by quoting the last message."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _Invalid("model is required.")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _Invalid("messages is required and must hold at least 1 message.")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise _Invalid(f"messages[{i}] must be an object with a role.")
+    question = " ".join(_text_of(messages[-1].get("content")).split())
+    content = f"(emulated answer) You asked: {question}"
+    reasoning = None
+    if any(mark in model.lower() for mark in ("r1", "thinking", "qwq")):
+        reasoning = "An emulator does not reason; it quotes the question."
+    prompt = sum(len(_scoring.units(_text_of(m.get("content")))) for m in messages)
+    completion = len(_scoring.units(content)) + len(_scoring.units(reasoning or ""))
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+    usage["total_tokens"] = prompt + completion
+    identity = {
+        "id": f"chat-emu-{uuid.uuid4().hex[:16]}",
+        "created": int(time.time()),
+        "model": model,
+    }
+    message = {"role": "assistant", "content": content}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
+    answer: dict[str, Any] = {
+        **identity,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": usage,
+    }
+    if body.get("stream"):
+        # SiliconFlow's habit, kept: every chunk carries the usage totals so far.
+        pieces = [("reasoning_content", reasoning)] if reasoning else []
+        pieces += [("content", word + " ") for word in content.split(" ")[:-1]]
+        pieces.append(("content", content.split(" ")[-1]))
+        chunks = []
+        for number, (field_name, text) in enumerate(pieces, start=1):
+            so_far = {"prompt_tokens": prompt, "completion_tokens": min(number, completion)}
+            so_far["total_tokens"] = prompt + so_far["completion_tokens"]
+            delta = {"role": "assistant", field_name: text}
+            last = number == len(pieces)
+            choice = {"index": 0, "delta": delta, "finish_reason": "stop" if last else None}
+            chunks.append(
+                {
+                    **identity,
+                    "object": "chat.completion.chunk",
+                    "choices": [choice],
+                    "usage": usage if last else so_far,
+                }
+            )
+        answer["_stream"] = chunks
+    return answer
+
+
 def _listed(body: dict[str, Any], name: str) -> int:
     value = body[name]
     return len(value) if isinstance(value, list) else 1
@@ -755,5 +827,13 @@ _ENDPOINTS = {
         entries="data",
         spoil=_spoil_vector,
         cut_short=b'{"object": "list", "data": [{"object": "embedding", "ind',
+    ),
+    "/v1/chat/completions": _Endpoint(
+        answer=_chat_answer,
+        tokens=lambda answer: int(answer["usage"]["prompt_tokens"]),
+        items=lambda body: _listed(body, "messages"),
+        entries="choices",
+        spoil=lambda choice: None,
+        cut_short=b'{"object": "chat.completion", "choices": [{"ind',
     ),
 }
