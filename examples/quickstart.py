@@ -1,4 +1,5 @@
-"""Quick start: rerank text and images with the core client, LangChain and LlamaIndex.
+"""Quick start: rerank text and images, and embed text, with the core client, LangChain and
+LlamaIndex.
 
 Uses the real SiliconFlow API when SILICONFLOW_API_KEY is set. Otherwise it starts the bundled local
 emulator (a SiliconFlow-compatible server with lexical scores, not a model) and says so.
@@ -9,6 +10,7 @@ emulator (a SiliconFlow-compatible server with lexical scores, not a model) and 
 from __future__ import annotations
 
 import asyncio
+import math
 
 from _support import real_api_or_emulator
 
@@ -29,6 +31,12 @@ def show(title: str, labels: list[str], response: RerankResponse) -> None:
     for result in response.results:
         print(f"  {result.relevance_score:.3f}  [{result.index}] {labels[result.index]}")
     print()
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    """Cosine similarity of two vectors."""
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
 
 def core_client() -> None:
@@ -56,6 +64,13 @@ def core_client() -> None:
             model="Qwen/Qwen3-VL-Reranker-8B",
         )
     show("Multimodal (Qwen3-VL), images and text:", [*pictures, "A bowl of red apples."], response)
+
+    with SiliconFlowClient() as client:
+        query, *vectors = client.embed([QUERY, *DOCUMENTS]).embeddings
+    similarity = [cosine(query, vector) for vector in vectors]
+    nearest = max(range(len(DOCUMENTS)), key=similarity.__getitem__)
+    print(f"Embeddings (BAAI/bge-m3, {len(query)} dimensions), nearest document to the query:")
+    print(f"  {similarity[nearest]:.3f}  [{nearest}] {DOCUMENTS[nearest]}\n")
 
 
 def langchain_adapter() -> None:
