@@ -16,21 +16,19 @@ EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py") if not p.name
 NOT_IN_LANGCHAIN_EXTRA = ("numpy", "llama_index", "langchain_openai", "openai", "langchain_classic")
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SILICONFLOW_")}
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run Python from the repository root with no SILICONFLOW_* variable; it must succeed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SILICONFLOW_")}
+    out = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    return out
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_example_runs_on_the_emulator(example: str):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / example)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=_env(),
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
+    out = _python(str(ROOT / "examples" / example))
     assert "using the bundled local emulator" in out.stdout
 
 
@@ -42,15 +40,6 @@ def test_langchain_example_needs_only_the_langchain_extra():
         "sys.path.insert(0, 'examples')\n"
         "runpy.run_path('examples/langchain_rerank.py', run_name='__main__')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=_env(),
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = _python("-c", code).stdout.splitlines()
     top = lines[lines.index("Top 3 notes for 'how to keep apples fresh':") + 1]
     assert "apples fresh" in top
