@@ -472,6 +472,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_fault(fault)
             return
         if fault is not None and fault.kind == "disconnect":
+            # Counted first: a client that sees the connection drop must find the drop counted.
+            emulator._count(0)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", "4096")
@@ -480,7 +482,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
-            emulator._count(0)
             return
 
         token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
