@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from ._adapters import ClientOwner, RerankerSettings
 from ._cache import RerankCache
 from ._capabilities import (
     EmbeddingCapabilities,
@@ -67,6 +68,7 @@ from ._media import (
 from ._models import BilledUnits, RerankDocument, RerankResponse, RerankResult, Usage
 from ._request import validate_options
 from ._retry import RetryPolicy
+from ._settings import ClientSettings
 from ._version import __version__
 
 __all__ = [
@@ -90,6 +92,8 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BilledUnits",
+    "ClientOwner",
+    "ClientSettings",
     "DocumentItem",
     "EmbeddingCapabilities",
     "EmbeddingInput",
@@ -108,6 +112,7 @@ __all__ = [
     "RerankDocument",
     "RerankResponse",
     "RerankResult",
+    "RerankerSettings",
     "ResponseValidationError",
     "RetryPolicy",
     "ServiceUnavailableError",

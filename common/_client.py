@@ -58,6 +58,7 @@ from ._models import RerankResponse, parse
 from ._ratelimit import RateLimiter, estimate_tokens
 from ._request import RerankRequest, build_request
 from ._retry import RetryPolicy, is_retryable, retry_delay
+from ._settings import check_client_settings
 from ._version import __version__
 
 __all__ = ["AsyncSiliconFlowClient", "SiliconFlowClient"]
@@ -159,48 +160,41 @@ class _BaseClient:
         tokens_per_minute: int | None,
         cache: RerankCache | None,
     ) -> None:
-        _check_count("max_retries", max_retries, 0)
-        _check_count("max_concurrency", max_concurrency, 1)
-        _check_count("max_connections", max_connections, 1)
-        if (
-            isinstance(keepalive_expiry, bool)
-            or not isinstance(keepalive_expiry, int | float)
-            or not 0 <= keepalive_expiry < float("inf")
-        ):
-            raise InvalidRequestError(
-                f"keepalive_expiry must be a number of seconds >= 0, got {keepalive_expiry!r}"
-            )
-        for name, value in [
-            ("max_documents_per_request", max_documents_per_request),
-            ("requests_per_minute", requests_per_minute),
-            ("tokens_per_minute", tokens_per_minute),
-        ]:
-            if value is not None:
-                _check_count(name, value, 1)
-        self._api_key = resolve_api_key(api_key)
-        self.base_url = resolve_base_url(base_url)
-        """The API root, without a trailing `/` or `/rerank`."""
-        self.timeout = resolve_timeout(timeout)
-        """The timeout applied to every request this client sends."""
-        self.max_retries = max_retries
-        """How many times a failed attempt is retried (so `max_retries + 1` attempts at most)."""
-        self.retry_policy = retry_policy or RetryPolicy()
-        """How long to wait between attempts."""
-        self.max_documents_per_request = max_documents_per_request
-        """Longer lists are split into requests of this many documents (None: never split)."""
-        self.max_concurrency = max_concurrency
-        """How many requests of one call may be in flight at once."""
-        self.max_connections = max_connections
-        """Size of the connection pool this client creates."""
-        self.keepalive_expiry = float(keepalive_expiry)
-        """Seconds an idle connection of that pool is kept for the next call."""
-        self.cache = cache
-        """The score cache, if any."""
-        self._limiter = (
-            RateLimiter(requests_per_minute, tokens_per_minute)
-            if requests_per_minute or tokens_per_minute
-            else None
+        settings = check_client_settings(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            max_documents_per_request=max_documents_per_request,
+            max_concurrency=max_concurrency,
+            max_connections=max_connections,
+            keepalive_expiry=keepalive_expiry,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            cache=cache,
         )
+        self._api_key = resolve_api_key(settings.api_key)
+        self.base_url = resolve_base_url(settings.base_url)
+        """The API root, without a trailing `/` or `/rerank`."""
+        self.timeout = resolve_timeout(settings.timeout)
+        """The timeout applied to every request this client sends."""
+        self.max_retries = settings.max_retries
+        """How many times a failed attempt is retried (so `max_retries + 1` attempts at most)."""
+        self.retry_policy = settings.retry_policy or RetryPolicy()
+        """How long to wait between attempts."""
+        self.max_documents_per_request = settings.max_documents_per_request
+        """Longer lists are split into requests of this many documents (None: never split)."""
+        self.max_concurrency = settings.max_concurrency
+        """How many requests of one call may be in flight at once."""
+        self.max_connections = settings.max_connections
+        """Size of the connection pool this client creates."""
+        self.keepalive_expiry = settings.keepalive_expiry
+        """Seconds an idle connection of that pool is kept for the next call."""
+        self.cache = settings.cache
+        """The score cache, if any."""
+        rpm, tpm = settings.requests_per_minute, settings.tokens_per_minute
+        self._limiter = RateLimiter(rpm, tpm) if rpm or tpm else None
         # Parsed once: httpx re-parses a string URL and re-normalizes a dict of headers per request.
         self._url = httpx.URL(f"{self.base_url}/rerank")
         self._embeddings_url = httpx.URL(f"{self.base_url}/embeddings")
@@ -319,11 +313,6 @@ class _BaseClient:
             delay,
         )
         return delay
-
-
-def _check_count(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidRequestError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _options(

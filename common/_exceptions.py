@@ -60,6 +60,20 @@ class SiliconFlowError(Exception):
 
     batch: int | None = None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from the message and attributes, not by calling __init__ again (whose keyword-only
+        # arguments pickle's default cannot supply): errors cross process pools intact.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(
+    cls: type[SiliconFlowError], args: tuple[Any, ...], state: dict[str, Any]
+) -> SiliconFlowError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidRequestError(SiliconFlowError, ValueError):
     """The input or configuration is invalid; raised before any network call."""

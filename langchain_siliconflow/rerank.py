@@ -4,29 +4,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForChainGroup,
+    CallbackManager,
+    Callbacks,
+)
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, StrictInt, model_validator
+from langchain_core.load import Serializable
+from langchain_core.runnables.config import (
+    ensure_config,
+    get_async_callback_manager_for_config,
+    get_callback_manager_for_config,
+)
+from pydantic import ConfigDict, Field
 
 from siliconflow_rerank import (
-    DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_MODEL,
-    DEFAULT_TIMEOUT,
+    API_KEY_ENV,
     SERVICE_ERRORS,
-    AsyncSiliconFlowClient,
     DocumentItem,
     InvalidRequestError,
     QueryItem,
-    RerankCache,
+    RerankerSettings,
     RerankResponse,
-    SiliconFlowClient,
     Usage,
     image_item,
-    validate_options,
     video_item,
 )
 
@@ -51,7 +55,7 @@ class RerankResults(list[dict[str, Any]]):
     """The `x-siliconcloud-trace-id` of the answer."""
 
 
-class SiliconFlowRerank(BaseDocumentCompressor):
+class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
     """Rerank LangChain documents with SiliconFlow (text, image and video).
 
     Setup:
@@ -81,103 +85,29 @@ class SiliconFlowRerank(BaseDocumentCompressor):
     URL or a data URI is ranked as that image (or video), its `page_content` being only a caption.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    # Serializable's own config ignores unknown arguments: ours refuses them.
+    model_config = ConfigDict(extra="forbid")
 
-    model: str = DEFAULT_MODEL
-    """The rerank model; `Qwen/Qwen3-VL-Reranker-8B` for images and video."""
-    top_n: StrictInt | None = 3
-    """How many documents to return (as `CohereRerank`); None returns all of them, reordered."""
-    api_key: SecretStr | None = Field(default=None, repr=False)
-    """The API key; defaults to the `SILICONFLOW_API_KEY` environment variable."""
-    base_url: str | None = None
-    """The API root; defaults to `SILICONFLOW_BASE_URL`, then `https://api.siliconflow.cn/v1`."""
-    timeout: float | None = None
-    """Seconds for each phase of a request; None keeps the default (10 s connect, 120 s read)."""
-    max_retries: StrictInt = DEFAULT_MAX_RETRIES
-    """Retries after a connection error, timeout, 408, 429 or 5xx."""
-    instruction: str | None = None
-    """Task instruction for the Qwen3-Reranker models."""
-    max_chunks_per_doc: StrictInt | None = None
-    """Chunk limit for long documents (bge, bce and Qwen3-VL models)."""
-    overlap_tokens: StrictInt | None = None
-    """Token overlap between chunks, 0 to 80 (bge, bce and Qwen3-VL models)."""
-    max_documents_per_request: StrictInt | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST
-    """Longer lists are split into concurrent requests of this many documents (None: never)."""
-    max_concurrency: StrictInt = DEFAULT_MAX_CONCURRENCY
-    """How many requests of one split call run at once."""
-    requests_per_minute: StrictInt | None = None
-    """Client-side request budget, shared by every call on this reranker."""
-    tokens_per_minute: StrictInt | None = None
-    """Client-side (estimated) token budget, shared likewise."""
-    cache: RerankCache | None = Field(default=None, exclude=True)
-    """A `RerankCache` to reuse scores across calls (off by default)."""
-    on_progress: Callable[[int, int], object] | None = Field(default=None, exclude=True)
-    """Called with (requests done, requests in all) as a long call proceeds."""
-    on_error: Literal["raise", "passthrough"] = "raise"
-    """When the service fails after its retries: raise, or pass the documents through in their
-    original order (at most `top_n`), each marked `metadata["rerank_status"] = "failed"`, with one
-    WARNING logged. Bad input raises either way."""
     allow_local_media: bool = False
     """Read local files named in `metadata["image"]` / `["video"]`. Off by default: metadata often
     comes from untrusted loaders, and reading arbitrary paths would upload local files."""
     document_to_item: Callable[[Document], DocumentItem] | None = Field(default=None, exclude=True)
     """Override how a document becomes a rerank item (a string, or a text, image or video item)."""
-    client: SiliconFlowClient | None = Field(default=None, exclude=True, repr=False)
-    """A ready sync client to use instead of building one from the settings above."""
-    async_client: AsyncSiliconFlowClient | None = Field(default=None, exclude=True, repr=False)
-    """A ready async client to use instead of building one from the settings above."""
-
-    _client: SiliconFlowClient | None = PrivateAttr(default=None)
-    _async_client: AsyncSiliconFlowClient | None = PrivateAttr(default=None)
 
     @property
     def lc_secrets(self) -> dict[str, str]:
         """Where LangChain's serializer finds the key: the environment variable, never the value."""
-        return {"api_key": "SILICONFLOW_API_KEY"}
+        return {"api_key": API_KEY_ENV}
 
-    @model_validator(mode="after")
-    def _check_settings(self) -> SiliconFlowRerank:
-        validate_options(
-            self.model,
-            top_n=self.top_n,
-            instruction=self.instruction,
-            max_chunks_per_doc=self.max_chunks_per_doc,
-            overlap_tokens=self.overlap_tokens,
-        )
-        if self.client is None or self.async_client is None:
-            self._build_clients()
-        return self
+    @property
+    def lc_attributes(self) -> dict[str, Any]:
+        """Constructor arguments in their JSON form (a timeout as a dict of seconds)."""
+        return self.model_dump(mode="json", include={"timeout"})
 
-    def _build_clients(self) -> None:
-        settings: dict[str, Any] = {
-            "api_key": self.api_key,
-            "base_url": self.base_url,
-            "timeout": DEFAULT_TIMEOUT if self.timeout is None else self.timeout,
-            "max_retries": self.max_retries,
-            "max_documents_per_request": self.max_documents_per_request,
-            "max_concurrency": self.max_concurrency,
-            "requests_per_minute": self.requests_per_minute,
-            "tokens_per_minute": self.tokens_per_minute,
-            "cache": self.cache,
-        }
-        # Both are cheap: neither opens a connection before its first call.
-        self._client = self.client or SiliconFlowClient(**settings)
-        self._async_client = self.async_client or AsyncSiliconFlowClient(**settings)
-
-    def __getstate__(self) -> dict[Any, Any]:
-        # Pickles never carry the key (nor live clients): an unpickled reranker reads
-        # SILICONFLOW_API_KEY again when it is first used.
-        state = dict(super().__getstate__())
-        state["__dict__"] = {
-            **state["__dict__"],
-            "api_key": None,
-            "client": None,
-            "async_client": None,
-            "cache": None,
-            "on_progress": None,
-        }
-        state["__pydantic_private__"] = {"_client": None, "_async_client": None}
-        return state
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """`dumpd` / `dumps` and `loads` round-trip the reranker (the key as a secret reference)."""
+        return True
 
     # -- conversions ---------------------------------------------------------------------------
 
@@ -213,18 +143,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
                 raise InvalidRequestError(f"Document metadata[{kind!r}]: {error}{hint}") from error
         return document.page_content
 
-    def _options(self, top_n: int | None) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "top_n": top_n,
-            "instruction": self.instruction,
-            "max_chunks_per_doc": self.max_chunks_per_doc,
-            "overlap_tokens": self.overlap_tokens,
-            "on_progress": self.on_progress,
-        }
-
-    @staticmethod
-    def _report(response: RerankResponse) -> dict[str, Any]:
+    def _report(self, response: RerankResponse) -> dict[str, Any]:
         usage = response.usage.model_dump(exclude_none=True) if response.usage else None
         logger.debug(
             "SiliconFlow rerank: %d results, usage %s, trace id %s",
@@ -232,7 +151,8 @@ class SiliconFlowRerank(BaseDocumentCompressor):
             usage,
             response.trace_id,
         )
-        return {"usage": usage, "trace_id": response.trace_id, "model": response.model}
+        model = response.model or self.model
+        return {"usage": usage, "trace_id": response.trace_id, "model": model}
 
     @staticmethod
     def _results(response: RerankResponse) -> RerankResults:
@@ -291,7 +211,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
         if not items:
             return RerankResults()
         response = self._sync().rerank(
-            query, items, **self._options(self.top_n if top_n == -1 else top_n)
+            query, items, **self._rerank_options(self.top_n if top_n == -1 else top_n)
         )
         self._report(response)
         return self._results(response)
@@ -313,13 +233,13 @@ class SiliconFlowRerank(BaseDocumentCompressor):
         if not items:
             return []
         try:
-            response = self._sync().rerank(query, items, **self._options(self.top_n))
+            response = self._sync().rerank(query, items, **self._rerank_options(self.top_n))
         except SERVICE_ERRORS as error:
             if self.on_error == "raise":
                 raise
             return self._passed_through(documents, error)
         report = self._report(response)
-        manager = CallbackManager.configure(inheritable_callbacks=callbacks)
+        manager = _callback_manager(callbacks)
         if manager.handlers:
             manager.on_custom_event(USAGE_EVENT, report, run_id=manager.parent_run_id)
         return self._scored(documents, response)
@@ -338,7 +258,7 @@ class SiliconFlowRerank(BaseDocumentCompressor):
         if not items:
             return RerankResults()
         response = await self._async().rerank(
-            query, items, **self._options(self.top_n if top_n == -1 else top_n)
+            query, items, **self._rerank_options(self.top_n if top_n == -1 else top_n)
         )
         self._report(response)
         return self._results(response)
@@ -354,35 +274,31 @@ class SiliconFlowRerank(BaseDocumentCompressor):
         if not items:
             return []
         try:
-            response = await self._async().rerank(query, items, **self._options(self.top_n))
+            response = await self._async().rerank(query, items, **self._rerank_options(self.top_n))
         except SERVICE_ERRORS as error:
             if self.on_error == "raise":
                 raise
             return self._passed_through(documents, error)
         report = self._report(response)
-        manager = AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
-        if manager.handlers:
-            await manager.on_custom_event(USAGE_EVENT, report, run_id=manager.parent_run_id)
+        async_manager = _async_callback_manager(callbacks)
+        if async_manager.handlers:
+            await async_manager.on_custom_event(
+                USAGE_EVENT, report, run_id=async_manager.parent_run_id
+            )
         return self._scored(documents, response)
 
-    def close(self) -> None:
-        """Close the connection pool of the sync client this reranker built (not a passed one)."""
-        if self.client is None and self._client is not None:
-            self._client.close()
 
-    async def aclose(self) -> None:
-        """Close the connection pool of the async client this reranker built (not a passed one)."""
-        if self.async_client is None and self._async_client is not None:
-            await self._async_client.aclose()
+def _callback_manager(callbacks: Callbacks | None) -> CallbackManager:
+    # Callbacks passed in (as a retriever passes them) win; otherwise those of the run this call
+    # is part of (a RunnableLambda, a chain), as dispatch_custom_event finds them.
+    if callbacks is not None:
+        return CallbackManager.configure(inheritable_callbacks=callbacks)
+    return get_callback_manager_for_config(ensure_config())
 
-    def _sync(self) -> SiliconFlowClient:
-        if self._client is None:
-            self._build_clients()
-        assert self._client is not None
-        return self._client
 
-    def _async(self) -> AsyncSiliconFlowClient:
-        if self._async_client is None:
-            self._build_clients()
-        assert self._async_client is not None
-        return self._async_client
+def _async_callback_manager(
+    callbacks: Callbacks | None,
+) -> AsyncCallbackManager | AsyncCallbackManagerForChainGroup:
+    if callbacks is not None:
+        return AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
+    return get_async_callback_manager_for_config(ensure_config())

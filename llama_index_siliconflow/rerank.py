@@ -7,17 +7,14 @@ import binascii
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from llama_index.core.bridge.pydantic import (
     BaseModel,
     Field,
-    PrivateAttr,
-    SecretStr,
-    model_validator,
 )
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
@@ -33,25 +30,16 @@ from llama_index.core.schema import (
     NodeWithScore,
     QueryBundle,
 )
-from pydantic import StrictInt
 
 from siliconflow_rerank import (
-    DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_MODEL,
-    DEFAULT_TIMEOUT,
     SERVICE_ERRORS,
-    AsyncSiliconFlowClient,
     DocumentItem,
     InvalidRequestError,
     QueryItem,
-    RerankCache,
+    RerankerSettings,
     RerankResponse,
-    SiliconFlowClient,
     SiliconFlowError,
     image_item,
-    validate_options,
     video_item,
 )
 
@@ -82,7 +70,7 @@ class RerankUsageEvent(BaseEvent):
         return "SiliconFlowRerankUsageEvent"
 
 
-class SiliconFlowRerank(BaseNodePostprocessor):
+class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
     """Rerank LlamaIndex nodes with SiliconFlow: text, image and video nodes, sync and async.
 
     Setup:
@@ -102,114 +90,14 @@ class SiliconFlowRerank(BaseNodePostprocessor):
     text). Input nodes are never changed.
     """
 
-    model: str = Field(default=DEFAULT_MODEL, description="The SiliconFlow rerank model.")
-    top_n: StrictInt | None = Field(
-        default=3, description="How many nodes to return; None returns all of them, reordered."
-    )
-    api_key: SecretStr | None = Field(
-        default=None,
-        exclude=True,
-        description="The API key; defaults to the SILICONFLOW_API_KEY environment variable.",
-    )
-    base_url: str | None = Field(
-        default=None,
-        description="The API root; defaults to SILICONFLOW_BASE_URL, then the mainland endpoint.",
-    )
-    timeout: float | None = Field(
-        default=None,
-        description="Seconds for each phase of a request; None keeps 10 s connect, 120 s read.",
-    )
-    max_retries: StrictInt = Field(
-        default=DEFAULT_MAX_RETRIES,
-        description="Retries after a connection error, timeout, 408, 429 or 5xx.",
-    )
-    instruction: str | None = Field(
-        default=None, description="Task instruction (Qwen3-Reranker models only)."
-    )
-    max_chunks_per_doc: StrictInt | None = Field(
-        default=None, description="Chunk limit for long documents (bge, bce, Qwen3-VL)."
-    )
-    overlap_tokens: StrictInt | None = Field(
-        default=None, description="Token overlap between chunks, 0 to 80 (bge, bce, Qwen3-VL)."
-    )
-    max_documents_per_request: StrictInt | None = Field(
-        default=DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
-        description="Split longer lists into concurrent requests of this many nodes (None: never).",
-    )
-    max_concurrency: StrictInt = Field(
-        default=DEFAULT_MAX_CONCURRENCY, description="Requests of one split call run at once."
-    )
-    requests_per_minute: StrictInt | None = Field(
-        default=None, description="Client-side request budget, shared by every call."
-    )
-    tokens_per_minute: StrictInt | None = Field(
-        default=None, description="Client-side (estimated) token budget, shared by every call."
-    )
-    cache: RerankCache | None = Field(
-        default=None, exclude=True, description="A RerankCache to reuse scores across calls."
-    )
-    on_progress: Callable[[int, int], object] | None = Field(
-        default=None, exclude=True, description="Called with (requests done, requests in all)."
-    )
-    on_error: Literal["raise", "passthrough"] = Field(
-        default="raise",
-        description=(
-            "When the service fails after its retries: raise, or pass the nodes through in "
-            "their original order (at most top_n, scores kept), each marked "
-            "metadata['rerank_status'] = 'failed', with one WARNING logged."
-        ),
-    )
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED, description="Which metadata goes into a text node's content."
     )
-
-    client: SiliconFlowClient | None = Field(
-        default=None,
-        exclude=True,
-        description="A ready sync client to use instead of building one.",
-    )
-    async_client: AsyncSiliconFlowClient | None = Field(
-        default=None,
-        exclude=True,
-        description="A ready async client to use instead of building one.",
-    )
-
-    _client: SiliconFlowClient | None = PrivateAttr(default=None)
-    _async_client: AsyncSiliconFlowClient | None = PrivateAttr(default=None)
 
     @classmethod
     def class_name(cls) -> str:
         """The component's name in LlamaIndex serialization."""
         return "SiliconFlowRerank"
-
-    @model_validator(mode="after")
-    def _check_settings(self) -> SiliconFlowRerank:
-        validate_options(
-            self.model,
-            top_n=self.top_n,
-            instruction=self.instruction,
-            max_chunks_per_doc=self.max_chunks_per_doc,
-            overlap_tokens=self.overlap_tokens,
-        )
-        return self
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickles never carry the key (nor live clients): an unpickled reranker reads
-        # SILICONFLOW_API_KEY again when it is first used.
-        self_state = {
-            **self.__dict__,
-            "api_key": None,
-            "client": None,
-            "async_client": None,
-            "cache": None,
-            "on_progress": None,
-        }
-        return {
-            "__dict__": self_state,
-            "__pydantic_extra__": self.__pydantic_extra__,
-            "__pydantic_fields_set__": self.__pydantic_fields_set__ - {"api_key"},
-            "__pydantic_private__": {"_client": None, "_async_client": None},
-        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Restore as is: re-running __init__ (as LlamaIndex components do) would drop the
@@ -218,47 +106,6 @@ class SiliconFlowRerank(BaseNodePostprocessor):
         object.__setattr__(self, "__pydantic_extra__", state["__pydantic_extra__"])
         object.__setattr__(self, "__pydantic_fields_set__", state["__pydantic_fields_set__"])
         object.__setattr__(self, "__pydantic_private__", state["__pydantic_private__"])
-
-    # -- clients -------------------------------------------------------------------------------
-
-    def _settings(self) -> dict[str, Any]:
-        return {
-            "api_key": self.api_key,
-            "base_url": self.base_url,
-            "timeout": DEFAULT_TIMEOUT if self.timeout is None else self.timeout,
-            "max_retries": self.max_retries,
-            "max_documents_per_request": self.max_documents_per_request,
-            "max_concurrency": self.max_concurrency,
-            "requests_per_minute": self.requests_per_minute,
-            "tokens_per_minute": self.tokens_per_minute,
-            "cache": self.cache,
-        }
-
-    def _sync(self) -> SiliconFlowClient:
-        if self.client is not None:
-            return self.client
-        if self._client is None:
-            self._client = SiliconFlowClient(**self._settings())
-        return self._client
-
-    def _async(self) -> AsyncSiliconFlowClient:
-        if self.async_client is not None:
-            return self.async_client
-        if self._async_client is None:
-            self._async_client = AsyncSiliconFlowClient(**self._settings())
-        return self._async_client
-
-    def close(self) -> None:
-        """Close the sync pool this reranker built (a passed client stays open)."""
-        if self._client is not None:
-            self._client.close()
-
-    async def aclose(self) -> None:
-        """Close the async pool this reranker built (a passed client stays open)."""
-        if self._async_client is not None:
-            await self._async_client.aclose()
-
-    # -- conversions ---------------------------------------------------------------------------
 
     def _node_item(self, node: BaseNode) -> DocumentItem:
         if not _may_hold_media(type(node)):
@@ -301,16 +148,6 @@ class SiliconFlowRerank(BaseNodePostprocessor):
                 )
             items.append(self._node_item(node.node))
         return self._query_item(query_bundle), items
-
-    def _options(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "top_n": self.top_n,
-            "instruction": self.instruction,
-            "max_chunks_per_doc": self.max_chunks_per_doc,
-            "overlap_tokens": self.overlap_tokens,
-            "on_progress": self.on_progress,
-        }
 
     @contextlib.contextmanager
     def _observed(
@@ -371,7 +208,7 @@ class SiliconFlowRerank(BaseNodePostprocessor):
         assert query_bundle is not None
         with self._observed(nodes, query_bundle) as outcome:
             try:
-                response = self._sync().rerank(query, items, **self._options())
+                response = self._sync().rerank(query, items, **self._rerank_options(self.top_n))
             except SERVICE_ERRORS as error:
                 outcome.nodes = self._passed_through(nodes, error)
             else:
@@ -390,7 +227,9 @@ class SiliconFlowRerank(BaseNodePostprocessor):
         assert query_bundle is not None
         with self._observed(nodes, query_bundle) as outcome:
             try:
-                response = await self._async().rerank(query, items, **self._options())
+                response = await self._async().rerank(
+                    query, items, **self._rerank_options(self.top_n)
+                )
             except SERVICE_ERRORS as error:
                 outcome.nodes = self._passed_through(nodes, error)
             else:

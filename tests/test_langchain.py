@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import pickle
 import zlib
@@ -16,7 +17,7 @@ from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
-from langchain_core.load import dumps
+from langchain_core.load import dumps, loads
 from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
@@ -35,12 +36,15 @@ class Recorder(ScoringRecorder):
     trace_id = "tr-lc"
 
 
-def mocked(recorder: Recorder, **fields: Any) -> SiliconFlowRerank:
+def mocked(recorder: Recorder, max_retries: int = 2, **fields: Any) -> SiliconFlowRerank:
+    """A reranker on ready clients over a fake transport (client settings go on the clients)."""
     transport = httpx.MockTransport(recorder)
     return SiliconFlowRerank(
-        client=SiliconFlowClient(api_key=KEY, http_client=httpx.Client(transport=transport)),
+        client=SiliconFlowClient(
+            api_key=KEY, max_retries=max_retries, http_client=httpx.Client(transport=transport)
+        ),
         async_client=AsyncSiliconFlowClient(
-            api_key=KEY, http_client=httpx.AsyncClient(transport=transport)
+            api_key=KEY, max_retries=max_retries, http_client=httpx.AsyncClient(transport=transport)
         ),
         **fields,
     )
@@ -88,9 +92,10 @@ def test_defaults_and_environment(monkeypatch):
     assert reranker.api_key is None  # resolved by the core client from the environment
 
 
-def test_missing_key_fails_at_construction():
+def test_missing_key_fails_at_first_use_naming_both_fixes():
+    reranker = SiliconFlowRerank()  # configs and copies need no key
     with pytest.raises(ValueError, match="SILICONFLOW_API_KEY") as info:
-        SiliconFlowRerank()
+        reranker.compress_documents(docs("apple"), "apple")
     assert "api_key=" in str(info.value)
 
 
@@ -311,7 +316,7 @@ def test_usage_reported_once_per_call(compress, caplog):
             {
                 "usage": {"input_tokens": 9, "output_tokens": 0, "total_tokens": 9},
                 "trace_id": "tr-lc",
-                "model": None,
+                "model": "BAAI/bge-reranker-v2-m3",  # the configured one: the server named none
             },
         )
     ]
@@ -436,7 +441,7 @@ def test_close_releases_own_pools_but_not_passed_clients(emulator):
     reranker.close()
     http = httpx.Client()
     client = SiliconFlowClient(api_key=KEY, base_url=emulator.base_url, http_client=http)
-    borrowed = SiliconFlowRerank(client=client, api_key=KEY)
+    borrowed = SiliconFlowRerank(client=client)
     borrowed.compress_documents(docs("apple"), "apple")
     borrowed.close()
     assert not http.is_closed
@@ -468,3 +473,67 @@ def test_scale_settings_reach_the_core(emulator, compress):
     compress(batched, docs(*CORPUS), "apple")
     assert cache.hits == len(CORPUS)
     assert emulator.stats.requests == 4  # the cached call sent nothing
+
+
+# -- framework contracts: events of the surrounding run, serialization --------------------------
+
+
+def _chain(reranker: SiliconFlowRerank) -> Any:
+    documents = docs("apple pie", "a red car")
+    return RunnableLambda(
+        lambda query: reranker.compress_documents(documents, query),
+        afunc=lambda query: reranker.acompress_documents(documents, query),
+    )
+
+
+async def test_usage_event_reaches_astream_events_of_the_surrounding_run(emulator):
+    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url)
+    for chain in (_chain(reranker), RunnableLambda(lambda q: _chain(reranker).invoke(q))):
+        events = [
+            event
+            async for event in chain.astream_events("apple", version="v2")
+            if event["event"] == "on_custom_event"
+        ]
+        assert [event["name"] for event in events] == [USAGE_EVENT]
+        data: Any = events[0]["data"]  # a custom event's data is ours
+        assert data["model"] == "BAAI/bge-reranker-v2-m3"
+        assert data["usage"]["input_tokens"] > 0
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_usage_event_reaches_config_callbacks_without_explicit_callbacks(emulator, asynchronous):
+    catcher = EventCatcher()
+    chain = _chain(SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url))
+    config: Any = {"callbacks": [catcher]}
+    if asynchronous:
+        asyncio.run(chain.ainvoke("apple", config=config))
+    else:
+        chain.invoke("apple", config=config)
+    assert [name for name, _ in catcher.events] == [USAGE_EVENT]
+
+
+@pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")
+def test_dumps_and_loads_round_trip_with_the_key_as_a_secret_reference(emulator):
+    reranker = SiliconFlowRerank(
+        api_key=KEY, base_url=emulator.base_url, top_n=2, timeout=30, instruction=None
+    )
+    text = dumps(reranker)
+    assert KEY not in text
+    assert json.loads(text)["kwargs"]["api_key"] == {
+        "lc": 1,
+        "type": "secret",
+        "id": ["SILICONFLOW_API_KEY"],
+    }
+    loaded = loads(
+        text,
+        secrets_map={"SILICONFLOW_API_KEY": KEY},
+        valid_namespaces=["langchain_siliconflow"],
+        allowed_objects=[SiliconFlowRerank],
+    )
+    assert isinstance(loaded, SiliconFlowRerank)
+    assert loaded == reranker
+    assert loaded.timeout == httpx.Timeout(30.0)
+    assert (
+        loaded.compress_documents(docs("apple pie", "car"), "apple")[0].page_content == "apple pie"
+    )
+    assert emulator.stats.last_request_headers["authorization"] == f"Bearer {KEY}"

@@ -56,7 +56,7 @@ async def test_long_lists_go_out_in_requests_of_at_most_32(emulator, asynchronou
 def test_the_vendors_constructor_arguments_work(emulator):
     embeddings = SiliconFlowEmbeddings(
         model="Qwen/Qwen3-Embedding-0.6B",
-        siliconflow_api_key=KEY,  # type: ignore[call-arg]  # a validation alias
+        siliconflow_api_key=KEY,
         base_url=emulator.base_url,
         timeout=30,
         max_retries=1,
@@ -75,7 +75,7 @@ def test_no_texts_send_no_request(emulator):
 
 def test_unknown_arguments_are_refused():
     with pytest.raises(ValidationError, match="model_name"):
-        SiliconFlowEmbeddings(model_name="BAAI/bge-m3")  # type: ignore[call-arg]
+        SiliconFlowEmbeddings(model_name="BAAI/bge-m3")
 
 
 def test_missing_key_fails_on_first_use_naming_the_variable():

@@ -268,12 +268,12 @@ def test_connection_refused(name):
 def test_langchain_passthrough_keeps_the_pipeline_up(fresh, mode, caplog):
     fresh.enqueue(*(Fault.overloaded() for _ in range(3)))
     reranker = LangChainRerank(
-        api_key=KEY, base_url=fresh.base_url, top_n=3, on_error="passthrough",
-        client=SiliconFlowClient(api_key=KEY, base_url=fresh.base_url,
-                                 retry_policy=SleepRecorder().policy()),
-        async_client=AsyncSiliconFlowClient(api_key=KEY, base_url=fresh.base_url,
-                                            retry_policy=SleepRecorder().policy()),
-    )  # fmt: skip
+        api_key=KEY,
+        base_url=fresh.base_url,
+        top_n=3,
+        on_error="passthrough",
+        retry_policy=SleepRecorder().policy(),
+    )
     documents = [Document(page_content=t, id=str(i)) for i, t in enumerate(TEXTS)]
     with caplog.at_level(logging.WARNING, logger="siliconflow_rerank"):
         if mode == "sync":
@@ -291,16 +291,12 @@ def test_langchain_passthrough_keeps_the_pipeline_up(fresh, mode, caplog):
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_llama_index_passthrough_keeps_the_pipeline_up(fresh, mode, caplog):
     fresh.enqueue(*(Fault.disconnect() for _ in range(3)))
-    settings = {
-        "api_key": KEY,
-        "base_url": fresh.base_url,
-        "retry_policy": SleepRecorder().policy(),
-    }
     reranker = LlamaRerank(
+        api_key=KEY,
+        base_url=fresh.base_url,
         top_n=2,
         on_error="passthrough",
-        client=SiliconFlowClient(**settings),
-        async_client=AsyncSiliconFlowClient(**settings),
+        retry_policy=SleepRecorder().policy(),
     )
     nodes = [
         NodeWithScore(node=TextNode(text=t, id_=str(i)), score=0.5 - i / 10)

@@ -1,0 +1,191 @@
+"""What every framework adapter shares: its settings as fields, and the clients it builds from them.
+
+An adapter class inherits `ClientOwner` (embeddings) or `RerankerSettings` (rerankers) next to its
+framework's base class, and keeps only the framework mapping.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
+
+from ._client import AsyncSiliconFlowClient, SiliconFlowClient
+from ._config import DEFAULT_MODEL
+from ._exceptions import InvalidRequestError
+from ._request import validate_options
+from ._settings import CLIENT_SETTINGS, ClientSettings, without_inputs
+
+__all__ = ["ClientOwner", "RerankerSettings"]
+
+# Settings of the peers' classes that users carry over by habit, and what they are called here.
+_RENAMED = {
+    "top_k": "top_n",
+    "model_name": "model",
+    "api_base": "base_url",
+    "request_timeout": "timeout",
+    "batch_size": "max_documents_per_request",
+}
+
+# Left out of pickles: the key (read from the environment again), live clients, and callables.
+_NOT_PICKLED = ("api_key", "client", "async_client", "cache", "on_progress", "retry_policy")
+
+_BUILDING = threading.Lock()
+
+
+def _accepted_names(model: type[BaseModel]) -> set[str]:
+    names = set(model.model_fields)
+    for info in model.model_fields.values():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(choice for choice in alias.choices if isinstance(choice, str))
+        elif isinstance(alias, str):
+            names.add(alias)
+    return names
+
+
+class ClientOwner(ClientSettings):
+    """The client settings as fields, plus the clients built from them.
+
+    Clients are built on first use, so an adapter without a key can still be made, copied, pickled
+    and serialized. Clients it built are closed by `close()` / `aclose()`; clients passed in as
+    `client=` / `async_client=` are borrowed and never closed. Passing a client together with
+    settings it already fixes is an error naming them.
+    """
+
+    client: SiliconFlowClient | None = Field(default=None, exclude=True, repr=False)
+    """A ready sync client to use instead of building one from the settings."""
+    async_client: AsyncSiliconFlowClient | None = Field(default=None, exclude=True, repr=False)
+    """A ready async client to use instead of building one from the settings."""
+
+    _owned_client: SiliconFlowClient | None = PrivateAttr(default=None)
+    _owned_async_client: AsyncSiliconFlowClient | None = PrivateAttr(default=None)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise without_inputs(error) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _suggest_names(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            accepted = _accepted_names(cls)
+            for wrong, right in _RENAMED.items():
+                if wrong in values and wrong not in accepted and right in accepted:
+                    raise InvalidRequestError(
+                        f"{cls.__name__} has no setting {wrong!r}; did you mean {right!r}?"
+                    )
+        return values
+
+    @model_validator(mode="after")
+    def _no_settings_beside_a_client(self) -> ClientOwner:
+        if self.client is None and self.async_client is None:
+            return self
+        fixed = sorted(set(CLIENT_SETTINGS) & self.model_fields_set)
+        if fixed:
+            raise InvalidRequestError(
+                f"{', '.join(fixed)} cannot be set together with client= or async_client=: a "
+                "ready client has its own settings (set them on the client instead)"
+            )
+        return self
+
+    def _client_settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in CLIENT_SETTINGS}
+
+    def _sync(self) -> SiliconFlowClient:
+        """The sync client: the one passed in, else the one built from the settings."""
+        if self.client is not None:
+            return self.client
+        if self._owned_client is None:
+            with _BUILDING:
+                if self._owned_client is None:
+                    self._owned_client = SiliconFlowClient(**self._client_settings())
+        return self._owned_client
+
+    def _async(self) -> AsyncSiliconFlowClient:
+        """The async client: the one passed in, else the one built from the settings."""
+        if self.async_client is not None:
+            return self.async_client
+        if self._owned_async_client is None:
+            with _BUILDING:
+                if self._owned_async_client is None:
+                    client = AsyncSiliconFlowClient(**self._client_settings())
+                    self._owned_async_client = client
+        return self._owned_async_client
+
+    def close(self) -> None:
+        """Close the connection pool of the sync client built here (never a passed-in one)."""
+        if self._owned_client is not None:
+            self._owned_client.close()
+
+    async def aclose(self) -> None:
+        """Close the connection pool of the async client built here (never a passed-in one)."""
+        if self._owned_async_client is not None:
+            await self._owned_async_client.aclose()
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # Pickles never carry the key, live clients or callables: an unpickled adapter reads
+        # SILICONFLOW_API_KEY again when it is first used.
+        state = dict(BaseModel.__getstate__(self))
+        dropped = [name for name in _NOT_PICKLED if name in type(self).model_fields]
+        state["__dict__"] = {**state["__dict__"], **dict.fromkeys(dropped)}
+        state["__pydantic_fields_set__"] = set(state["__pydantic_fields_set__"]) - set(dropped)
+        private = state.get("__pydantic_private__") or {}
+        state["__pydantic_private__"] = dict.fromkeys(private)
+        return state
+
+
+class RerankerSettings(ClientOwner):
+    """A reranker adapter's settings: the client settings, the rerank options, and what to do
+    when the service fails."""
+
+    model: str = DEFAULT_MODEL
+    """The rerank model; `Qwen/Qwen3-VL-Reranker-8B` for images and video."""
+    top_n: StrictInt | None = 3
+    """How many results to return (as `CohereRerank`); None returns all of them, reordered."""
+    instruction: str | None = None
+    """Task instruction for the Qwen3-Reranker models."""
+    max_chunks_per_doc: StrictInt | None = None
+    """Chunk limit for long documents (bge, bce and Qwen3-VL models)."""
+    overlap_tokens: StrictInt | None = None
+    """Token overlap between chunks, 0 to 80 (bge, bce and Qwen3-VL models)."""
+    on_progress: Callable[[int, int], object] | None = Field(default=None, exclude=True)
+    """Called with (requests done, requests in all) as a long call proceeds."""
+    on_error: Literal["raise", "passthrough"] = "raise"
+    """When the service fails after its retries: raise, or pass the inputs through in their
+    original order (at most `top_n`), each marked `rerank_status = "failed"` in its metadata, with
+    one WARNING logged. Bad input raises either way."""
+
+    @model_validator(mode="after")
+    def _check_options(self) -> RerankerSettings:
+        validate_options(
+            self.model,
+            top_n=self.top_n,
+            instruction=self.instruction,
+            max_chunks_per_doc=self.max_chunks_per_doc,
+            overlap_tokens=self.overlap_tokens,
+        )
+        return self
+
+    def _rerank_options(self, top_n: int | None) -> dict[str, Any]:
+        """The keyword arguments of `rerank()` for one call returning at most `top_n`."""
+        return {
+            "model": self.model,
+            "top_n": top_n,
+            "instruction": self.instruction,
+            "max_chunks_per_doc": self.max_chunks_per_doc,
+            "overlap_tokens": self.overlap_tokens,
+            "on_progress": self.on_progress,
+        }

@@ -1,0 +1,182 @@
+"""Every client setting, declared once, with its default, description and check.
+
+The clients check their arguments with `ClientSettings`; the adapters inherit its fields (see
+`_adapters`), so a new setting is added here and reaches both frameworks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import httpx
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import InitErrorDetails
+
+from ._cache import RerankCache
+from ._config import (
+    DEFAULT_KEEPALIVE_EXPIRY,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    resolve_base_url,
+)
+from ._exceptions import InvalidRequestError
+from ._retry import RetryPolicy
+
+__all__ = [
+    "CLIENT_SETTINGS",
+    "ClientSettings",
+    "check_client_settings",
+    "settings_problem",
+    "without_inputs",
+]
+
+
+def _count(minimum: int) -> BeforeValidator:
+    def check(value: object, info: Any) -> object:
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{info.field_name} must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _timeout(value: object) -> httpx.Timeout | None:
+    if value is None or isinstance(value, httpx.Timeout):
+        return value
+    if isinstance(value, dict):  # the serialized form, back from a dump or a saved config
+        return httpx.Timeout(**value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"timeout must be a finite number of seconds, got {value!r}")
+    return httpx.Timeout(float(value))
+
+
+def _seconds(value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value < float("inf")
+    ):
+        raise ValueError(f"keepalive_expiry must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+Timeout = Annotated[
+    httpx.Timeout | None,
+    BeforeValidator(_timeout),
+    PlainSerializer(lambda t: t.as_dict() if isinstance(t, httpx.Timeout) else t),
+]
+"""Seconds (for each phase), an `httpx.Timeout`, its `as_dict()` form, or None for no limit."""
+
+
+class ClientSettings(BaseModel):
+    """The settings of a client: what `SiliconFlowClient` and `AsyncSiliconFlowClient` take (but
+    `http_client`), and the fields every adapter has.
+
+    A bad value is refused with an error that names the setting and never shows the key.
+    """
+
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True,
+        extra="forbid",
+        hide_input_in_errors=True,
+        use_attribute_docstrings=True,
+    )
+
+    api_key: SecretStr | None = Field(
+        default=None,
+        repr=False,
+        exclude=True,
+        validation_alias=AliasChoices("api_key", "siliconflow_api_key"),
+    )
+    """The API key (also taken as `siliconflow_api_key`, the vendor package's name); defaults to
+    the `SILICONFLOW_API_KEY` environment variable."""
+    base_url: str | None = None
+    """The API root; defaults to `SILICONFLOW_BASE_URL`, then `https://api.siliconflow.cn/v1`."""
+    timeout: Timeout = DEFAULT_TIMEOUT
+    """Seconds for each phase of a request, an `httpx.Timeout`, or None for no limit; by default
+    10 s to connect and 120 s to read."""
+    max_retries: Annotated[int, _count(0)] = DEFAULT_MAX_RETRIES
+    """Retries after a connection error, timeout, 408, 429 or 5xx (so at most this + 1 attempts)."""
+    retry_policy: RetryPolicy | None = Field(default=None, exclude=True)
+    """Backoff between attempts; None keeps the defaults, which suit the hosted API."""
+    max_documents_per_request: Annotated[int | None, _count(1)] = DEFAULT_MAX_DOCUMENTS_PER_REQUEST
+    """Rerank lists longer than this are split into concurrent requests (None: never)."""
+    max_concurrency: Annotated[int, _count(1)] = DEFAULT_MAX_CONCURRENCY
+    """How many requests of one split call run at once."""
+    max_connections: Annotated[int, _count(1)] = DEFAULT_MAX_CONNECTIONS
+    """Size of the connection pool a client opens."""
+    keepalive_expiry: Annotated[float, BeforeValidator(_seconds)] = DEFAULT_KEEPALIVE_EXPIRY
+    """Seconds an idle pooled connection is kept for the next call."""
+    requests_per_minute: Annotated[int | None, _count(1)] = None
+    """Client-side request budget, shared by every call on the client."""
+    tokens_per_minute: Annotated[int | None, _count(1)] = None
+    """Client-side (estimated) token budget, shared likewise."""
+    cache: RerankCache | None = Field(default=None, exclude=True)
+    """A `RerankCache` to reuse rerank scores across calls (off by default)."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            resolve_base_url(value)  # refuses what is not an absolute http(s) URL
+        return value
+
+
+CLIENT_SETTINGS = tuple(ClientSettings.model_fields)
+"""The names of the client settings."""
+
+
+def settings_problem(error: ValidationError) -> str:
+    """A one-line account of what is wrong in `error`, naming each field, showing no input."""
+    problems = []
+    for detail in error.errors(include_input=False, include_url=False):
+        message = str(detail["msg"]).removeprefix("Value error, ")
+        name = ".".join(str(part) for part in detail["loc"])
+        problems.append(message if not name or name in message else f"{name}: {message}")
+    return "; ".join(problems)
+
+
+def without_inputs(error: ValidationError) -> ValidationError:
+    """The same errors with every input value hidden: a model-level check's input is all the
+    arguments, the key among them, and `errors()` / `json()` would show it."""
+    details: list[InitErrorDetails] = []
+    for detail in error.errors(include_url=False):
+        hidden: InitErrorDetails = {
+            "type": detail["type"],
+            "loc": detail["loc"],
+            "input": "<hidden>",
+        }
+        if "ctx" in detail:
+            hidden["ctx"] = detail["ctx"]
+        details.append(hidden)
+    return ValidationError.from_exception_data(error.title, details, hide_input=True)
+
+
+def check_client_settings(**settings: Any) -> ClientSettings:
+    """Check a client's arguments.
+
+    Raises:
+        InvalidRequestError: A setting is invalid; the message names it.
+    """
+    try:
+        return ClientSettings(**settings)
+    except ValidationError as error:
+        raise InvalidRequestError(settings_problem(error)) from None
