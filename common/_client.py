@@ -4,19 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import threading
-import urllib.request
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
 from ._batching import Batch, Plan, assemble, name_batch, plan
@@ -46,10 +43,7 @@ from ._embeddings import (
     parse_embeddings,
 )
 from ._exceptions import (
-    APIConnectionError,
     APIStatusError,
-    APITimeoutError,
-    InvalidRequestError,
     SiliconFlowError,
     status_error,
 )
@@ -59,6 +53,7 @@ from ._ratelimit import RateLimiter, estimate_tokens
 from ._request import RerankRequest, build_request
 from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._settings import check_client_settings
+from ._transport import open_async_pool, translate_transport_errors
 from ._version import __version__
 
 __all__ = ["AsyncSiliconFlowClient", "SiliconFlowClient"]
@@ -95,50 +90,6 @@ def _name_embedding_batch(
 ) -> SiliconFlowError:
     last = request.first + request.count - 1
     return name_batch(error, request.number, request.first, last, total, "inputs")
-
-
-@contextlib.contextmanager
-def _translate_transport_errors() -> Iterator[None]:
-    """The one place where transport exceptions become ours."""
-    try:
-        yield
-    except httpx.RequestError as error:
-        own = _raised_by_the_body(error)
-        if own is not None:
-            raise own from None
-        raise _transport_error(error) from error
-
-
-def _raised_by_the_body(error: BaseException) -> InvalidRequestError | None:
-    """Our own error from streaming a media file, which the aiohttp transport wraps."""
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, InvalidRequestError):
-            return cause
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return None
-
-
-def _transport_error(error: httpx.RequestError) -> SiliconFlowError:
-    if isinstance(error, httpx.TimeoutException):
-        cause = error.__cause__
-        # The aiohttp transport reports a dropped connection as a connect timeout; only a cause
-        # that is itself a timeout (or httpx's own) makes this a timeout.
-        dropped = (
-            cause is not None
-            and not isinstance(cause, TimeoutError | asyncio.TimeoutError)
-            and not type(cause).__module__.startswith(("httpcore", "httpx"))
-        )
-        if dropped:
-            return APIConnectionError(
-                f"connection failed ({type(cause).__name__}): {cause or 'no details'}"
-            )
-        return APITimeoutError(f"request timed out ({type(error).__name__}): {error}")
-    return APIConnectionError(
-        f"connection failed ({type(error).__name__}): {error or 'no details'}"
-    )
 
 
 class _BaseClient:
@@ -424,7 +375,7 @@ class SiliconFlowClient(_BaseClient):
             if wait_for > 0:
                 self.retry_policy.sleep(wait_for)
             try:
-                with _translate_transport_errors():
+                with translate_transport_errors():
                     kwargs = self._send_kwargs(url, request, asynchronous=False)
                     response = self._http().post(**kwargs)
                 return self._handle(response, read, booked)
@@ -630,11 +581,8 @@ class AsyncSiliconFlowClient(_BaseClient):
         if self._owned is None or self._owned_loop is not loop:
             # Pooled connections belong to the loop that opened them, so each loop gets its own
             # pool (code that calls asyncio.run() per request must not hit "Event loop is
-            # closed"), and the pool closes when its loop shuts down (see _close_with_loop).
-            transport = AiohttpTransport(limits=self._limits(), proxy=_environment_proxy(self._url))
-            client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
-            guard = _close_with_loop(client)
-            await guard.__anext__()
+            # closed"), and the pool closes when its loop shuts down.
+            client, guard = await open_async_pool(self._url, self.timeout, self._limits())
             self._owned, self._owned_loop, self._guard = client, loop, guard
         return self._owned
 
@@ -645,7 +593,7 @@ class AsyncSiliconFlowClient(_BaseClient):
             if wait_for > 0:
                 await self.retry_policy.async_sleep(wait_for)
             try:
-                with _translate_transport_errors():
+                with translate_transport_errors():
                     http = await self._http()
                     response = await http.post(**self._send_kwargs(url, request, asynchronous=True))
                 return self._handle(response, read, booked)
@@ -756,28 +704,3 @@ class AsyncSiliconFlowClient(_BaseClient):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _environment_proxy(url: httpx.URL) -> httpx.Proxy | None:
-    """The proxy that HTTP(S)_PROXY / ALL_PROXY name for `url`, unless NO_PROXY exempts its host.
-
-    httpx's own pool (the sync client) honours these variables; the aiohttp transport does not read
-    the environment, so the async client hands it the same choice.
-    """
-    if urllib.request.proxy_bypass(url.host):
-        return None
-    proxies = urllib.request.getproxies()
-    chosen = proxies.get(url.scheme) or proxies.get("all")
-    return httpx.Proxy(chosen) if chosen else None
-
-
-async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
-    """Hold `client` open until closed, or until its event loop shuts down.
-
-    `asyncio.run()` finalizes every live async generator before closing its loop, which runs this
-    `finally` on the right loop: the pool closes cleanly instead of leaking sockets.
-    """
-    try:
-        yield
-    finally:
-        await client.aclose()
