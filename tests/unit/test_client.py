@@ -31,7 +31,7 @@ from siliconflow_rerank import (
     video_item,
 )
 
-from .conftest import ok_body
+from ..helpers import ok_body
 
 KEY = "sk-test-key-123456"
 

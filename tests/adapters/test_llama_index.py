@@ -36,7 +36,7 @@ from llama_index_siliconflow import SiliconFlowRerank
 from siliconflow_rerank import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowClient
 from siliconflow_rerank.emulator import Fault
 
-from .conftest import ScoringRecorder
+from ..helpers import ScoringRecorder
 
 KEY = "sk-llama-canary-0077"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8

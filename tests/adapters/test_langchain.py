@@ -25,7 +25,7 @@ from langchain_siliconflow import USAGE_EVENT, RerankResults, SiliconFlowRerank
 from siliconflow_rerank import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowClient
 from siliconflow_rerank.emulator import Fault
 
-from .conftest import ScoringRecorder
+from ..helpers import ScoringRecorder
 
 KEY = "sk-langchain-canary-0042"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8

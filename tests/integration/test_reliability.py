@@ -34,7 +34,7 @@ from siliconflow_rerank import (
 )
 from siliconflow_rerank.emulator import Fault, RerankEmulator
 
-from .conftest import SleepRecorder, wait_until
+from ..helpers import ROOT, SleepRecorder, wait_until
 
 KEY = "sk-reliability-0001"
 QUERY = "fresh apple"
@@ -321,15 +321,15 @@ def test_passthrough_still_raises_on_bad_input(fresh):
     assert fresh.stats.requests == 0
 
 
+@pytest.mark.slow
 def test_short_soak_has_no_misaligned_results():
     """A few seconds of the soak (benchmarks/soak.py): shared instances, threads and tasks,
     random faults; every call is the ground truth or a documented error."""
     import json
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
+    script = ROOT / "benchmarks" / "soak.py"
     out = subprocess.run(
         [sys.executable, str(script), "--seconds", "4", "--json"],
         capture_output=True,

@@ -17,7 +17,7 @@ from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
 from siliconflow_rerank import AsyncSiliconFlowClient, SiliconFlowClient, SiliconFlowError
 from siliconflow_rerank.emulator import Fault, RerankEmulator
 
-from .conftest import SleepRecorder
+from ..helpers import SleepRecorder
 
 CANARY = "sk-canary-7f3a9c2e5b1d4f60"
 

@@ -14,7 +14,7 @@ import pytest
 
 import siliconflow_rerank
 
-ROOT = Path(__file__).resolve().parent.parent
+from ..helpers import ROOT
 
 EXPECTED_CORE = [
     "API_KEY_ENV",

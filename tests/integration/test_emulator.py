@@ -16,7 +16,7 @@ import pytest
 
 from siliconflow_rerank.emulator import Fault, RerankEmulator
 
-from .conftest import wait_until
+from ..helpers import wait_until
 
 HEADERS = {"Authorization": "Bearer anything"}
 

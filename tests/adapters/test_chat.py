@@ -21,8 +21,9 @@ from langchain_core.messages import AIMessageChunk
 
 from langchain_siliconflow import ChatSiliconFlow
 
+from ..helpers import ROOT
+
 KEY = "sk-chat-canary-5151"
-ROOT = Path(__file__).resolve().parent.parent
 ANSWER = ["Cold ", "slows ", "ripening."]
 REASONING = ["Apples give off ethylene; ", "cold slows it."]
 

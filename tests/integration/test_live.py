@@ -6,7 +6,7 @@ import pytest
 
 from siliconflow_rerank import AsyncSiliconFlowClient, BadRequestError, SiliconFlowClient
 
-from .conftest import LIVE_API_KEY, LIVE_BASE_URL
+from ..helpers import LIVE_API_KEY, LIVE_BASE_URL
 
 pytestmark = [
     pytest.mark.live,

@@ -1,0 +1,127 @@
+"""Test helpers: a facade over both clients, fake-transport handlers, waiting, and constants.
+
+Fixtures live in `conftest.py`; everything a test imports lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from siliconflow_rerank import AsyncSiliconFlowClient, RetryPolicy, SiliconFlowClient
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository's root folder."""
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+LIVE_API_KEY = os.environ.get("SILICONFLOW_API_KEY")
+"""Read once at import, before any test runs (and cleans the environment), for the live tests."""
+LIVE_BASE_URL = os.environ.get("SILICONFLOW_BASE_URL")
+
+
+class SleepRecorder:
+    """Stands in for time.sleep / asyncio.sleep so retries never wait for real."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+    async def async_sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(sleep=self.sleep, async_sleep=self.async_sleep)
+
+
+class Runner:
+    """Drives a sync or an async client through the same synchronous calls.
+
+    The async client runs on a private event loop that lives as long as the runner, so its
+    connection pool is reused across calls exactly as in an application.
+    """
+
+    def __init__(self, kind: str, handler: Handler | None = None, **kwargs: Any) -> None:
+        self.kind = kind
+        self.sleeps = SleepRecorder()
+        kwargs.setdefault("retry_policy", self.sleeps.policy())
+        kwargs.setdefault("api_key", "sk-test-key-123456")
+        if kind == "sync":
+            if handler is not None:
+                kwargs["http_client"] = httpx.Client(transport=httpx.MockTransport(handler))
+            self.client: SiliconFlowClient | AsyncSiliconFlowClient = SiliconFlowClient(**kwargs)
+            self.loop = None
+        else:
+            self.loop = asyncio.new_event_loop()
+            if handler is not None:
+                kwargs["http_client"] = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+            self.client = AsyncSiliconFlowClient(**kwargs)
+
+    def rerank(self, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(self.client, SiliconFlowClient):
+            return self.client.rerank(*args, **kwargs)
+        assert self.loop is not None
+        return self.loop.run_until_complete(self.client.rerank(*args, **kwargs))
+
+    def embed(self, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(self.client, SiliconFlowClient):
+            return self.client.embed(*args, **kwargs)
+        assert self.loop is not None
+        return self.loop.run_until_complete(self.client.embed(*args, **kwargs))
+
+    def close(self) -> None:
+        if isinstance(self.client, SiliconFlowClient):
+            self.client.close()
+        else:
+            assert self.loop is not None
+            self.loop.run_until_complete(self.client.aclose())
+            self.loop.close()
+
+
+def ok_body(*scores: float, **extra: Any) -> dict[str, Any]:
+    """A valid answer body: one result per score, in the given index order."""
+    results = [{"index": i, "relevance_score": s} for i, s in enumerate(scores)]
+    return {"id": "rerank-test", "results": results, **extra}
+
+
+class ScoringRecorder:
+    """A MockTransport handler for adapter tests: records request bodies, answers with the given
+    scores (or 0.1, 0.2, ... by position), honours top_n, or fails with `status`."""
+
+    input_tokens = 5
+    trace_id = "tr-mock"
+
+    def __init__(self, *scores: float, status: int = 200) -> None:
+        self.scores = scores
+        self.status = status
+        self.bodies: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        if self.status != 200:
+            return httpx.Response(self.status, json={"code": 50505, "message": "busy"})
+        scores = self.scores or tuple(0.1 * (i + 1) for i in range(len(body["documents"])))
+        answer = ok_body(*scores, meta={"tokens": {"input_tokens": self.input_tokens,
+                                                   "output_tokens": 0}})  # fmt: skip
+        if "top_n" in body:
+            ranked = sorted(answer["results"], key=lambda r: -r["relevance_score"])
+            answer["results"] = ranked[: body["top_n"]]
+        return httpx.Response(200, json=answer, headers={"x-siliconcloud-trace-id": self.trace_id})
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll `condition` until it holds or `timeout` seconds pass (the caller asserts after)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
