@@ -120,6 +120,44 @@ def test_close_closes_built_clients_and_never_borrowed_ones(adapter_class, emula
 
 
 @pytest.mark.parametrize("adapter_class", RERANKERS)
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"top_n": 0}, "top_n"),
+        ({"model": ""}, "model"),
+        ({"overlap_tokens": 99}, "overlap_tokens"),
+        ({"instruction": "be brief"}, "does not take 'instruction'"),
+        ({"model": "Qwen/Qwen3-Reranker-8B", "max_chunks_per_doc": 3}, "max_chunks_per_doc"),
+        ({"model": "Qwen/Qwen3-Reranker-4B", "overlap_tokens": 4}, "overlap_tokens"),
+        ({"max_chunks_per_doc": 0}, "max_chunks_per_doc"),
+        ({"base_url": "ftp://nowhere"}, "base_url"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"timeout": 0}, "timeout"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+    ],
+)
+def test_misconfiguration_fails_at_construction(adapter_class, fields, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        adapter_class(**fields)
+
+
+@pytest.mark.parametrize("adapter_class", ADAPTERS)
+def test_a_pickle_drops_the_key_and_reads_the_environment_again(
+    adapter_class, monkeypatch, emulator
+):
+    adapter = adapter_class(api_key=KEY, base_url=emulator.base_url, max_concurrency=3)
+    use(adapter)
+    clone = pickle.loads(pickle.dumps(adapter))
+    assert clone.api_key is None
+    assert (clone.max_concurrency, clone.base_url) == (3, emulator.base_url)
+    with pytest.raises(InvalidRequestError, match="SILICONFLOW_API_KEY"):
+        use(clone)
+    monkeypatch.setenv("SILICONFLOW_API_KEY", "sk-from-env-777")
+    use(clone)
+    assert emulator.stats.last_request_headers["authorization"] == "Bearer sk-from-env-777"
+
+
+@pytest.mark.parametrize("adapter_class", RERANKERS)
 @pytest.mark.parametrize(("wrong", "right"), [("top_k", "top_n"), ("model_name", "model")])
 def test_common_wrong_names_are_refused_with_the_right_one(adapter_class, wrong, right):
     with pytest.raises(ValidationError, match=f"did you mean '{right}'"):
