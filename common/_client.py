@@ -52,7 +52,7 @@ from ._models import RerankResponse, parse
 from ._ratelimit import RateLimiter, estimate_tokens
 from ._request import RerankRequest, build_request
 from ._retry import RetryPolicy, is_retryable, retry_delay
-from ._settings import check_client_settings
+from ._settings import ClientSettings, check_client_settings
 from ._transport import open_async_pool, translate_transport_errors
 from ._version import __version__
 
@@ -95,36 +95,7 @@ def _name_embedding_batch(
 class _BaseClient:
     """Configuration, request building, planning, answer handling and retry decisions, shared."""
 
-    def __init__(
-        self,
-        *,
-        api_key: str | SecretStr | None,
-        base_url: str | None,
-        timeout: TimeoutTypes,
-        max_retries: int,
-        retry_policy: RetryPolicy | None,
-        max_documents_per_request: int | None,
-        max_concurrency: int,
-        max_connections: int,
-        keepalive_expiry: float,
-        requests_per_minute: int | None,
-        tokens_per_minute: int | None,
-        cache: RerankCache | None,
-    ) -> None:
-        settings = check_client_settings(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-            retry_policy=retry_policy,
-            max_documents_per_request=max_documents_per_request,
-            max_concurrency=max_concurrency,
-            max_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-            requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute,
-            cache=cache,
-        )
+    def __init__(self, settings: ClientSettings) -> None:
         self._api_key = resolve_api_key(settings.api_key)
         self.base_url = resolve_base_url(settings.base_url)
         """The API root, without a trailing `/` or `/rerank`."""
@@ -333,18 +304,20 @@ class SiliconFlowClient(_BaseClient):
         cache: RerankCache | None = None,
     ) -> None:
         super().__init__(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-            retry_policy=retry_policy,
-            max_documents_per_request=max_documents_per_request,
-            max_concurrency=max_concurrency,
-            max_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-            requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute,
-            cache=cache,
+            check_client_settings(
+                api_key=api_key,
+                base_url=base_url,
+                timeout=timeout,
+                max_retries=max_retries,
+                retry_policy=retry_policy,
+                max_documents_per_request=max_documents_per_request,
+                max_concurrency=max_concurrency,
+                max_connections=max_connections,
+                keepalive_expiry=keepalive_expiry,
+                requests_per_minute=requests_per_minute,
+                tokens_per_minute=tokens_per_minute,
+                cache=cache,
+            )
         )
         self._borrowed = http_client
         self._owned: httpx.Client | None = None
@@ -552,18 +525,20 @@ class AsyncSiliconFlowClient(_BaseClient):
         cache: RerankCache | None = None,
     ) -> None:
         super().__init__(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-            retry_policy=retry_policy,
-            max_documents_per_request=max_documents_per_request,
-            max_concurrency=max_concurrency,
-            max_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-            requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute,
-            cache=cache,
+            check_client_settings(
+                api_key=api_key,
+                base_url=base_url,
+                timeout=timeout,
+                max_retries=max_retries,
+                retry_policy=retry_policy,
+                max_documents_per_request=max_documents_per_request,
+                max_concurrency=max_concurrency,
+                max_connections=max_connections,
+                keepalive_expiry=keepalive_expiry,
+                requests_per_minute=requests_per_minute,
+                tokens_per_minute=tokens_per_minute,
+                cache=cache,
+            )
         )
         self._borrowed = http_client
         self._owned: httpx.AsyncClient | None = None
