@@ -52,7 +52,7 @@ from ._models import RerankResponse, parse
 from ._ratelimit import RateLimiter, estimate_tokens
 from ._request import RerankRequest, build_request
 from ._retry import RetryPolicy, is_retryable, retry_delay
-from ._settings import ClientSettings, check_client_settings
+from ._settings import CLIENT_SETTINGS, ClientSettings, check_client_settings
 from ._transport import open_async_pool, translate_transport_errors
 from ._version import __version__
 
@@ -237,6 +237,10 @@ class _BaseClient:
         return delay
 
 
+def _settings_among(arguments: dict[str, Any]) -> dict[str, Any]:
+    return {name: arguments[name] for name in CLIENT_SETTINGS}
+
+
 def _options(
     model: str,
     top_n: int | None,
@@ -303,22 +307,8 @@ class SiliconFlowClient(_BaseClient):
         tokens_per_minute: int | None = None,
         cache: RerankCache | None = None,
     ) -> None:
-        super().__init__(
-            check_client_settings(
-                api_key=api_key,
-                base_url=base_url,
-                timeout=timeout,
-                max_retries=max_retries,
-                retry_policy=retry_policy,
-                max_documents_per_request=max_documents_per_request,
-                max_concurrency=max_concurrency,
-                max_connections=max_connections,
-                keepalive_expiry=keepalive_expiry,
-                requests_per_minute=requests_per_minute,
-                tokens_per_minute=tokens_per_minute,
-                cache=cache,
-            )
-        )
+        # Every argument but http_client is a setting, checked in one place.
+        super().__init__(check_client_settings(**_settings_among(locals())))
         self._borrowed = http_client
         self._owned: httpx.Client | None = None
         self._lock = threading.Lock()
@@ -524,22 +514,8 @@ class AsyncSiliconFlowClient(_BaseClient):
         tokens_per_minute: int | None = None,
         cache: RerankCache | None = None,
     ) -> None:
-        super().__init__(
-            check_client_settings(
-                api_key=api_key,
-                base_url=base_url,
-                timeout=timeout,
-                max_retries=max_retries,
-                retry_policy=retry_policy,
-                max_documents_per_request=max_documents_per_request,
-                max_concurrency=max_concurrency,
-                max_connections=max_connections,
-                keepalive_expiry=keepalive_expiry,
-                requests_per_minute=requests_per_minute,
-                tokens_per_minute=tokens_per_minute,
-                cache=cache,
-            )
-        )
+        # Every argument but http_client is a setting, checked in one place.
+        super().__init__(check_client_settings(**_settings_among(locals())))
         self._borrowed = http_client
         self._owned: httpx.AsyncClient | None = None
         self._owned_loop: asyncio.AbstractEventLoop | None = None
