@@ -6,9 +6,10 @@ framework's base class, and keeps only the framework mapping.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -22,7 +23,8 @@ from pydantic import (
 
 from ._client import AsyncSiliconFlowClient, SiliconFlowClient
 from ._config import DEFAULT_MODEL
-from ._exceptions import InvalidRequestError
+from ._exceptions import InvalidRequestError, SiliconFlowError
+from ._models import RerankResponse
 from ._request import validate_options
 from ._settings import CLIENT_SETTINGS, ClientSettings, without_inputs
 
@@ -41,6 +43,9 @@ _RENAMED = {
 _NOT_PICKLED = ("api_key", "client", "async_client", "cache", "on_progress", "retry_policy")
 
 _BUILDING = threading.Lock()
+_Input = TypeVar("_Input")
+
+logger = logging.getLogger("siliconflow_rerank")
 
 
 def _accepted_names(model: type[BaseModel]) -> set[str]:
@@ -178,6 +183,35 @@ class RerankerSettings(ClientOwner):
             overlap_tokens=self.overlap_tokens,
         )
         return self
+
+    def _usage_report(self, response: RerankResponse) -> dict[str, Any]:
+        """What a call reports to the framework's observers (and logs at DEBUG): `usage`,
+        `trace_id`, and `model` (the configured one when the server names none)."""
+        usage = response.usage.model_dump(exclude_none=True) if response.usage else None
+        logger.debug(
+            "SiliconFlow rerank: %d results, usage %s, trace id %s",
+            len(response.results),
+            usage,
+            response.trace_id,
+        )
+        return {
+            "usage": usage,
+            "trace_id": response.trace_id,
+            "model": response.model or self.model,
+        }
+
+    def _kept_on_failure(
+        self, inputs: Sequence[_Input], error: SiliconFlowError
+    ) -> Sequence[_Input]:
+        """The inputs that `on_error="passthrough"` returns unranked when the service failed (the
+        first `top_n`), with one WARNING; with `on_error="raise"`, `error` is raised."""
+        if self.on_error == "raise":
+            raise error
+        kept = inputs if self.top_n is None else inputs[: self.top_n]
+        logger.warning(
+            "SiliconFlow rerank failed, passing %d through unranked: %s", len(kept), error
+        )
+        return kept
 
     def _rerank_options(self, top_n: int | None) -> dict[str, Any]:
         """The keyword arguments of `rerank()` for one call returning at most `top_n`."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ from siliconflow_rerank import (
     QueryItem,
     RerankerSettings,
     RerankResponse,
+    SiliconFlowError,
     Usage,
     image_item,
     video_item,
@@ -36,7 +36,6 @@ from siliconflow_rerank import (
 
 __all__ = ["RerankResults", "SiliconFlowRerank"]
 
-logger = logging.getLogger("siliconflow_rerank")
 
 USAGE_EVENT = "siliconflow_rerank_usage"
 """Name of the LangChain custom event that reports each call's token usage."""
@@ -143,17 +142,6 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
                 raise InvalidRequestError(f"Document metadata[{kind!r}]: {error}{hint}") from error
         return document.page_content
 
-    def _report(self, response: RerankResponse) -> dict[str, Any]:
-        usage = response.usage.model_dump(exclude_none=True) if response.usage else None
-        logger.debug(
-            "SiliconFlow rerank: %d results, usage %s, trace id %s",
-            len(response.results),
-            usage,
-            response.trace_id,
-        )
-        model = response.model or self.model
-        return {"usage": usage, "trace_id": response.trace_id, "model": model}
-
     @staticmethod
     def _results(response: RerankResponse) -> RerankResults:
         results = RerankResults(
@@ -177,14 +165,12 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
             for r in response.results
         ]
 
-    def _passed_through(self, documents: Sequence[Document], error: Exception) -> list[Document]:
-        kept = documents if self.top_n is None else documents[: self.top_n]
-        logger.warning(
-            "SiliconFlow rerank failed, passing %d documents through unranked: %s", len(kept), error
-        )
+    def _passed_through(
+        self, documents: Sequence[Document], error: SiliconFlowError
+    ) -> list[Document]:
         return [
             d.model_copy(update={"metadata": {**d.metadata, "rerank_status": "failed"}})
-            for d in kept
+            for d in self._kept_on_failure(documents, error)
         ]
 
     # -- sync ----------------------------------------------------------------------------------
@@ -213,7 +199,7 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
         response = self._sync().rerank(
             query, items, **self._rerank_options(self.top_n if top_n == -1 else top_n)
         )
-        self._report(response)
+        self._usage_report(response)
         return self._results(response)
 
     def compress_documents(
@@ -235,10 +221,8 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
         try:
             response = self._sync().rerank(query, items, **self._rerank_options(self.top_n))
         except SERVICE_ERRORS as error:
-            if self.on_error == "raise":
-                raise
             return self._passed_through(documents, error)
-        report = self._report(response)
+        report = self._usage_report(response)
         manager = _callback_manager(callbacks)
         if manager.handlers:
             manager.on_custom_event(USAGE_EVENT, report, run_id=manager.parent_run_id)
@@ -260,7 +244,7 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
         response = await self._async().rerank(
             query, items, **self._rerank_options(self.top_n if top_n == -1 else top_n)
         )
-        self._report(response)
+        self._usage_report(response)
         return self._results(response)
 
     async def acompress_documents(
@@ -276,10 +260,8 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
         try:
             response = await self._async().rerank(query, items, **self._rerank_options(self.top_n))
         except SERVICE_ERRORS as error:
-            if self.on_error == "raise":
-                raise
             return self._passed_through(documents, error)
-        report = self._report(response)
+        report = self._usage_report(response)
         async_manager = _async_callback_manager(callbacks)
         if async_manager.handlers:
             await async_manager.on_custom_event(

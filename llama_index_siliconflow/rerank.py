@@ -6,7 +6,6 @@ import base64
 import binascii
 import contextlib
 import functools
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,6 @@ from siliconflow_rerank import (
 
 __all__ = ["RerankUsageEvent", "SiliconFlowRerank"]
 
-logger = logging.getLogger("siliconflow_rerank")
 dispatcher = get_dispatcher(__name__)
 
 SCORE_KEY = "relevance_score"
@@ -173,10 +171,11 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
             dispatcher.event(ReRankEndEvent(nodes=outcome.nodes))
 
     def _finish(self, nodes: list[NodeWithScore], response: RerankResponse) -> list[NodeWithScore]:
-        usage = response.usage.model_dump(exclude_none=True) if response.usage else None
-        logger.debug("SiliconFlow rerank usage %s, trace id %s", usage, response.trace_id)
+        report = self._usage_report(response)
         dispatcher.event(
-            RerankUsageEvent(model_name=self.model, usage=usage, trace_id=response.trace_id)
+            RerankUsageEvent(
+                model_name=report["model"], usage=report["usage"], trace_id=report["trace_id"]
+            )
         )
         ranked = []
         for result in response.results:
@@ -187,12 +186,7 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
     def _passed_through(
         self, nodes: list[NodeWithScore], error: SiliconFlowError
     ) -> list[NodeWithScore]:
-        if self.on_error == "raise":
-            raise error
-        kept = nodes if self.top_n is None else nodes[: self.top_n]
-        logger.warning(
-            "SiliconFlow rerank failed, passing %d nodes through unranked: %s", len(kept), error
-        )
+        kept = self._kept_on_failure(nodes, error)
         return [_scored(_marked_copy(n.node, STATUS_KEY, "failed"), n.score) for n in kept]
 
     # -- the postprocessor API -----------------------------------------------------------------
