@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,23 +60,37 @@ def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None)
     lowered = {key.lower(): value for key, value in headers.items()}
     raw_ms = lowered.get("retry-after-ms")
     if raw_ms is not None:
-        try:
-            return max(float(raw_ms) / 1000.0, 0.0)
-        except ValueError:
-            pass
+        seconds = _plausible(raw_ms, 1000.0)
+        if seconds is not None:
+            return seconds
     raw = lowered.get("retry-after")
     if raw is None:
         return None
-    try:
-        return max(float(raw), 0.0)
-    except ValueError:
-        pass
+    if _NUMBER.match(raw.strip()):
+        return _plausible(raw, 1.0)
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):
         return None
     current = time.time() if now is None else now
     return max(when.timestamp() - current, 0.0)
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_LONGEST_PLAUSIBLE_WAIT = 86_400.0
+"""A wait longer than a day is no answer a client should act on: treated as absent."""
+
+
+def _plausible(raw: str, per_second: float) -> float | None:
+    """A wait in seconds from a number header, or None for what no server means (NaN, inf, words,
+    more than a day)."""
+    try:
+        seconds = float(raw) / per_second
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds > _LONGEST_PLAUSIBLE_WAIT:
+        return None
+    return max(seconds, 0.0)
 
 
 def retry_delay(

@@ -339,3 +339,12 @@ def test_media_files_in_batches_and_the_cache(make_runner, emulator, tmp_path: P
     runner.rerank("banana", [image_item(f) for f in files], model=VL)
     assert emulator.stats.requests == 4
     assert cache.hits == 5
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e300"])
+def test_a_meaningless_retry_after_is_retried_with_backoff(make_runner, emulator, value):
+    emulator.enqueue(Fault.rate_limited(retry_after=value))
+    runner = make_runner(base_url=emulator.base_url)
+    assert runner.rerank("apple", ["apple pie", "car"]).results[0].index == 0
+    assert len(runner.sleeps.delays) == 1
+    assert 0 < runner.sleeps.delays[0] <= 0.5  # the backoff, not NaN or a sleep for ever

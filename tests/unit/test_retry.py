@@ -62,6 +62,16 @@ NOW = 1_700_000_000.0
         ({"Retry-After": email.utils.formatdate(NOW + 30, usegmt=True)}, 30.0),
         ({"Retry-After": email.utils.formatdate(NOW - 30, usegmt=True)}, 0.0),
         ({"Retry-After": "next tuesday"}, None),
+        # What no server means is treated as absent: never a NaN, an infinity or a year to sleep.
+        ({"Retry-After": "nan"}, None),
+        ({"Retry-After": "NaN"}, None),
+        ({"Retry-After": "inf"}, None),
+        ({"Retry-After": "-inf"}, None),
+        ({"Retry-After": "Infinity"}, None),
+        ({"Retry-After": "1e300"}, None),
+        ({"Retry-After": "86401"}, None),
+        ({"retry-after-ms": "nan", "Retry-After": "3"}, 3.0),
+        ({"retry-after-ms": "inf"}, None),
     ],
 )
 def test_retry_after_seconds(headers, expected):
@@ -97,3 +107,9 @@ def test_custom_policy_values_apply():
     policy = RetryPolicy(initial_delay=0.1, max_delay=0.3, max_retry_after=5, jitter=0)
     assert [retry_delay(n, policy) for n in range(4)] == [0.1, 0.2, 0.3, 0.3]
     assert retry_delay(0, policy, headers={"Retry-After": "10"}) == 5
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308", "Infinity"])
+def test_a_meaningless_retry_after_falls_back_to_backoff(value):
+    delay = retry_delay(0, RetryPolicy(), headers={"Retry-After": value}, rand=lambda: 0.0)
+    assert delay == RetryPolicy().initial_delay
