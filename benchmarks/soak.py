@@ -67,6 +67,7 @@ FAULTS = [
     ("bad index", Fault.index_out_of_range),
     ("duplicate index", Fault.duplicate_index),
     ("missing results", Fault.missing_results),
+    ("dropped result", Fault.dropped_results),
     ("NaN score", Fault.non_finite_score),
 ]
 

@@ -138,7 +138,8 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
 
     Raises:
         ResponseValidationError: The body is not JSON, lacks `results`, has malformed results, an
-            index out of range or repeated, or a non-finite score.
+            index out of range or repeated, a non-finite score, or (when every document was
+            asked for) not every document.
     """
     try:
         wire = _WireResponse.model_validate_json(content)
@@ -169,6 +170,13 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
                 body_excerpt=excerpt(content),
             )
         seen.add(result.index)
+    if request.top_n is None and len(seen) != count:
+        # Asked for every document: one missing would shift nothing but silently lose a document.
+        raise ResponseValidationError(
+            f"the answer ranks {len(seen)} of the {count} documents; every one was asked for",
+            trace_id=trace_id,
+            body_excerpt=excerpt(content),
+        )
 
     return RerankResponse(
         id=wire.id,

@@ -41,6 +41,7 @@ FaultKind = Literal[
     "index_out_of_range",
     "duplicate_index",
     "missing_results",
+    "dropped_results",
     "non_finite_score",
 ]
 
@@ -137,6 +138,11 @@ class Fault:
     def missing_results(cls) -> Fault:
         """200 without a `results` field."""
         return cls("missing_results")
+
+    @classmethod
+    def dropped_results(cls) -> Fault:
+        """200 whose list lacks its last entry (a result, or a vector)."""
+        return cls("dropped_results")
 
     @classmethod
     def non_finite_score(cls) -> Fault:
@@ -522,6 +528,8 @@ class _Handler(BaseHTTPRequestHandler):
             endpoint.spoil(entries[0])
         elif kind == "missing_results":
             del answer[endpoint.entries]
+        elif kind == "dropped_results" and entries:
+            entries.pop()
         stream = answer.pop("_stream", None)
         if stream is not None:
             events = [f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n" for chunk in stream]

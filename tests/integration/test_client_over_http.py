@@ -149,6 +149,7 @@ def test_transient_faults_are_retried_over_http(make_runner, emulator, fault):
         (Fault.index_out_of_range(), ResponseValidationError, "out of range"),
         (Fault.duplicate_index(), ResponseValidationError, "appears twice"),
         (Fault.missing_results(), ResponseValidationError, "results"),
+        (Fault.dropped_results(), ResponseValidationError, "ranks 3 of the 4 documents"),
         (Fault.non_finite_score(), ResponseValidationError, "relevance_score"),
     ],
     ids=lambda v: v.kind if isinstance(v, Fault) else None,

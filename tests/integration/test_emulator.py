@@ -231,6 +231,7 @@ def test_other_paths_get_plain_text_404(emulator):
         (Fault.index_out_of_range(), 200, lambda r: r.json()["results"][0]["index"] > 1),
         (Fault.duplicate_index(), 200, lambda r: len(r.json()["results"]) == 3),
         (Fault.missing_results(), 200, lambda r: "results" not in r.json()),
+        (Fault.dropped_results(), 200, lambda r: len(r.json()["results"]) == 1),
         (Fault.non_finite_score(), 200, lambda r: "NaN" in r.text),
     ],
 )

@@ -142,6 +142,7 @@ BROKEN_ANSWERS: list[tuple[str, Callable[[], Fault], str]] = [
     ("out-of-range index", Fault.index_out_of_range, "out of range"),
     ("duplicated index", Fault.duplicate_index, "appears twice"),
     ("missing results", Fault.missing_results, "results"),
+    ("dropped result", Fault.dropped_results, "every one was asked for"),
     ("non-finite score", Fault.non_finite_score, "relevance_score"),
 ]
 
