@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from ._batching import merge_usage
 from ._capabilities import embedding_capabilities
@@ -164,7 +164,7 @@ def build_embedding_requests(
 
 class _WireVector(BaseModel):
     index: StrictInt = Field(ge=0)
-    embedding: list[float] | StrictStr
+    embedding: list[StrictFloat] | StrictStr
 
 
 class _WireAnswer(BaseModel):

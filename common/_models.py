@@ -5,7 +5,15 @@ from __future__ import annotations
 from operator import attrgetter
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from ._exceptions import ResponseValidationError, excerpt
 from ._request import RerankRequest
@@ -45,9 +53,9 @@ class RerankResult(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    index: int = Field(ge=0)
+    index: StrictInt = Field(ge=0)
     """Position of the document in the request's `documents`."""
-    relevance_score: float = Field(allow_inf_nan=False)
+    relevance_score: StrictFloat = Field(allow_inf_nan=False)
     """Relevance of the document to the query; 0..1 on SiliconFlow, higher is more relevant."""
     document: RerankDocument | None = None
     """The document, when `return_documents=True` was asked for (or the server sent it anyway)."""
@@ -58,15 +66,15 @@ class BilledUnits(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    input_tokens: int | None = None
+    input_tokens: StrictInt | None = None
     """Billed input tokens."""
-    output_tokens: int | None = None
+    output_tokens: StrictInt | None = None
     """Billed output tokens."""
-    image_tokens: int | None = None
+    image_tokens: StrictInt | None = None
     """Billed image tokens."""
-    search_units: int | None = None
+    search_units: StrictInt | None = None
     """Billed search units."""
-    classifications: int | None = None
+    classifications: StrictInt | None = None
     """Billed classifications."""
 
 
@@ -75,13 +83,13 @@ class Usage(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    input_tokens: int | None = None
+    input_tokens: StrictInt | None = None
     """Input tokens (query and documents)."""
-    output_tokens: int | None = None
+    output_tokens: StrictInt | None = None
     """Output tokens."""
-    image_tokens: int | None = None
+    image_tokens: StrictInt | None = None
     """Tokens spent on image and video items."""
-    total_tokens: int | None = None
+    total_tokens: StrictInt | None = None
     """Total tokens: as sent by the server, else the sum of the counts above."""
     billed_units: BilledUnits | None = None
     """Billed units, when the server sent them."""
@@ -178,10 +186,18 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
             body_excerpt=excerpt(content),
         )
 
+    try:
+        usage = _usage(wire)
+    except (ValidationError, TypeError, ValueError):
+        raise ResponseValidationError(
+            "the response has an invalid usage report",
+            trace_id=trace_id,
+            body_excerpt=excerpt(content),
+        ) from None
     return RerankResponse(
         id=wire.id,
         results=rank(wire.results, request),
-        usage=_usage(wire),
+        usage=usage,
         trace_id=trace_id,
         model=wire.model,
     )

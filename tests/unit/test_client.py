@@ -397,6 +397,12 @@ def test_server_returning_more_than_top_n_is_cut(make_runner):
     assert [r.index for r in response.results] == [1, 2]
 
 
+def _two(second: bytes, extra: bytes = b"") -> bytes:
+    """An answer for two documents whose second result (and `extra` fields) are under test."""
+    tail = b", " + extra if extra else b""
+    return b'{"results": [{"index": 0, "relevance_score": 0.1}, ' + second + b"]" + tail + b"}"
+
+
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
@@ -415,6 +421,22 @@ def test_server_returning_more_than_top_n_is_cut(make_runner):
         (b'{"results": [{"index": 0}]}', "relevance_score"),
         (b'{"results": "none"}', "results"),
         (b"[]", "body"),
+        # Loose types are refused, not coerced: true is no index, "0.5" and true are no scores.
+        (_two(b'{"index": true, "relevance_score": 0.2}'), "invalid 'results.1.index'"),
+        (_two(b'{"index": 1.0, "relevance_score": 0.2}'), "invalid 'results.1.index'"),
+        (_two(b'{"index": 1, "relevance_score": "0.5"}'), "invalid 'results.1.relevance_score'"),
+        (_two(b'{"index": 1, "relevance_score": true}'), "invalid 'results.1.relevance_score'"),
+        (
+            _two(
+                b'{"index": 1, "relevance_score": 0.2}',
+                b'"meta": {"tokens": {"input_tokens": 1.5}}',
+            ),
+            "usage",
+        ),
+        (_two(b'{"index": 1, "relevance_score": 0.2}', b'"meta": {"tokens": [5]}'), "usage"),
+        (_two(b'{"index": 1, "relevance_score": 0.2}', b'"meta": {"billed_units": "x"}'), "usage"),
+        (_two(b'{"index": 1, "relevance_score": 0.2}', b'"usage": {"total_tokens": "9"}'), "usage"),
+        (_two(b'{"index": 1, "relevance_score": 0.2}', b'"usage": [9]'), "usage"),
     ],
 )
 def test_invalid_success_bodies_raise_response_validation_error(make_runner, content, fragment):

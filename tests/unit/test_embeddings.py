@@ -224,6 +224,14 @@ def _answer(data: list[dict[str, Any]], **extra: Any) -> httpx.Response:
             "invalid 'data.1.index'",
         ),
         ([{"index": 0, "embedding": [0.1, 0.2]}, {"index": 1, "embedding": [0.1, "x"]}], "invalid"),
+        (
+            [{"index": 0, "embedding": [0.1, 0.2]}, {"index": 1, "embedding": [0.1, True]}],
+            "invalid 'data.1.embedding",
+        ),
+        (
+            [{"index": 0, "embedding": [0.1, 0.2]}, {"index": 1, "embedding": [0.1, "0.2"]}],
+            "invalid 'data.1.embedding",
+        ),
     ],
 )
 def test_bad_answers_are_rejected(make_runner, data, message):
@@ -253,3 +261,10 @@ def test_a_failing_batch_is_named(make_runner):
     with pytest.raises(BadRequestError, match=r"batch 3 of 3 \(inputs 64\.\.69\) failed") as info:
         make_runner(third_fails).embed([f"t{i}" for i in range(70)])
     assert info.value.batch == 2
+
+
+@pytest.mark.parametrize("usage", [{"total_tokens": 1.5}, {"prompt_tokens": "3"}, [3]])
+def test_a_usage_report_of_the_wrong_type_is_rejected(make_runner, usage):
+    data = [{"index": 0, "embedding": [0.1, 0.2]}]
+    with pytest.raises(ResponseValidationError, match="usage"):
+        make_runner(lambda request: _answer(data, usage=usage)).embed(["a"])
