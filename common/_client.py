@@ -45,6 +45,7 @@ from ._embeddings import (
 from ._exceptions import (
     APIStatusError,
     SiliconFlowError,
+    redact_answer,
     status_error,
 )
 from ._media import DocumentItem, QueryItem
@@ -202,17 +203,22 @@ class _BaseClient:
         return self._limiter.reserve(tokens), tokens
 
     def _handle(self, response: httpx.Response, read: _Reader[_Answer], booked: int) -> _Answer:
-        trace_id = response.headers.get(TRACE_HEADER)
+        # A server or proxy that echoes the request must not put the key into an error, a log line
+        # or an answer: the body and headers are redacted before anything reads them.
+        content, headers = redact_answer(
+            response.content, response.headers, self._api_key.get_secret_value()
+        )
+        trace_id = headers.get(TRACE_HEADER)
         if not response.is_success:
             raise status_error(
                 response.status_code,
-                response.content,
+                content,
                 trace_id=trace_id,
-                headers=response.headers,
+                headers=headers,
                 base_url=self.base_url,
                 secret=self._api_key.get_secret_value(),
             )
-        parsed = read(response.content, trace_id)
+        parsed = read(content, trace_id)
         if self._limiter is not None and parsed.usage is not None:
             used = parsed.usage.total_tokens or parsed.usage.input_tokens
             if used is not None:

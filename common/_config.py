@@ -76,7 +76,16 @@ def resolve_api_key(api_key: str | SecretStr | None) -> SecretStr:
             f"No SiliconFlow API key: set the {API_KEY_ENV} environment variable "
             "or pass api_key= to the client"
         )
-    return SecretStr(api_key.strip())
+    key = api_key.strip()
+    for position, character in enumerate(key):
+        if not (character.isascii() and character.isprintable()) or character.isspace():
+            # Described, never shown: the message must not carry the key it complains about.
+            raise InvalidRequestError(
+                f"The SiliconFlow API key has a character that cannot be sent in a header at "
+                f"position {position + 1} of {len(key)} (code point U+{ord(character):04X}; often "
+                "a zero-width or non-breaking space, or a line break, copied with the key)"
+            )
+    return SecretStr(key)
 
 
 def resolve_base_url(base_url: str | None) -> str:

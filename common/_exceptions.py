@@ -29,6 +29,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
+
 __all__ = [
     "SERVICE_ERRORS",
     "APIConnectionError",
@@ -45,6 +47,9 @@ __all__ = [
     "ResponseValidationError",
     "ServiceUnavailableError",
     "SiliconFlowError",
+    "excerpt",
+    "redact_answer",
+    "status_error",
 ]
 
 _EXCERPT_CHARS = 300
@@ -232,11 +237,33 @@ def _describe_body(content: bytes) -> tuple[object, int | str | None, str]:
     return body, None, excerpt(stripped)
 
 
+_REDACTED = "[redacted]"
+
+
+def redact_answer(
+    content: bytes, headers: httpx.Headers, secret: str
+) -> tuple[bytes, httpx.Headers]:
+    """An answer's body and headers with every occurrence of `secret` replaced."""
+    if len(secret) < 8:  # too short to tell from ordinary text; keys are far longer
+        return content, headers
+    raw = secret.encode()
+    if raw in content:
+        content = content.replace(raw, _REDACTED.encode())
+    if any(raw in name or raw in value for name, value in headers.raw):
+        headers = httpx.Headers(
+            [
+                (n.replace(raw, _REDACTED.encode()), v.replace(raw, _REDACTED.encode()))
+                for n, v in headers.raw
+            ]
+        )
+    return content, headers
+
+
 def _redact(value: Any, secret: str) -> Any:
     if isinstance(value, str):
-        return value.replace(secret, "[redacted]")
+        return value.replace(secret, _REDACTED)
     if isinstance(value, dict):
-        return {key: _redact(item, secret) for key, item in value.items()}
+        return {_redact(key, secret): _redact(item, secret) for key, item in value.items()}
     if isinstance(value, list):
         return [_redact(item, secret) for item in value]
     return value

@@ -80,6 +80,9 @@ FAILURES = [
     Fault.disconnect(),
     Fault.truncated_json(),
     Fault.index_out_of_range(),
+    # Echoes of the request: in a 200 that is no answer, and as a JSON key.
+    Fault.http_status(200, {"echo": f"Authorization: Bearer {CANARY}", "results": "none"}),
+    Fault.http_status(400, {CANARY: "the key as a JSON key", "message": "bad request"}),
 ]
 
 
@@ -107,6 +110,10 @@ def test_no_canary_in_errors_or_debug_logs(server, fault, caplog):
                     )
             except SiliconFlowError as error:
                 seen += [str(error), repr(error), repr(error.args), str(getattr(error, "body", ""))]
+                seen += [
+                    str(getattr(error, "body_excerpt", "")),
+                    str(getattr(error, "headers", "")),
+                ]
                 cause = error.__cause__
                 while cause is not None:
                     seen += [str(cause), repr(cause)]
@@ -131,3 +138,78 @@ def test_no_canary_when_the_connection_is_refused(caplog):
         client.rerank("apple", ["apple"])
     texts = [str(info.value), repr(info.value), *(r.getMessage() for r in caplog.records)]
     assert not [t for t in texts if CANARY in t]
+
+
+@pytest.mark.parametrize("adapter_class", [LangChainRerank, LlamaRerank])
+def test_no_canary_in_the_passthrough_warning_of_an_echoing_answer(server, adapter_class, caplog):
+    server.reset()
+    server.enqueue(Fault.http_status(200, {"echo": f"Bearer {CANARY}", "results": "none"}))
+    adapter = adapter_class(api_key=CANARY, base_url=server.base_url, on_error="passthrough")
+    with caplog.at_level(logging.WARNING, logger="siliconflow_rerank"):
+        if isinstance(adapter, LangChainRerank):
+            out: list[object] = list(
+                adapter.compress_documents([Document(page_content="apple")], "apple")
+            )
+        else:
+            out = list(
+                adapter.postprocess_nodes(
+                    [NodeWithScore(node=TextNode(text="apple"))], query_str="apple"
+                )
+            )
+    assert len(out) == 1
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "[redacted]" in warning.getMessage()
+    assert CANARY not in warning.getMessage()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        CANARY[:10] + "\u200b" + CANARY[10:],  # zero-width space
+        CANARY[:10] + "\u00a0" + CANARY[10:],  # non-breaking space
+        CANARY[:10] + "\n" + CANARY[10:],
+        CANARY[:10] + "\x00" + CANARY[10:],
+        CANARY[:10] + "é" + CANARY[10:],
+    ],
+    ids=["zero-width", "nbsp", "newline", "nul", "non-ascii"],
+)
+@pytest.mark.parametrize("entry", ["sync", "async", "langchain", "llama_index"])
+def test_a_key_that_cannot_be_sent_is_refused_without_showing_it(server, key, entry, caplog):
+    server.reset()
+    with caplog.at_level(logging.DEBUG), pytest.raises(SiliconFlowError) as info:
+        _call_with_key(entry, key, server.base_url)
+    _assert_unseen(info.value, caplog)
+    assert server.stats.requests == 0
+
+
+def _call_with_key(entry: str, key: str, base_url: str) -> None:
+    if entry == "sync":
+        SiliconFlowClient(api_key=key, base_url=base_url).rerank("a", ["a"])
+    elif entry == "async":
+        asyncio.run(AsyncSiliconFlowClient(api_key=key, base_url=base_url).rerank("a", ["a"]))
+    elif entry == "langchain":
+        LangChainRerank(api_key=key, base_url=base_url).compress_documents(
+            [Document(page_content="a")], "a"
+        )
+    else:
+        LlamaRerank(api_key=key, base_url=base_url).postprocess_nodes(
+            [NodeWithScore(node=TextNode(text="a"))], query_str="a"
+        )
+
+
+def _assert_unseen(error: SiliconFlowError, caplog: pytest.LogCaptureFixture) -> None:
+    assert "cannot be sent in a header" in str(error)
+    texts = [str(error), repr(error), *(r.getMessage() for r in caplog.records)]
+    assert not [t for t in texts if CANARY[:10] in t or CANARY[10:] in t]
+
+
+def test_no_canary_in_the_headers_kept_on_an_error(server):
+    server.reset()
+    server.enqueue(Fault.http_status(400, "bad", headers={"x-echo": f"Bearer {CANARY}"}))
+    client = SiliconFlowClient(api_key=CANARY, base_url=server.base_url)
+    with pytest.raises(SiliconFlowError) as info:
+        client.rerank("apple", ["apple"])
+    headers = getattr(info.value, "headers", {})
+    assert headers["x-echo"] == "Bearer [redacted]"
+    assert CANARY not in str(dict(headers))
+    assert CANARY.encode() not in pickle.dumps(info.value)
