@@ -7,8 +7,10 @@ framework's base class, and keeps only the framework mapping.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import (
@@ -168,6 +170,11 @@ class RerankerSettings(ClientOwner):
     """Token overlap between chunks, 0 to 80 (bge, bce and Qwen3-VL models)."""
     on_progress: Callable[[int, int], object] | None = Field(default=None, exclude=True)
     """Called with (requests done, requests in all) as a long call proceeds."""
+    allow_local_media: bool = False
+    """Read local files that inputs name as their media (a path in LangChain metadata, an
+    `ImageNode.image_path` or a media resource's path in LlamaIndex). Off by default: documents
+    and nodes often come from untrusted loaders or shared stores, and reading the paths they name
+    would upload local files. URLs and inline data need no opt-in."""
     on_error: Literal["raise", "passthrough"] = "raise"
     """When the service fails after its retries: raise, or pass the inputs through in their
     original order (at most `top_n`), each marked `rerank_status = "failed"` in its metadata, with
@@ -212,6 +219,15 @@ class RerankerSettings(ClientOwner):
             "SiliconFlow rerank failed, passing %d through unranked: %s", len(kept), error
         )
         return kept
+
+    def _local_file(self, path: str | os.PathLike[str], what: str) -> Path:
+        """The path `what` names, when `allow_local_media` allows reading it."""
+        if not self.allow_local_media:
+            raise InvalidRequestError(
+                f"{what} names the local file {str(path)[:80]!r}; set allow_local_media=True to "
+                "read local files"
+            )
+        return Path(path)
 
     def _rerank_options(self, top_n: int | None) -> dict[str, Any]:
         """The keyword arguments of `rerank()` for one call returning at most `top_n`."""

@@ -253,6 +253,22 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
 )
 
 
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _checked_data_uri(kind: str, value: str, what: str) -> str:
+    """`value` if it is a base64 data URI of the `kind` family, else a clear error."""
+    match = _DATA_URI.match(value)
+    if match is None or not match.group(1).lower().startswith(f"{kind}/"):
+        raise InvalidRequestError(
+            f"{what} must be an http(s) URL or a data:{kind}/...;base64,... URI; got {value[:40]!r}"
+        )
+    payload = value[match.end() :]
+    if not payload or len(payload) % 4 or not _BASE64.fullmatch(payload):
+        raise InvalidRequestError(f"{what}: the data URI's content is not valid base64")
+    return value
+
+
 def _sniff(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
@@ -274,8 +290,10 @@ def _media_item(
     allow_paths: bool,
 ) -> str | InlineMedia:
     if isinstance(source, str):
-        if _is_url(source) or _DATA_URI.match(source):
+        if _is_url(source):
             return source
+        if source.startswith("data:"):
+            return _checked_data_uri(kind, source, f"{kind} source")
         if not allow_paths:
             raise InvalidRequestError(
                 f"{kind} source {source[:80]!r} is neither an http(s) URL nor a data URI "
@@ -387,6 +405,8 @@ def normalize_item(item: object, what: str) -> WireItem:
                 return value
             if not value.strip():
                 raise InvalidRequestError(f"{what} has an empty {key!r} value")
+            if value.startswith("data:"):
+                _checked_data_uri(key, value, f"{what}[{key!r}]")
             return {key: value}
         if isinstance(value, InlineMedia):
             if value.kind != key:

@@ -57,7 +57,10 @@ def main() -> None:
             NodeWithScore(node=ImageNode(image_url="https://example.com/img/green-apple.jpg")),
             NodeWithScore(node=TextNode(text="A bowl of red apples on a table.")),
         ]
-        reranker = SiliconFlowRerank(model="Qwen/Qwen3-VL-Reranker-8B", top_n=None)
+        # The image nodes name files this example wrote itself, so reading them is allowed.
+        reranker = SiliconFlowRerank(
+            model="Qwen/Qwen3-VL-Reranker-8B", top_n=None, allow_local_media=True
+        )
         query = QueryBundle(query_str="", image_path=str(files["query"]))
         print("Nodes ranked against the query image:")
         for result in reranker.postprocess_nodes(nodes, query_bundle=query):

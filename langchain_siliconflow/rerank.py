@@ -87,9 +87,6 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
     # Serializable's own config ignores unknown arguments: ours refuses them.
     model_config = ConfigDict(extra="forbid")
 
-    allow_local_media: bool = False
-    """Read local files named in `metadata["image"]` / `["video"]`. Off by default: metadata often
-    comes from untrusted loaders, and reading arbitrary paths would upload local files."""
     document_to_item: Callable[[Document], DocumentItem] | None = Field(default=None, exclude=True)
     """Override how a document becomes a rerank item (a string, or a text, image or video item)."""
 
@@ -110,11 +107,18 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
 
     # -- conversions ---------------------------------------------------------------------------
 
-    def _items(self, documents: object) -> list[DocumentItem]:
+    def _items(self, documents: object, *, only_documents: bool = False) -> list[DocumentItem]:
         if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
             raise InvalidRequestError(
                 f"documents must be a sequence of Documents, got {type(documents).__name__}"
             )
+        if only_documents:  # compressors return Document copies: refuse anything else up front
+            for position, document in enumerate(documents):
+                if not isinstance(document, Document):
+                    raise InvalidRequestError(
+                        f"documents[{position}] must be a Document, got {type(document).__name__} "
+                        "(rerank() takes strings and items)"
+                    )
         return [self._to_item(d) for d in documents]
 
     def _to_item(self, document: Document | str | Mapping[str, str]) -> DocumentItem:
@@ -215,7 +219,7 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
             `metadata["relevance_score"]` (a float, higher is more relevant). Token usage is
             logged at DEBUG and sent to `callbacks` as the custom event `siliconflow_rerank_usage`.
         """
-        items = self._items(documents)
+        items = self._items(documents, only_documents=True)
         if not items:
             return []
         try:
@@ -254,7 +258,7 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Async `compress_documents`, on the native async client (no thread pool)."""
-        items = self._items(documents)
+        items = self._items(documents, only_documents=True)
         if not items:
             return []
         try:

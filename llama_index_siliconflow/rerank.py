@@ -114,15 +114,29 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
             if node.image_url:
                 return image_item(node.image_url)
             if node.image_path:
-                return image_item(node.image_path, mime_type=node.image_mimetype, allow_paths=True)
+                path = self._local_file(node.image_path, f"node {node.node_id}'s image_path")
+                return image_item(path, mime_type=node.image_mimetype)
         elif isinstance(node, Node):
             if node.image_resource is not None:
-                source, mime_type = _resource_source(node.image_resource, node)
+                source, mime_type = self._resource_source(node.image_resource, node)
                 return image_item(source, mime_type=mime_type)
             if node.video_resource is not None:
-                source, mime_type = _resource_source(node.video_resource, node)
+                source, mime_type = self._resource_source(node.video_resource, node)
                 return video_item(source, mime_type=mime_type)
         return node.get_content(metadata_mode=self.metadata_mode)
+
+    def _resource_source(
+        self, resource: MediaResource, node: BaseNode
+    ) -> tuple[str | bytes | Path, str | None]:
+        """The source (bytes, URL or path) and MIME type of a media resource, for the helpers."""
+        if resource.data:
+            return _b64decode(resource.data, node), resource.mimetype
+        if resource.url is not None:
+            return str(resource.url), resource.mimetype
+        if resource.path is not None:
+            path = self._local_file(resource.path, f"node {node.node_id}'s media resource")
+            return path, resource.mimetype
+        raise InvalidRequestError(f"node {node.node_id}: media resource has no data, url or path")
 
     def _query_item(self, query_bundle: QueryBundle) -> QueryItem:
         if not query_bundle.query_str.strip() and query_bundle.image_path:
@@ -247,19 +261,6 @@ def _b64decode(data: str | bytes, node: BaseNode) -> bytes:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as error:
         raise InvalidRequestError(f"node {node.node_id}: image data is not valid base64") from error
-
-
-def _resource_source(
-    resource: MediaResource, node: BaseNode
-) -> tuple[str | bytes | Path, str | None]:
-    """The source (bytes, URL or path) and MIME type of a media resource, for the item helpers."""
-    if resource.data:
-        return _b64decode(resource.data, node), resource.mimetype
-    if resource.url is not None:
-        return str(resource.url), resource.mimetype
-    if resource.path is not None:
-        return Path(resource.path), resource.mimetype
-    raise InvalidRequestError(f"node {node.node_id}: media resource has no data, url or path")
 
 
 def _marked_copy(node: BaseNode, key: str, value: Any) -> BaseNode:

@@ -22,7 +22,7 @@ from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnableP
 from langchain_core.vectorstores import InMemoryVectorStore
 
 from langchain_siliconflow import USAGE_EVENT, RerankResults, SiliconFlowRerank
-from siliconflow_rerank import AsyncSiliconFlowClient, SiliconFlowClient
+from siliconflow_rerank import AsyncSiliconFlowClient, InvalidRequestError, SiliconFlowClient
 from siliconflow_rerank.emulator import Fault
 
 from ..helpers import ScoringRecorder
@@ -478,3 +478,11 @@ def test_dumps_and_loads_round_trip_with_the_key_as_a_secret_reference(emulator)
         loaded.compress_documents(docs("apple pie", "car"), "apple")[0].page_content == "apple pie"
     )
     assert emulator.stats.last_request_headers["authorization"] == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize("bad", ["just a string", {"text": "an item"}, 42])
+def test_compressing_anything_but_documents_fails_before_the_request(compress, bad):
+    recorder = Recorder()
+    with pytest.raises(InvalidRequestError, match=r"documents\[1\] must be a Document"):
+        compress(mocked(recorder), [Document(page_content="a"), bad], "q")
+    assert recorder.bodies == []

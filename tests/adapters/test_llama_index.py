@@ -209,7 +209,8 @@ def test_image_nodes_from_all_three_sources(postprocess, tmp_path: Path):
         NodeWithScore(node=ImageNode(text="only a caption")),
     ]
     recorder = Recorder()
-    postprocess(mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B", top_n=None), nodes)
+    vl = {"model": "Qwen/Qwen3-VL-Reranker-8B", "top_n": None, "allow_local_media": True}
+    postprocess(mocked(recorder, **vl), nodes)
     assert recorder.bodies[0]["documents"] == [
         {"image": PNG_URI},
         {"image": "https://img.test/cat.jpg"},
@@ -230,7 +231,8 @@ def test_media_resource_nodes(postprocess, tmp_path: Path):
         NodeWithScore(node=Node(text_resource=MediaResource(text="plain words"))),
     ]
     recorder = Recorder()
-    postprocess(mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B", top_n=None), nodes)
+    vl = {"model": "Qwen/Qwen3-VL-Reranker-8B", "top_n": None, "allow_local_media": True}
+    postprocess(mocked(recorder, **vl), nodes)
     assert recorder.bodies[0]["documents"] == [
         {"image": PNG_URI},
         {"image": "https://img.test/a.png"},
@@ -263,7 +265,27 @@ def test_unreadable_image_path_fails_before_any_request(postprocess, tmp_path: P
     recorder = Recorder()
     nodes = [NodeWithScore(node=ImageNode(image_path=str(tmp_path / "missing.png")))]
     with pytest.raises(ValueError, match="cannot read image file"):
+        postprocess(
+            mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B", allow_local_media=True), nodes
+        )
+    assert recorder.bodies == []
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        ImageNode(image_path="/etc/passwd"),
+        Node(image_resource=MediaResource(path=Path("/etc/passwd"))),
+        Node(video_resource=MediaResource(path=Path("/etc/passwd"))),
+    ],
+    ids=["image_path", "image_resource", "video_resource"],
+)
+def test_local_paths_in_nodes_are_read_only_when_allowed(postprocess, node):
+    recorder = Recorder()
+    nodes = [NodeWithScore(node=node)]
+    with pytest.raises(ValueError, match="allow_local_media=True") as info:
         postprocess(mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B"), nodes)
+    assert "/etc/passwd" in str(info.value)
     assert recorder.bodies == []
 
 
@@ -384,7 +406,11 @@ def test_image_nodes_and_image_query_over_http(emulator, postprocess, tmp_path: 
         NodeWithScore(node=TextNode(text="a car")),
     ]
     reranker = SiliconFlowRerank(
-        api_key=KEY, base_url=emulator.base_url, model="Qwen/Qwen3-VL-Reranker-8B", top_n=None
+        api_key=KEY,
+        base_url=emulator.base_url,
+        model="Qwen/Qwen3-VL-Reranker-8B",
+        top_n=None,
+        allow_local_media=True,
     )
     out = postprocess(reranker, nodes, QueryBundle(query_str="", image_path=str(query_image)))
     assert out[0].node.image_url == "https://img.test/red-apple-close-up.jpg"

@@ -78,7 +78,7 @@ def test_video_file(tmp_path: Path):
         ("photo.jpg", "pass a pathlib.Path"),
         ("ftp://example.com/a.png", "neither an http"),
         ("https://", "neither an http"),
-        ("data:image/png,notbase64", "neither an http"),
+        ("data:image/png,notbase64", "base64"),
         (b"", "empty"),
         (b"plain text, no magic", "MIME type"),
         (JPEG + b"x", None),
@@ -224,3 +224,28 @@ def test_inline_media_must_sit_under_its_own_kind():
     assert normalize_item({"video": media}, "documents[0]") == {"video": media}
     with pytest.raises(TypeError, match="exactly one"):
         InlineMedia("image", "image/png")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("data:text/html,<script>x</script>", "data:image/...;base64"),
+        ("data:text/html;base64,PGI+", "data:image/...;base64"),
+        ("data:video/mp4;base64,AAAA", "data:image/...;base64"),
+        ("data:image/png;base64,", "not valid base64"),
+        ("data:image/png;base64,abc", "not valid base64"),
+        ("data:image/png;base64,ab!d", "not valid base64"),
+        ("data:image/png;base64,AAAA AAAA", "not valid base64"),
+    ],
+)
+def test_data_uris_must_be_base64_of_their_media_family(value, fragment):
+    with pytest.raises(InvalidRequestError, match=fragment.replace(".", r"\.")):
+        image_item(value)
+    with pytest.raises(InvalidRequestError, match=fragment.replace(".", r"\.")):
+        normalize_item({"image": value}, "documents[0]")
+
+
+def test_a_valid_data_uri_is_kept_as_it_is():
+    uri = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    assert image_item(uri) == {"image": uri}
+    assert normalize_item({"image": uri}, "documents[0]") == {"image": uri}
