@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -23,6 +24,10 @@ from . import _scoring
 __all__ = ["EmulatorStats", "Fault", "RerankEmulator"]
 
 TRACE_HEADER = "x-siliconcloud-trace-id"
+MAX_BODY_BYTES = 128 * 1024 * 1024
+"""Larger request bodies get 413 without being read."""
+MAX_WORKERS = 512
+"""Connections served at once; more wait for a free handler thread."""
 RATE_LIMIT_MESSAGE = (
     "Request was rejected due to rate limiting. If you want more, please contact "
     "contact@siliconflow.cn. Details:{which} limit reached."
@@ -160,7 +165,7 @@ class EmulatorStats:
     """Answers sent, per status (a dropped connection counts as status 0)."""
     last_request_body: Any = None
     """The decoded JSON body of the latest API (rerank or embeddings) request."""
-    last_request_headers: dict[str, str] = field(default_factory=dict)
+    last_request_headers: dict[str, str] = field(default_factory=dict, repr=False)
     """The headers of the latest API request (names in lower case)."""
     in_flight: int = 0
     """API requests being handled right now."""
@@ -170,6 +175,19 @@ class EmulatorStats:
     """TCP connections accepted (fewer than `requests` when clients keep connections alive)."""
     open_connections: int = 0
     """TCP connections open right now (clients that closed their pools have none left)."""
+
+    def __repr__(self) -> str:
+        # The headers hold the client's key: a repr (in a test failure, a log) shows them redacted.
+        shown = {
+            k: "[redacted]" if k == "authorization" else v
+            for k, v in self.last_request_headers.items()
+        }
+        fields = ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in self.__dataclass_fields__
+            if name != "last_request_headers"
+        )
+        return f"EmulatorStats({fields}, last_request_headers={shown!r})"
 
 
 class _Invalid(Exception):
@@ -202,6 +220,7 @@ class RerankEmulator:
         latency_per_document: float = 0.0,
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
+        max_workers: int = MAX_WORKERS,
     ) -> None:
         """Configure the server; `start()` (or `with`) binds it.
 
@@ -213,6 +232,7 @@ class RerankEmulator:
             latency_per_document: Further seconds per document (or input to embed) in a request.
             requests_per_minute: Answer 429 past this many requests in a minute.
             tokens_per_minute: Answer 429 past this many input tokens in a minute.
+            max_workers: Connections served at once; further ones wait for a free handler.
         """
         self.host = host
         self.port = port
@@ -221,6 +241,7 @@ class RerankEmulator:
         self.latency_per_document = latency_per_document
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
+        self.max_workers = max_workers
         self._lock = threading.Lock()
         self._faults: collections.deque[Fault] = collections.deque()
         self._stats = EmulatorStats()
@@ -242,6 +263,7 @@ class RerankEmulator:
         """Bind the socket and serve in a background thread."""
         handler = type("_BoundHandler", (_Handler,), {"emulator": self})
         server = _Server((self.host, self.port), handler)
+        server.max_workers = self.max_workers
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -368,6 +390,23 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024
     allow_reuse_address = True
+    max_workers = MAX_WORKERS
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # A bounded pool of handler threads, not one new thread per connection: a flood of
+        # connections waits in line instead of exhausting the machine.
+        pool = self.__dict__.get("_pool")
+        if pool is None:
+            pool = self.__dict__["_pool"] = ThreadPoolExecutor(
+                self.max_workers, thread_name_prefix="siliconflow-emulator"
+            )
+        pool.submit(self.process_request_thread, request, client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        pool = self.__dict__.get("_pool")
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients that time out or vanish mid-answer are part of the job, not server errors.
@@ -427,13 +466,31 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload, ensure_ascii=False).encode())
 
     def _read_body(self) -> bytes | None:
-        """The request body, or None when the client went away before sending all of it."""
-        length = int(self.headers.get("Content-Length") or 0)
+        """The request body, or None when the client went away before sending all of it, or the
+        length was refused (answered with 400 or 413 here)."""
+        lengths = self.headers.get_all("Content-Length") or []
+        try:
+            length = int(lengths[0]) if lengths else 0
+        except ValueError:
+            length = -1
+        if length < 0 or len(set(lengths)) > 1:
+            self._refuse(400, "Content-Length is not one non-negative number.")
+            return None
+        if length > MAX_BODY_BYTES:
+            self._refuse(413, f"Request body is larger than {MAX_BODY_BYTES} bytes.")
+            return None
         raw = self.rfile.read(length) if length else b""
         if len(raw) < length:
             self.close_connection = True
             return None
         return raw
+
+    def _refuse(self, status: int, message: str) -> None:
+        # The body is not read, so the connection cannot be reused.
+        self.close_connection = True
+        with self.emulator._lock:
+            self.emulator._stats.requests += 1
+        self._send_json(status, {"code": 20015 if status == 400 else 20042, "message": message})
 
     def do_GET(self) -> None:
         with self.emulator._lock:
@@ -468,7 +525,7 @@ class _Handler(BaseHTTPRequestHandler):
         emulator = self.emulator
         try:
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             body = None
         with emulator._lock:
             emulator._stats.last_request_body = body

@@ -328,3 +328,70 @@ def test_command_line_serves_until_stopped():
         process.wait(timeout=10)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def raw_exchange(emulator: RerankEmulator, head: bytes, body: bytes = b"") -> bytes:
+    """Send raw bytes, return what the server answers before it closes (or 2 s pass)."""
+    host, port = emulator.base_url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=2) as sock:
+        sock.sendall(head + body)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            pass
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("length_headers", "status"),
+    [
+        (b"Content-Length: abc\r\n", b"400"),
+        (b"Content-Length: -5\r\n", b"400"),
+        (b"Content-Length: 5\r\nContent-Length: 7\r\n", b"400"),
+        (b"Content-Length: 1000000000000\r\n", b"413"),
+    ],
+    ids=["not a number", "negative", "two lengths", "huge"],
+)
+def test_a_bad_content_length_gets_a_status_not_a_dropped_connection(
+    emulator, length_headers, status
+):
+    head = b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n" + length_headers
+    answer = raw_exchange(emulator, head + b"\r\n", b"{}")
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+
+
+def test_absurdly_nested_json_gets_400(emulator):
+    body = b"[" * 200_000 + b"]" * 200_000
+    response = httpx.post(
+        emulator.base_url + "/rerank",
+        content=body,
+        headers={**HEADERS, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert "Invalid JSON" in response.json()["message"]
+
+
+def test_the_stats_repr_never_shows_the_key(emulator):
+    post(emulator, rerank_body(), headers={"Authorization": "Bearer sk-stats-canary-99"})
+    stats = emulator.stats
+    assert stats.last_request_headers["authorization"] == "Bearer sk-stats-canary-99"
+    assert "sk-stats-canary-99" not in repr(stats)
+    assert "'authorization': '[redacted]'" in repr(stats)
+
+
+def test_connections_beyond_the_worker_bound_wait_their_turn():
+    with RerankEmulator(max_workers=2) as emulator:
+        host, port = emulator.base_url.split("//")[1].split("/")[0].split(":")
+        idle = [socket.create_connection((host, int(port))) for _ in range(2)]
+        wait_until(lambda: emulator.stats.connections == 2)
+        # Both handler threads are taken by idle connections: a third is queued, not served.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                emulator.base_url + "/rerank", json=rerank_body(), headers=HEADERS, timeout=0.5
+            )
+        for sock in idle:
+            sock.close()
+        response = httpx.post(emulator.base_url + "/rerank", json=rerank_body(), headers=HEADERS)
+        assert response.status_code == 200
