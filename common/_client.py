@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 import threading
+import time
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any, TypeVar
@@ -44,6 +46,7 @@ from ._embeddings import (
 )
 from ._exceptions import (
     APIStatusError,
+    APITimeoutError,
     SiliconFlowError,
     redact_answer,
     status_error,
@@ -53,7 +56,7 @@ from ._models import RerankResponse, parse
 from ._ratelimit import RateLimiter, estimate_tokens
 from ._request import RerankRequest, build_request
 from ._retry import RetryPolicy, is_retryable, retry_delay
-from ._settings import CLIENT_SETTINGS, ClientSettings, check_client_settings
+from ._settings import CLIENT_SETTINGS, ClientSettings, check_client_settings, derived_deadline
 from ._transport import open_async_pool, translate_transport_errors
 from ._version import __version__
 
@@ -102,6 +105,8 @@ class _BaseClient:
         """The API root, without a trailing `/` or `/rerank`."""
         self.timeout = resolve_timeout(settings.timeout)
         """The timeout applied to every request this client sends."""
+        self.attempt_deadline = settings.attempt_deadline or derived_deadline(self.timeout)
+        """Seconds one attempt may take in all, or None for no bound beyond the timeout."""
         self.max_retries = settings.max_retries
         """How many times a failed attempt is retried (so `max_retries + 1` attempts at most)."""
         self.retry_policy = settings.retry_policy or RetryPolicy()
@@ -174,9 +179,15 @@ class _BaseClient:
         if not isinstance(content, bytes):
             content.verify()
             body = content.aiter_bytes() if asynchronous else content.iter_bytes()
-            # A stated length instead of chunked encoding: not every compatible server takes it.
-            headers = headers.copy()
-            headers["Content-Length"] = str(content.length)
+        elif asynchronous and len(content) > _LARGE_BODY:
+            # aiohttp writes a large bytes body in one go (and warns that it may block the loop):
+            # in pieces, other tasks run while it is sent.
+            body = _apieces(content)
+        else:
+            return {"url": url, "content": body, "headers": headers, "timeout": self.timeout}
+        # A stated length instead of chunked encoding: not every compatible server takes it.
+        headers = headers.copy()
+        headers["Content-Length"] = str(request.content_length)
         return {"url": url, "content": body, "headers": headers, "timeout": self.timeout}
 
     def _embedding_requests(
@@ -202,16 +213,21 @@ class _BaseClient:
         tokens = estimate_tokens(request.content_length)
         return self._limiter.reserve(tokens), tokens
 
-    def _handle(self, response: httpx.Response, read: _Reader[_Answer], booked: int) -> _Answer:
+    def _handle(
+        self,
+        status_code: int,
+        headers: httpx.Headers,
+        content: bytes,
+        read: _Reader[_Answer],
+        booked: int,
+    ) -> _Answer:
         # A server or proxy that echoes the request must not put the key into an error, a log line
         # or an answer: the body and headers are redacted before anything reads them.
-        content, headers = redact_answer(
-            response.content, response.headers, self._api_key.get_secret_value()
-        )
+        content, headers = redact_answer(content, headers, self._api_key.get_secret_value())
         trace_id = headers.get(TRACE_HEADER)
-        if not response.is_success:
+        if not 200 <= status_code < 300:
             raise status_error(
-                response.status_code,
+                status_code,
                 content,
                 trace_id=trace_id,
                 headers=headers,
@@ -241,6 +257,29 @@ class _BaseClient:
             delay,
         )
         return delay
+
+
+_LARGE_BODY = 1 << 20
+"""Async bodies larger than this (1 MiB) are sent in pieces of this size."""
+
+
+async def _apieces(content: bytes) -> AsyncIterator[bytes]:
+    view = memoryview(content)
+    for start in range(0, len(view), _LARGE_BODY):
+        yield bytes(view[start : start + _LARGE_BODY])
+
+
+def _past_deadline(deadline: float) -> APITimeoutError:
+    return APITimeoutError(
+        f"the attempt took longer than its {deadline:g} s deadline (attempt_deadline)"
+    )
+
+
+async def _within(seconds: float, work: Awaitable[httpx.Response]) -> httpx.Response:
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):  # no extra task, unlike wait_for
+            return await work
+    return await asyncio.wait_for(work, seconds)
 
 
 def _settings_among(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -274,6 +313,8 @@ _CLIENT_ARGS = """
             max_retries: Retries after a connection error, timeout, 408, 429 or 5xx.
             http_client: An httpx client to send through; it is borrowed, never closed here.
             retry_policy: Backoff settings; the defaults suit the hosted API.
+            attempt_deadline: Seconds one attempt may take in all; None adds up the timeout's
+                connect, write and read limits (250 s by default).
             max_documents_per_request: Split longer lists into requests of this many documents
                 (merged exactly: scores are per query-document pair). None never splits.
             max_concurrency: How many requests of one call run at once.
@@ -305,6 +346,7 @@ class SiliconFlowClient(_BaseClient):
         http_client: httpx.Client | None = None,
         *,
         retry_policy: RetryPolicy | None = None,
+        attempt_deadline: float | None = None,
         max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -345,15 +387,32 @@ class SiliconFlowClient(_BaseClient):
                 self.retry_policy.sleep(wait_for)
             try:
                 with translate_transport_errors():
-                    kwargs = self._send_kwargs(url, request, asynchronous=False)
-                    response = self._http().post(**kwargs)
-                return self._handle(response, read, booked)
+                    status, headers, content = self._exchange(url, request)
+                return self._handle(status, headers, content, read, booked)
             except SiliconFlowError as error:
                 delay = self._next_delay(attempt, error)
                 if delay is None:
                     raise
                 self.retry_policy.sleep(delay)
                 attempt += 1
+
+    def _exchange(self, url: httpx.URL, request: _Request) -> tuple[int, httpx.Headers, bytes]:
+        """One attempt: the answer's status, headers and body, within the attempt deadline."""
+        kwargs = self._send_kwargs(url, request, asynchronous=False)
+        deadline = self.attempt_deadline
+        if deadline is None:
+            response = self._http().post(**kwargs)
+            return response.status_code, response.headers, response.content
+        # httpx bounds each phase, not their sum: a server trickling its answer a byte at a time
+        # would keep the call alive for ever. The answer is read in pieces against the deadline.
+        ends = time.monotonic() + deadline
+        with self._http().stream("POST", **kwargs) as response:
+            body = bytearray()
+            for piece in response.iter_bytes():
+                body += piece
+                if time.monotonic() > ends:
+                    raise _past_deadline(deadline)
+            return response.status_code, response.headers, bytes(body)
 
     def rerank(
         self,
@@ -512,6 +571,7 @@ class AsyncSiliconFlowClient(_BaseClient):
         http_client: httpx.AsyncClient | None = None,
         *,
         retry_policy: RetryPolicy | None = None,
+        attempt_deadline: float | None = None,
         max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -551,15 +611,31 @@ class AsyncSiliconFlowClient(_BaseClient):
                 await self.retry_policy.async_sleep(wait_for)
             try:
                 with translate_transport_errors():
-                    http = await self._http()
-                    response = await http.post(**self._send_kwargs(url, request, asynchronous=True))
-                return self._handle(response, read, booked)
+                    status, headers, content = await self._exchange(url, request)
+                return self._handle(status, headers, content, read, booked)
             except SiliconFlowError as error:
                 delay = self._next_delay(attempt, error)
                 if delay is None:
                     raise
                 await self.retry_policy.async_sleep(delay)
                 attempt += 1
+
+    async def _exchange(
+        self, url: httpx.URL, request: _Request
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """One attempt: the answer's status, headers and body, within the attempt deadline (which
+        also bounds an upload the server stopped reading)."""
+        http = await self._http()
+        kwargs = self._send_kwargs(url, request, asynchronous=True)
+        deadline = self.attempt_deadline
+        if deadline is None:
+            response = await http.post(**kwargs)
+        else:
+            try:
+                response = await _within(deadline, http.post(**kwargs))
+            except TimeoutError:
+                raise _past_deadline(deadline) from None
+        return response.status_code, response.headers, response.content
 
     async def rerank(
         self,

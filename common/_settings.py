@@ -40,6 +40,7 @@ __all__ = [
     "CLIENT_SETTINGS",
     "ClientSettings",
     "check_client_settings",
+    "derived_deadline",
     "settings_problem",
     "without_inputs",
 ]
@@ -66,6 +67,22 @@ def _timeout(value: object) -> httpx.Timeout | None:
     if not math.isfinite(value):
         raise ValueError(f"timeout must be a finite number of seconds, got {value!r}")
     return httpx.Timeout(float(value))
+
+
+def _deadline(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"attempt_deadline must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def derived_deadline(timeout: httpx.Timeout) -> float | None:
+    """An attempt's overall deadline from its phase limits: connect + write + read."""
+    phases = (timeout.connect, timeout.write, timeout.read)
+    if any(phase is None for phase in phases):
+        return None
+    return float(sum(phase for phase in phases if phase is not None))
 
 
 def _seconds(value: object) -> float:
@@ -113,6 +130,10 @@ class ClientSettings(BaseModel):
     timeout: Timeout = DEFAULT_TIMEOUT
     """Seconds for each phase of a request, an `httpx.Timeout`, or None for no limit; by default
     10 s to connect and 120 s to read."""
+    attempt_deadline: Annotated[float | None, BeforeValidator(_deadline)] = None
+    """Seconds one attempt may take in all (connecting, sending, a trickling answer); None
+    derives it from `timeout` by adding its connect, write and read limits (250 s by default),
+    or sets none when the timeout has no limit."""
     max_retries: Annotated[int, _count(0)] = DEFAULT_MAX_RETRIES
     """Retries after a connection error, timeout, 408, 429 or 5xx (so at most this + 1 attempts)."""
     retry_policy: RetryPolicy | None = Field(default=None, exclude=True)

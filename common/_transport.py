@@ -103,3 +103,6 @@ async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, No
         yield
     finally:
         await client.aclose()
+        # Connections aborted mid-request (a deadline, a cancelled task) finish closing on the
+        # loop's next turn: give them that turn, so none is left open when the loop closes.
+        await asyncio.sleep(0)

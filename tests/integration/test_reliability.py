@@ -11,6 +11,7 @@ import asyncio
 import copy
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from siliconflow_rerank import (
     APITimeoutError,
     AsyncSiliconFlowClient,
     InternalServerError,
+    InvalidRequestError,
     RateLimitError,
     ResponseValidationError,
     ServiceUnavailableError,
@@ -34,7 +36,7 @@ from siliconflow_rerank import (
 )
 from siliconflow_rerank.emulator import Fault, RerankEmulator
 
-from ..helpers import ROOT, SleepRecorder, wait_until
+from ..helpers import ROOT, Runner, ScriptedServer, SleepRecorder, read_request_head, wait_until
 
 KEY = "sk-reliability-0001"
 QUERY = "fresh apple"
@@ -344,3 +346,57 @@ def test_short_soak_has_no_misaligned_results():
     assert result["faults_injected"] > 20
     assert result["correct"] > result["calls"] // 2
     assert out.returncode == 0
+
+
+# -- every attempt is bounded in time, whatever the server does ----------------------------------
+
+
+def _trickle(connection: socket.socket) -> None:
+    """Answer with a promised 1,000-byte body, one byte every 0.2 s: never idle long enough for a
+    read timeout, never done."""
+    read_request_head(connection)
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    connection.sendall(b"Content-Length: 1000\r\n\r\n")
+    for _ in range(1000):
+        connection.sendall(b" ")
+        time.sleep(0.2)
+
+
+def _never_reads(connection: socket.socket) -> None:
+    """Accept the connection and never read the request: the upload stalls once buffers fill."""
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    time.sleep(30)
+
+
+@pytest.mark.parametrize("client_kind", ["sync", "async"])
+def test_a_trickling_answer_ends_at_the_attempt_deadline(client_kind):
+    with ScriptedServer(_trickle) as server:
+        runner = Runner(
+            client_kind, base_url=server.base_url, timeout=1.0, attempt_deadline=0.8, max_retries=0
+        )
+        try:
+            with pytest.raises(APITimeoutError, match=r"0\.8 s deadline"):
+                runner.rerank("apple", ["apple pie"])
+        finally:
+            runner.close()
+
+
+@pytest.mark.parametrize("client_kind", ["sync", "async"])
+def test_an_upload_the_server_stops_reading_ends_in_a_timeout(client_kind):
+    documents = ["x" * 1_000_000] * 16  # far more than the socket buffers hold
+    with ScriptedServer(_never_reads) as server:
+        runner = Runner(client_kind, base_url=server.base_url, timeout=0.5, max_retries=0)
+        with pytest.raises(APITimeoutError):
+            runner.rerank("apple", documents)
+    # Closed after the server went: a socket whose unsent upload never drains only closes when
+    # the other side does.
+    runner.close()
+
+
+def test_the_deadline_is_derived_from_the_timeout_unless_set():
+    assert SiliconFlowClient(api_key=KEY).attempt_deadline == 250.0  # 10 + 120 + 120
+    assert SiliconFlowClient(api_key=KEY, timeout=2.0).attempt_deadline == 6.0
+    assert SiliconFlowClient(api_key=KEY, timeout=None).attempt_deadline is None
+    assert SiliconFlowClient(api_key=KEY, timeout=2.0, attempt_deadline=9).attempt_deadline == 9.0
+    with pytest.raises(InvalidRequestError, match="attempt_deadline"):
+        SiliconFlowClient(api_key=KEY, attempt_deadline=float("nan"))
