@@ -57,7 +57,7 @@ from ._ratelimit import RateLimiter, estimate_tokens
 from ._request import RerankRequest, build_request
 from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._settings import CLIENT_SETTINGS, ClientSettings, check_client_settings, derived_deadline
-from ._transport import open_async_pool, translate_transport_errors
+from ._transport import open_async_pool, open_sync_pool, translate_transport_errors
 from ._version import __version__
 
 __all__ = ["AsyncSiliconFlowClient", "SiliconFlowClient"]
@@ -373,7 +373,7 @@ class SiliconFlowClient(_BaseClient):
             return owned
         with self._lock:
             if self._owned is None:
-                self._owned = httpx.Client(timeout=self.timeout, limits=self._limits())
+                self._owned = open_sync_pool(self.timeout, self._limits())
                 # Framework objects that hold a client are rarely closed by their users: close the
                 # pool when this client is garbage-collected instead of leaking its sockets.
                 weakref.finalize(self, self._owned.close)

@@ -12,12 +12,13 @@ import contextlib
 import urllib.request
 from collections.abc import AsyncGenerator, Iterator
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from ._exceptions import APIConnectionError, APITimeoutError, InvalidRequestError, SiliconFlowError
 
-__all__ = ["open_async_pool", "translate_transport_errors"]
+__all__ = ["open_async_pool", "open_sync_pool", "translate_transport_errors"]
 
 
 @contextlib.contextmanager
@@ -30,6 +31,14 @@ def translate_transport_errors() -> Iterator[None]:
         if own is not None:
             raise own from None
         raise _transport_error(error) from error
+    except aiohttp.ClientError as error:
+        # What httpx-aiohttp passes through unmapped: malformed answers (a bad status line or
+        # chunk size, conflicting lengths, oversized headers) raise aiohttp's own errors.
+        if isinstance(error, aiohttp.ServerTimeoutError):
+            raise APITimeoutError(f"request timed out ({type(error).__name__}): {error}") from error
+        raise APIConnectionError(
+            f"connection failed ({type(error).__name__}): {error or 'no details'}"
+        ) from error
 
 
 def _raised_by_the_body(error: BaseException) -> InvalidRequestError | None:
@@ -64,6 +73,24 @@ def _transport_error(error: httpx.RequestError) -> SiliconFlowError:
     )
 
 
+def open_sync_pool(timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.Client:
+    """Open httpx's own pool (which reads the proxy variables itself)."""
+    with _proxy_settings_checked():
+        return httpx.Client(timeout=timeout, limits=limits)
+
+
+@contextlib.contextmanager
+def _proxy_settings_checked() -> Iterator[None]:
+    # A proxy variable httpx or aiohttp cannot use (a SOCKS proxy without its package, a URL
+    # that is none) fails when a pool is made: as bad configuration, with the variable named.
+    try:
+        yield
+    except (ImportError, ValueError, httpx.InvalidURL) as error:
+        raise InvalidRequestError(
+            f"the proxy settings (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY) cannot be used: {error}"
+        ) from None
+
+
 async def open_async_pool(
     url: httpx.URL, timeout: httpx.Timeout, limits: httpx.Limits
 ) -> tuple[httpx.AsyncClient, AsyncGenerator[None, None]]:
@@ -73,8 +100,9 @@ async def open_async_pool(
         The client, and a guard to `aclose()` that closes it; left open, the guard closes the
         pool when the event loop shuts down.
     """
-    transport = AiohttpTransport(limits=limits, proxy=_environment_proxy(url))
-    client = httpx.AsyncClient(timeout=timeout, transport=transport)
+    with _proxy_settings_checked():
+        transport = AiohttpTransport(limits=limits, proxy=_environment_proxy(url))
+        client = httpx.AsyncClient(timeout=timeout, transport=transport)
     guard = _close_with_loop(client)
     await guard.__anext__()
     return client, guard

@@ -32,6 +32,8 @@ from siliconflow_rerank import (
 )
 from siliconflow_rerank.emulator import Fault
 
+from ..helpers import ScriptedServer, read_request_head
+
 DOCUMENTS = ["a red car", "apple pie", "green apple", "a bicycle"]
 
 
@@ -349,3 +351,49 @@ def test_a_meaningless_retry_after_is_retried_with_backoff(make_runner, emulator
     assert runner.rerank("apple", ["apple pie", "car"]).results[0].index == 0
     assert len(runner.sleeps.delays) == 1
     assert 0 < runner.sleeps.delays[0] <= 0.5  # the backoff, not NaN or a sleep for ever
+
+
+MALFORMED_ANSWERS = {
+    "bad status line": b"HTTP/1.1 abc OK\r\nContent-Length: 2\r\n\r\n{}",
+    "bad chunk size": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    "two lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n{}",
+    "negative length": b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\n{}",
+    "oversized header": b"HTTP/1.1 200 OK\r\nX-Big: "
+    + b"a" * 200_000
+    + b"\r\nContent-Length: 2\r\n\r\n{}",
+}
+
+
+@pytest.mark.parametrize("answer", MALFORMED_ANSWERS.values(), ids=MALFORMED_ANSWERS.keys())
+def test_malformed_http_is_a_connection_error_and_retried(make_runner, answer):
+    def script(connection: socket.socket) -> None:
+        read_request_head(connection)
+        connection.sendall(answer)
+        connection.close()
+
+    with ScriptedServer(script) as server:
+        runner = make_runner(base_url=server.base_url, max_retries=1, timeout=2.0)
+        with pytest.raises(APIConnectionError, match="connection failed"):
+            runner.rerank("apple", ["apple pie"])
+        assert len(server.connections) == 2  # the first attempt and one retry
+        assert len(runner.sleeps.delays) == 1
+
+
+@pytest.mark.parametrize("proxy", ["ftp://proxy.invalid:1", "socks5://127.0.0.1:1"])
+def test_an_unusable_proxy_variable_is_a_configuration_error(
+    make_runner, client_kind, monkeypatch, proxy
+):
+    # The async transport tries a SOCKS URL as an HTTP proxy: typed too, as a connection error.
+    expected: type[Exception] = InvalidRequestError
+    if proxy.startswith("socks") and client_kind == "async":
+        expected = APIConnectionError
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    runner = make_runner(base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
+    with pytest.raises(expected, match=r"proxy settings|connection failed"):
+        runner.rerank("apple", ["apple pie"])
