@@ -53,7 +53,7 @@ from ._exceptions import (
 )
 from ._media import DocumentItem, QueryItem
 from ._models import RerankResponse, parse
-from ._ratelimit import RateLimiter, estimate_tokens
+from ._ratelimit import RateLimiter, estimate_tokens, media_sizes
 from ._request import RerankRequest, build_request
 from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._settings import CLIENT_SETTINGS, ClientSettings, check_client_settings, derived_deadline
@@ -210,7 +210,7 @@ class _BaseClient:
         """Seconds to wait for the rate limiter, and the tokens booked for `request`."""
         if self._limiter is None:
             return 0.0, 0
-        tokens = estimate_tokens(request.content_length)
+        tokens = estimate_tokens(request.content_length, media_sizes(request.body))
         return self._limiter.reserve(tokens), tokens
 
     def _handle(

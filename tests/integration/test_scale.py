@@ -19,9 +19,10 @@ from siliconflow_rerank import (
     SiliconFlowClient,
     image_item,
 )
-from siliconflow_rerank._ratelimit import RateLimiter, estimate_tokens
+from siliconflow_rerank._ratelimit import MEDIA_TOKENS, RateLimiter, estimate_tokens, media_sizes
 from siliconflow_rerank.emulator import Fault, RerankEmulator
 
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 WORDS = ["apple", "pear", "fresh", "fridge", "car", "bus", "pie", "lemon", "green", "red"]
 
 
@@ -262,6 +263,34 @@ def test_tokens_per_minute_bucket_and_correction():
 def test_token_estimate_is_generous():
     assert estimate_tokens(len("苹果".encode())) >= 2
     assert estimate_tokens(len(b"four words of text")) >= 4
+
+
+def test_one_answer_cannot_poison_the_budget():
+    clock = Clock()
+    limiter = RateLimiter(tokens_per_minute=600, clock=clock)
+    assert limiter.reserve(100) == 0.0
+    limiter.correct(estimated=100, actual=10**15)  # a broken or hostile usage report
+    assert limiter.reserve(100) <= 70.0  # at most one window of debt, plus this request
+    limiter.correct(estimated=100, actual=-5)  # nonsense is ignored
+    assert limiter.reserve(10**12) <= 120.0  # a request beyond the budget waits one window
+
+
+def test_media_are_estimated_as_media_tokens_not_base64_length():
+    image = image_item(PNG + b"\x00" * 5_000_000)
+    body = {"query": "apple", "documents": ["a", image, {"image": "https://x.test/a.png"}]}
+    sizes = media_sizes(body)
+    assert [kind for kind, _ in sizes] == ["image", "image"]
+    assert sizes[0][1] > 6_000_000  # the inline data URI's length in the body
+    estimate = estimate_tokens(7_000_000, sizes)
+    assert 2 * MEDIA_TOKENS["image"] < estimate < 2 * MEDIA_TOKENS["image"] + 400_000
+
+
+def test_a_large_image_does_not_stall_a_token_budget(make_runner, emulator):
+    runner = make_runner(base_url=emulator.base_url, tokens_per_minute=1_000_000)
+    image = image_item(PNG + b"\x00" * 5_000_000)
+    for _ in range(3):
+        runner.rerank("apple", [image, "apple pie"], model="Qwen/Qwen3-VL-Reranker-8B")
+    assert runner.sleeps.delays == []  # it waited 73 s before every call when counted as base64
 
 
 def test_client_spaces_requests_to_its_budget(make_runner, emulator):
