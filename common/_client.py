@@ -27,6 +27,7 @@ from ._config import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
@@ -47,6 +48,7 @@ from ._embeddings import (
 from ._exceptions import (
     APIStatusError,
     APITimeoutError,
+    ResponseValidationError,
     SiliconFlowError,
     redact_answer,
     status_error,
@@ -107,6 +109,8 @@ class _BaseClient:
         """The timeout applied to every request this client sends."""
         self.attempt_deadline = settings.attempt_deadline or derived_deadline(self.timeout)
         """Seconds one attempt may take in all, or None for no bound beyond the timeout."""
+        self.max_response_bytes = settings.max_response_bytes
+        """The largest answer body (decoded) this client reads."""
         self.max_retries = settings.max_retries
         """How many times a failed attempt is retried (so `max_retries + 1` attempts at most)."""
         self.retry_policy = settings.retry_policy or RetryPolicy()
@@ -275,7 +279,46 @@ def _past_deadline(deadline: float) -> APITimeoutError:
     )
 
 
-async def _within(seconds: float, work: Awaitable[httpx.Response]) -> httpx.Response:
+class _Body:
+    """An answer's body, gathered piece by piece against a size cap and a deadline."""
+
+    __slots__ = ("deadline", "ends", "limit", "pieces", "size")
+
+    def __init__(self, limit: int, deadline: float | None) -> None:
+        self.limit = limit
+        self.deadline = deadline
+        self.ends = None if deadline is None else time.monotonic() + deadline
+        self.pieces: list[bytes] = []
+        self.size = 0
+
+    def expect(self, headers: httpx.Headers) -> None:
+        """Refuse at once an answer whose stated (encoded) length is already over the cap."""
+        stated = headers.get("content-length")
+        if stated is not None and stated.isdigit() and int(stated) > self.limit:
+            raise _too_large(self.limit)
+
+    def add(self, piece: bytes) -> None:
+        self.size += len(piece)
+        if self.size > self.limit:  # counted decoded: a small gzip can inflate without bound
+            raise _too_large(self.limit)
+        self.pieces.append(piece)
+        if self.ends is not None and time.monotonic() > self.ends:
+            raise _past_deadline(self.deadline or 0.0)
+
+    def content(self) -> bytes:
+        return self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
+
+
+def _too_large(limit: int) -> ResponseValidationError:
+    return ResponseValidationError(
+        f"the answer is larger than max_response_bytes ({limit} bytes); raise it if this server's "
+        "answers really are that large"
+    )
+
+
+async def _within(
+    seconds: float, work: Awaitable[tuple[int, httpx.Headers, bytes]]
+) -> tuple[int, httpx.Headers, bytes]:
     if sys.version_info >= (3, 11):
         async with asyncio.timeout(seconds):  # no extra task, unlike wait_for
             return await work
@@ -315,6 +358,8 @@ _CLIENT_ARGS = """
             retry_policy: Backoff settings; the defaults suit the hosted API.
             attempt_deadline: Seconds one attempt may take in all; None adds up the timeout's
                 connect, write and read limits (250 s by default).
+            max_response_bytes: The largest answer body (decoded) to read; larger answers fail
+                with ResponseValidationError.
             max_documents_per_request: Split longer lists into requests of this many documents
                 (merged exactly: scores are per query-document pair). None never splits.
             max_concurrency: How many requests of one call run at once.
@@ -347,6 +392,7 @@ class SiliconFlowClient(_BaseClient):
         *,
         retry_policy: RetryPolicy | None = None,
         attempt_deadline: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -399,20 +445,15 @@ class SiliconFlowClient(_BaseClient):
     def _exchange(self, url: httpx.URL, request: _Request) -> tuple[int, httpx.Headers, bytes]:
         """One attempt: the answer's status, headers and body, within the attempt deadline."""
         kwargs = self._send_kwargs(url, request, asynchronous=False)
-        deadline = self.attempt_deadline
-        if deadline is None:
-            response = self._http().post(**kwargs)
-            return response.status_code, response.headers, response.content
-        # httpx bounds each phase, not their sum: a server trickling its answer a byte at a time
-        # would keep the call alive for ever. The answer is read in pieces against the deadline.
-        ends = time.monotonic() + deadline
+        # httpx bounds each phase, not their sum (a server trickling its answer a byte at a time
+        # would keep the call alive for ever), nor the size of an answer: it is read in pieces,
+        # against the deadline and the size cap.
+        body = _Body(self.max_response_bytes, self.attempt_deadline)
         with self._http().stream("POST", **kwargs) as response:
-            body = bytearray()
+            body.expect(response.headers)
             for piece in response.iter_bytes():
-                body += piece
-                if time.monotonic() > ends:
-                    raise _past_deadline(deadline)
-            return response.status_code, response.headers, bytes(body)
+                body.add(piece)
+            return response.status_code, response.headers, body.content()
 
     def rerank(
         self,
@@ -572,6 +613,7 @@ class AsyncSiliconFlowClient(_BaseClient):
         *,
         retry_policy: RetryPolicy | None = None,
         attempt_deadline: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -627,15 +669,22 @@ class AsyncSiliconFlowClient(_BaseClient):
         also bounds an upload the server stopped reading)."""
         http = await self._http()
         kwargs = self._send_kwargs(url, request, asynchronous=True)
+
+        async def exchange() -> tuple[int, httpx.Headers, bytes]:
+            body = _Body(self.max_response_bytes, None)  # the deadline is the timeout below
+            async with http.stream("POST", **kwargs) as response:
+                body.expect(response.headers)
+                async for piece in response.aiter_bytes():
+                    body.add(piece)
+                return response.status_code, response.headers, body.content()
+
         deadline = self.attempt_deadline
         if deadline is None:
-            response = await http.post(**kwargs)
-        else:
-            try:
-                response = await _within(deadline, http.post(**kwargs))
-            except TimeoutError:
-                raise _past_deadline(deadline) from None
-        return response.status_code, response.headers, response.content
+            return await exchange()
+        try:
+            return await _within(deadline, exchange())
+        except TimeoutError:
+            raise _past_deadline(deadline) from None
 
     async def rerank(
         self,

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_DOCUMENTS_PER_REQUEST",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT",
@@ -54,6 +55,10 @@ commonly keep an idle connection open."""
 
 DEFAULT_MAX_DOCUMENTS_PER_REQUEST = 128
 """Lists longer than this are split into concurrent requests (see the README's benchmark)."""
+
+DEFAULT_MAX_RESPONSE_BYTES = 128 * 1024 * 1024
+"""The largest answer body a client reads (decoded): far beyond any real answer, well short of
+what would exhaust memory (a 400 MB answer, or 400 KB of gzip inflating to it, cost 800 MB)."""
 
 DEFAULT_MAX_CONCURRENCY = 8
 """Requests of one split call in flight at once: well within the hosted API's per-minute limits."""

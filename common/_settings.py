@@ -29,6 +29,7 @@ from ._config import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     resolve_base_url,
@@ -134,6 +135,9 @@ class ClientSettings(BaseModel):
     """Seconds one attempt may take in all (connecting, sending, a trickling answer); None
     derives it from `timeout` by adding its connect, write and read limits (250 s by default),
     or sets none when the timeout has no limit."""
+    max_response_bytes: Annotated[int, _count(1)] = DEFAULT_MAX_RESPONSE_BYTES
+    """The largest answer body (decoded) a client reads; larger ones fail with
+    ResponseValidationError instead of filling memory (128 MiB by default)."""
     max_retries: Annotated[int, _count(0)] = DEFAULT_MAX_RETRIES
     """Retries after a connection error, timeout, 408, 429 or 5xx (so at most this + 1 attempts)."""
     retry_policy: RetryPolicy | None = Field(default=None, exclude=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import socket
 import time
 from pathlib import Path
@@ -397,3 +398,30 @@ def test_an_unusable_proxy_variable_is_a_configuration_error(
     runner = make_runner(base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
     with pytest.raises(expected, match=r"proxy settings|connection failed"):
         runner.rerank("apple", ["apple pie"])
+
+
+def _answer_with(head: bytes, body: bytes) -> ScriptedServer:
+    def script(connection: socket.socket) -> None:
+        read_request_head(connection)
+        connection.sendall(head + body)
+        time.sleep(1)  # hold the connection: the client must not wait for the rest
+
+    return ScriptedServer(script)
+
+
+def test_an_answer_that_inflates_past_the_cap_is_refused(make_runner):
+    bomb = gzip.compress(b"[" + b" " * 20_000_000 + b"]")  # 20 kB of gzip, 20 MB decoded
+    head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb)
+    with _answer_with(head, bomb) as server:
+        runner = make_runner(base_url=server.base_url, max_response_bytes=1_000_000)
+        with pytest.raises(ResponseValidationError, match="max_response_bytes"):
+            runner.rerank("apple", ["apple pie"])
+        assert len(server.connections) == 1  # not retried
+
+
+def test_a_stated_length_past_the_cap_is_refused_before_reading(make_runner):
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 400000000\r\n\r\n"
+    with _answer_with(head, b"{") as server:
+        runner = make_runner(base_url=server.base_url, max_response_bytes=1_000_000, timeout=5.0)
+        with pytest.raises(ResponseValidationError, match=r"max_response_bytes \(1000000 bytes\)"):
+            runner.rerank("apple", ["apple pie"])
