@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -263,6 +264,21 @@ class _BaseClient:
         return delay
 
 
+_AsyncPool = tuple[httpx.AsyncClient, AsyncGenerator[None, None]]
+
+_POOL_OWNERS: weakref.WeakSet[SiliconFlowClient | AsyncSiliconFlowClient] = weakref.WeakSet()
+"""Clients that opened a pool: a forked child makes each of them start afresh."""
+
+
+def _forget_pools_after_fork() -> None:
+    for client in list(_POOL_OWNERS):
+        client._forget_pool()
+    _POOL_OWNERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
 _LARGE_BODY = 1 << 20
 """Async bodies larger than this (1 MiB) are sent in pieces of this size."""
 
@@ -405,6 +421,7 @@ class SiliconFlowClient(_BaseClient):
         super().__init__(check_client_settings(**_settings_among(locals())))
         self._borrowed = http_client
         self._owned: httpx.Client | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self._lock = threading.Lock()
 
     __init__.__doc__ = (
@@ -422,8 +439,17 @@ class SiliconFlowClient(_BaseClient):
                 self._owned = open_sync_pool(self.timeout, self._limits())
                 # Framework objects that hold a client are rarely closed by their users: close the
                 # pool when this client is garbage-collected instead of leaking its sockets.
-                weakref.finalize(self, self._owned.close)
+                self._finalizer = weakref.finalize(self, self._owned.close)
+                _POOL_OWNERS.add(self)
             return self._owned
+
+    def _forget_pool(self) -> None:
+        # In a forked child: the inherited pool's sockets are the parent's. Drop it unclosed (the
+        # parent still uses it) and start afresh; the lock may have been held by a parent thread.
+        self._lock = threading.Lock()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._owned = self._finalizer = None
 
     def _send(self, url: httpx.URL, request: _Request, read: _Reader[_Answer]) -> _Answer:
         attempt = 0
@@ -574,11 +600,15 @@ class SiliconFlowClient(_BaseClient):
             return [future.result() for future in futures]
 
     def close(self) -> None:
-        """Close the connection pool this client created (a borrowed `http_client` stays open)."""
+        """Close the connection pool this client created (a borrowed `http_client` stays open).
+
+        The client stays usable: the next call opens a new pool.
+        """
         with self._lock:
-            owned, self._owned = self._owned, None
-        if owned is not None:
-            owned.close()
+            finalizer, self._finalizer = self._finalizer, None
+            self._owned = None
+        if finalizer is not None:
+            finalizer()  # closes the pool, once, and lets it go (a kept finalizer would hold it)
 
     def __enter__(self) -> SiliconFlowClient:
         return self
@@ -625,9 +655,10 @@ class AsyncSiliconFlowClient(_BaseClient):
         # Every argument but http_client is a setting, checked in one place.
         super().__init__(check_client_settings(**_settings_among(locals())))
         self._borrowed = http_client
-        self._owned: httpx.AsyncClient | None = None
-        self._owned_loop: asyncio.AbstractEventLoop | None = None
-        self._guard: AsyncGenerator[None, None] | None = None
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncPool] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._pools_lock = threading.Lock()
 
     __init__.__doc__ = (
         "Create a client. No connection is opened until the first call.\n" + _CLIENT_ARGS
@@ -637,13 +668,24 @@ class AsyncSiliconFlowClient(_BaseClient):
         if self._borrowed is not None:
             return self._borrowed
         loop = asyncio.get_running_loop()
-        if self._owned is None or self._owned_loop is not loop:
-            # Pooled connections belong to the loop that opened them, so each loop gets its own
-            # pool (code that calls asyncio.run() per request must not hit "Event loop is
-            # closed"), and the pool closes when its loop shuts down.
-            client, guard = await open_async_pool(self._url, self.timeout, self._limits())
-            self._owned, self._owned_loop, self._guard = client, loop, guard
-        return self._owned
+        pool = self._pools.get(loop)
+        if pool is not None:
+            return pool[0]
+        # Pooled connections belong to the loop that opened them, so each loop gets its own pool
+        # (threads that each call asyncio.run() share a client safely), and a pool closes when
+        # its loop shuts down.
+        client, guard = await open_async_pool(self._url, self.timeout, self._limits())
+        with self._pools_lock:
+            pool = self._pools.setdefault(loop, (client, guard))
+        _POOL_OWNERS.add(self)
+        if pool[0] is not client:  # another task of this loop opened one first
+            await guard.aclose()
+        return pool[0]
+
+    def _forget_pool(self) -> None:
+        # In a forked child: the inherited pools' sockets are the parent's; start afresh.
+        self._pools_lock = threading.Lock()
+        self._pools = weakref.WeakKeyDictionary()
 
     async def _send(self, url: httpx.URL, request: _Request, read: _Reader[_Answer]) -> _Answer:
         attempt = 0
@@ -769,12 +811,12 @@ class AsyncSiliconFlowClient(_BaseClient):
         return [task.result() for task in tasks]
 
     async def aclose(self) -> None:
-        """Close the connection pool this client created (a borrowed `http_client` stays open)."""
-        guard, self._guard = self._guard, None
-        loop, self._owned_loop = self._owned_loop, None
-        self._owned = None
-        if guard is not None and loop is asyncio.get_running_loop():
-            await guard.aclose()
+        """Close the connection pool this client created on the running event loop (a borrowed
+        `http_client` stays open). Pools of other loops close when those loops shut down."""
+        with self._pools_lock:
+            pool = self._pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool[1].aclose()
 
     async def __aenter__(self) -> AsyncSiliconFlowClient:
         return self

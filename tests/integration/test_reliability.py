@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import logging
+import os
 import socket
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -400,3 +404,80 @@ def test_the_deadline_is_derived_from_the_timeout_unless_set():
     assert SiliconFlowClient(api_key=KEY, timeout=2.0, attempt_deadline=9).attempt_deadline == 9.0
     with pytest.raises(InvalidRequestError, match="attempt_deadline"):
         SiliconFlowClient(api_key=KEY, attempt_deadline=float("nan"))
+
+
+# -- shared clients across processes, loops and close/reuse cycles --------------------------------
+
+QUERIES = ["apple", "pear", "car", "fresh apples", "bus"]
+
+
+def _ground_truth(emulator: RerankEmulator, query: str) -> list[tuple[int, float]]:
+    body = {"model": "BAAI/bge-reranker-v2-m3", "query": query, "documents": TEXTS}
+    return [(r["index"], r["relevance_score"]) for r in emulator.rank(body)["results"]]
+
+
+def _ranked(response: Any) -> list[tuple[int, float]]:
+    return [(r.index, r.relevance_score) for r in response.results]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads running (3.12+)
+def test_a_forked_child_never_shares_the_parents_connections(fresh):
+    client = SiliconFlowClient(api_key=KEY, base_url=fresh.base_url)
+    assert _ranked(client.rerank("apple", TEXTS)) == _ground_truth(fresh, "apple")
+    opened = fresh.stats.connections
+    pid = os.fork()
+    if pid == 0:  # the child: its answers must be its own
+        status = 0
+        try:
+            for query in QUERIES * 4:
+                if _ranked(client.rerank(query, TEXTS)) != _ground_truth(fresh, query):
+                    status = 1
+        except BaseException:
+            status = 2
+        os._exit(status)
+    for query in reversed(QUERIES * 4):
+        assert _ranked(client.rerank(query, TEXTS)) == _ground_truth(fresh, query)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert fresh.stats.connections > opened  # the child opened a pool of its own
+    client.close()
+
+
+def test_an_async_client_shared_by_threads_that_each_run_a_loop(fresh):
+    client = AsyncSiliconFlowClient(api_key=KEY, base_url=fresh.base_url)
+    failures: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        async def calls() -> None:
+            for query in QUERIES[offset:] + QUERIES[:offset]:
+                assert _ranked(await client.rerank(query, TEXTS)) == _ground_truth(fresh, query)
+
+        try:
+            for _ in range(3):
+                asyncio.run(calls())
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    assert fresh.stats.requests == 4 * 3 * len(QUERIES)
+    # Each loop's pool closed when its loop shut down: nothing left open at the server.
+    wait_until(lambda: fresh.stats.open_connections == 0)
+    assert fresh.stats.open_connections == 0
+
+
+def test_close_then_reuse_lets_each_closed_pool_go(fresh):
+    client = SiliconFlowClient(api_key=KEY, base_url=fresh.base_url)
+    closed_pools = []
+    for _ in range(5):
+        client.rerank("apple", TEXTS)
+        closed_pools.append(weakref.ref(client._http()))
+        client.close()
+    gc.collect()
+    assert [pool() for pool in closed_pools] == [None] * 5  # none kept alive by the client
+    assert _ranked(client.rerank("apple", TEXTS)) == _ground_truth(fresh, "apple")
+    client.close()
