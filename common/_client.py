@@ -35,7 +35,6 @@ from ._config import (
     TimeoutTypes,
     resolve_api_key,
     resolve_base_url,
-    resolve_timeout,
 )
 from ._embeddings import (
     EmbeddingInput,
@@ -106,7 +105,7 @@ class _BaseClient:
         self._api_key = resolve_api_key(settings.api_key)
         self.base_url = resolve_base_url(settings.base_url)
         """The API root, without a trailing `/` or `/rerank`."""
-        self.timeout = resolve_timeout(settings.timeout)
+        self.timeout = settings.timeout or httpx.Timeout(None)
         """The timeout applied to every request this client sends."""
         self.attempt_deadline = settings.attempt_deadline or derived_deadline(self.timeout)
         """Seconds one attempt may take in all, or None for no bound beyond the timeout."""

@@ -26,7 +26,6 @@ __all__ = [
     "TimeoutTypes",
     "resolve_api_key",
     "resolve_base_url",
-    "resolve_timeout",
 ]
 
 API_KEY_ENV = "SILICONFLOW_API_KEY"
@@ -114,18 +113,3 @@ def resolve_base_url(base_url: str | None) -> str:
             f"base_url {url!r} must be an absolute http(s) URL such as {DEFAULT_BASE_URL}"
         )
     return url
-
-
-def resolve_timeout(timeout: TimeoutTypes | httpx.Timeout) -> httpx.Timeout:
-    """Turn a number of seconds (each phase), an `httpx.Timeout`, or None (no limit) into a Timeout.
-
-    Raises:
-        InvalidRequestError: A number that is not positive.
-    """
-    if isinstance(timeout, httpx.Timeout):
-        return timeout
-    if timeout is None:
-        return httpx.Timeout(None)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return httpx.Timeout(float(timeout))

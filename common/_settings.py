@@ -58,24 +58,35 @@ def _count(minimum: int) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def _timeout(value: object) -> httpx.Timeout | None:
-    if value is None or isinstance(value, httpx.Timeout):
-        return value
-    if isinstance(value, dict):  # the serialized form, back from a dump or a saved config
-        return httpx.Timeout(**value)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"timeout must be a finite number of seconds, got {value!r}")
-    return httpx.Timeout(float(value))
+def _seconds(minimum: float, *, inclusive: bool) -> BeforeValidator:
+    """A finite number of seconds above `minimum` (or equal to it, when `inclusive`); None
+    passes where the field allows it."""
+    relation = ">=" if inclusive else ">"
+
+    def check(value: object, info: Any) -> object:
+        if value is None or isinstance(value, httpx.Timeout):
+            return value
+        if isinstance(value, dict):  # a timeout's serialized form, back from a dump or a config
+            return httpx.Timeout(**value)
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (value >= minimum if inclusive else value > minimum)
+        ):
+            return float(value)
+        raise ValueError(
+            f"{info.field_name} must be a finite number of seconds {relation} {minimum:g}, "
+            f"got {value!r}"
+        )
+
+    return BeforeValidator(check)
 
 
-def _deadline(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise ValueError(f"attempt_deadline must be a positive number of seconds, got {value!r}")
-    return float(value)
+def _timeout(value: object) -> object:
+    # Runs after the seconds check (pydantic applies "before" checks last to first): one number
+    # of seconds applies to each phase.
+    return httpx.Timeout(value) if isinstance(value, float) else value
 
 
 def derived_deadline(timeout: httpx.Timeout) -> float | None:
@@ -86,19 +97,10 @@ def derived_deadline(timeout: httpx.Timeout) -> float | None:
     return float(sum(phase for phase in phases if phase is not None))
 
 
-def _seconds(value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 <= value < float("inf")
-    ):
-        raise ValueError(f"keepalive_expiry must be a number of seconds >= 0, got {value!r}")
-    return float(value)
-
-
 Timeout = Annotated[
     httpx.Timeout | None,
     BeforeValidator(_timeout),
+    _seconds(0, inclusive=False),
     PlainSerializer(lambda t: t.as_dict() if isinstance(t, httpx.Timeout) else t),
 ]
 """Seconds (for each phase), an `httpx.Timeout`, its `as_dict()` form, or None for no limit."""
@@ -131,7 +133,7 @@ class ClientSettings(BaseModel):
     timeout: Timeout = DEFAULT_TIMEOUT
     """Seconds for each phase of a request, an `httpx.Timeout`, or None for no limit; by default
     10 s to connect and 120 s to read."""
-    attempt_deadline: Annotated[float | None, BeforeValidator(_deadline)] = None
+    attempt_deadline: Annotated[float | None, _seconds(0, inclusive=False)] = None
     """Seconds one attempt may take in all (connecting, sending, a trickling answer); None
     derives it from `timeout` by adding its connect, write and read limits (250 s by default),
     or sets none when the timeout has no limit."""
@@ -148,7 +150,7 @@ class ClientSettings(BaseModel):
     """How many requests of one split call run at once."""
     max_connections: Annotated[int, _count(1)] = DEFAULT_MAX_CONNECTIONS
     """Size of the connection pool a client opens."""
-    keepalive_expiry: Annotated[float, BeforeValidator(_seconds)] = DEFAULT_KEEPALIVE_EXPIRY
+    keepalive_expiry: Annotated[float, _seconds(0, inclusive=True)] = DEFAULT_KEEPALIVE_EXPIRY
     """Seconds an idle pooled connection is kept for the next call."""
     requests_per_minute: Annotated[int | None, _count(1)] = None
     """Client-side request budget, shared by every call on the client."""
