@@ -23,9 +23,9 @@ from pydantic import (
 
 from ._batching import merge_usage
 from ._capabilities import embedding_capabilities
-from ._exceptions import InvalidRequestError, ResponseValidationError, excerpt
+from ._exceptions import InvalidRequestError, ResponseValidationError
 from ._media import ImageItem, TextItem, WireItem, item_kind, normalize_item
-from ._models import Usage
+from ._models import Usage, invalid_answer, read_answer, usage_from
 from ._request import StreamedBody, encode_body
 
 __all__ = [
@@ -196,14 +196,6 @@ def _decode(vector: list[float] | str) -> list[float]:
     return values.tolist()
 
 
-def _usage(raw: dict[str, Any] | None) -> Usage | None:
-    if not raw:
-        return None
-    prompt = raw.get("prompt_tokens", raw.get("input_tokens"))
-    completion = raw.get("completion_tokens", raw.get("output_tokens"))
-    return Usage.model_validate({**raw, "input_tokens": prompt, "output_tokens": completion})
-
-
 def parse_embeddings(
     content: bytes, request: EmbeddingRequest, *, trace_id: str | None
 ) -> EmbeddingResponse:
@@ -216,16 +208,9 @@ def parse_embeddings(
     """
 
     def invalid(problem: str) -> ResponseValidationError:
-        return ResponseValidationError(problem, trace_id=trace_id, body_excerpt=excerpt(content))
+        return invalid_answer(problem, content, trace_id)
 
-    try:
-        wire = _WireAnswer.model_validate_json(content)
-    except ValidationError as error:
-        first = error.errors()[0]
-        if first["type"] == "json_invalid":
-            raise invalid("the response body is not valid JSON") from None
-        location = ".".join(str(part) for part in first["loc"]) or "body"
-        raise invalid(f"the response has an invalid '{location}': {first['msg']}") from None
+    wire = read_answer(_WireAnswer, content, trace_id)
 
     vectors: list[list[float] | None] = [None] * request.count
     for entry in wire.data:
@@ -253,9 +238,9 @@ def parse_embeddings(
         if not math.isfinite(sum(vector)):
             raise invalid(f"the vector at index {index} holds a value that is not a finite number")
     try:
-        usage = _usage(wire.usage)
-    except ValidationError:
-        raise invalid("the response has an invalid 'usage'") from None
+        usage = usage_from(wire.usage)
+    except (ValidationError, TypeError, ValueError):
+        raise invalid("the response has an invalid usage report") from None
     # Everything is checked: build without validating every number a second time.
     return EmbeddingResponse.model_construct(
         embeddings=complete, model=wire.model, usage=usage, trace_id=trace_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -24,8 +24,11 @@ __all__ = [
     "RerankResponse",
     "RerankResult",
     "Usage",
+    "invalid_answer",
     "parse",
     "rank",
+    "read_answer",
+    "usage_from",
 ]
 
 
@@ -129,16 +132,57 @@ class _WireResponse(BaseModel):
 
 def _usage(wire: _WireResponse) -> Usage | None:
     meta = wire.meta or {}
-    tokens = meta.get("tokens") or wire.tokens or wire.usage
-    billed = meta.get("billed_units")
+    return usage_from(meta.get("tokens") or wire.tokens or wire.usage, meta.get("billed_units"))
+
+
+def usage_from(tokens: Any, billed: Any = None) -> Usage | None:
+    """Usage from any server's counts: input/output or OpenAI's prompt/completion names, with
+    the total computed when the server sent none.
+
+    Raises:
+        ValidationError, TypeError: Counts of the wrong shape or type.
+    """
     if not tokens and not billed:
         return None
-    usage = Usage.model_validate({**(tokens or {}), "billed_units": billed})
+    counts = dict(tokens or {})
+    for ours, openai_name in (
+        ("input_tokens", "prompt_tokens"),
+        ("output_tokens", "completion_tokens"),
+    ):
+        if ours not in counts and openai_name in counts:
+            counts[ours] = counts[openai_name]
+    usage = Usage.model_validate({**counts, "billed_units": billed})
     if usage.total_tokens is None:
-        counts = [usage.input_tokens, usage.output_tokens, usage.image_tokens]
-        if any(count is not None for count in counts):
-            usage = usage.model_copy(update={"total_tokens": sum(c or 0 for c in counts)})
+        parts = [usage.input_tokens, usage.output_tokens, usage.image_tokens]
+        if any(part is not None for part in parts):
+            usage = usage.model_copy(update={"total_tokens": sum(p or 0 for p in parts)})
     return usage
+
+
+_Wire = TypeVar("_Wire", bound=BaseModel)
+
+
+def invalid_answer(problem: str, content: bytes, trace_id: str | None) -> ResponseValidationError:
+    """The error for a 2xx answer that is not a valid one, with its trace id and an excerpt."""
+    return ResponseValidationError(problem, trace_id=trace_id, body_excerpt=excerpt(content))
+
+
+def read_answer(model: type[_Wire], content: bytes, trace_id: str | None) -> _Wire:
+    """Parse an answer body into its wire model.
+
+    Raises:
+        ResponseValidationError: The body is not JSON, or names the first field that is wrong.
+    """
+    try:
+        return model.model_validate_json(content)
+    except ValidationError as error:
+        first = error.errors()[0]
+        if first["type"] == "json_invalid":
+            problem = "the response body is not valid JSON"
+        else:
+            location = ".".join(str(part) for part in first["loc"]) or "body"
+            problem = f"the response has an invalid '{location}': {first['msg']}"
+        raise invalid_answer(problem, content, trace_id) from None
 
 
 def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> RerankResponse:
@@ -149,50 +193,33 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
             index out of range or repeated, a non-finite score, or (when every document was
             asked for) not every document.
     """
-    try:
-        wire = _WireResponse.model_validate_json(content)
-    except ValidationError as error:
-        first = error.errors()[0]
-        if first["type"] == "json_invalid":
-            problem = "the response body is not valid JSON"
-        else:
-            location = ".".join(str(part) for part in first["loc"]) or "body"
-            problem = f"the response has an invalid '{location}': {first['msg']}"
-        raise ResponseValidationError(
-            problem, trace_id=trace_id, body_excerpt=excerpt(content)
-        ) from None
+    wire = read_answer(_WireResponse, content, trace_id)
 
     count = len(request.documents)
     seen: set[int] = set()
     for result in wire.results:
         if result.index >= count:
-            raise ResponseValidationError(
+            raise invalid_answer(
                 f"result index {result.index} is out of range for {count} documents",
-                trace_id=trace_id,
-                body_excerpt=excerpt(content),
+                content,
+                trace_id,
             )
         if result.index in seen:
-            raise ResponseValidationError(
-                f"result index {result.index} appears twice",
-                trace_id=trace_id,
-                body_excerpt=excerpt(content),
-            )
+            raise invalid_answer(f"result index {result.index} appears twice", content, trace_id)
         seen.add(result.index)
     if request.top_n is None and len(seen) != count:
         # Asked for every document: one missing would shift nothing but silently lose a document.
-        raise ResponseValidationError(
+        raise invalid_answer(
             f"the answer ranks {len(seen)} of the {count} documents; every one was asked for",
-            trace_id=trace_id,
-            body_excerpt=excerpt(content),
+            content,
+            trace_id,
         )
 
     try:
         usage = _usage(wire)
     except (ValidationError, TypeError, ValueError):
-        raise ResponseValidationError(
-            "the response has an invalid usage report",
-            trace_id=trace_id,
-            body_excerpt=excerpt(content),
+        raise invalid_answer(
+            "the response has an invalid usage report", content, trace_id
         ) from None
     return RerankResponse(
         id=wire.id,
