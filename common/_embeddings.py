@@ -34,6 +34,8 @@ __all__ = [
     "EmbeddingResponse",
     "EncodingFormat",
     "build_embedding_requests",
+    "float32_base64",
+    "float32_values",
     "merge_embeddings",
     "parse_embeddings",
 ]
@@ -183,17 +185,32 @@ class _WireAnswer(BaseModel):
     usage: dict[str, Any] | None = None
 
 
-def _decode(vector: list[float] | str) -> list[float]:
-    if isinstance(vector, list):
-        return vector
-    raw = base64.b64decode(vector, validate=True)
+def float32_base64(vector: Sequence[float]) -> str:
+    """Little-endian float32 values, base64-encoded: `encoding_format="base64"` on the wire."""
+    values = array.array("f", vector)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return base64.b64encode(values.tobytes()).decode("ascii")
+
+
+def float32_values(encoded: str) -> list[float]:
+    """The floats of a `float32_base64` string.
+
+    Raises:
+        binascii.Error, ValueError: Not base64, or not a whole number of float32 values.
+    """
+    raw = base64.b64decode(encoded, validate=True)
     if len(raw) % 4:
         raise ValueError(f"{len(raw)} bytes is not a whole number of float32 values")
     values = array.array("f")
     values.frombytes(raw)
-    if sys.byteorder == "big":  # the service sends little-endian float32
+    if sys.byteorder == "big":  # the wire is little-endian
         values.byteswap()
     return values.tolist()
+
+
+def _decode(vector: list[float] | str) -> list[float]:
+    return vector if isinstance(vector, list) else float32_values(vector)
 
 
 def parse_embeddings(

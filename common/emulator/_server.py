@@ -19,6 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from .._capabilities import ModelCapabilities, embedding_capabilities, model_capabilities
+from .._embeddings import float32_base64, float32_values
 from . import _scoring
 
 __all__ = ["EmulatorStats", "Fault", "RerankEmulator"]
@@ -761,7 +762,7 @@ def _embedding_answer(body: dict[str, Any]) -> dict[str, Any]:
         vector = _scoring.embedding(model, _scoring.scoring_terms(item.tokens), size)
         encoded: list[float] | str = vector
         if encoding == "base64":
-            encoded = _scoring.float32_base64(vector)
+            encoded = float32_base64(vector)
         data.append({"object": "embedding", "index": index, "embedding": encoded})
     return {
         "object": "list",
@@ -782,9 +783,7 @@ def _spoil_score(result: dict[str, Any]) -> None:
 def _spoil_vector(entry: dict[str, Any]) -> None:
     vector = entry["embedding"]
     if isinstance(vector, str):
-        entry["embedding"] = _scoring.float32_base64(
-            [math.nan, *_scoring.float32_values(vector)[1:]]
-        )
+        entry["embedding"] = float32_base64([math.nan, *float32_values(vector)[1:]])
     else:
         vector[0] = math.nan
 
