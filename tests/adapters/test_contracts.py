@@ -52,6 +52,75 @@ def use(adapter: Any, *, asynchronous: bool = False) -> Any:
     return adapter.embed_query("apple")
 
 
+CORPUS = [
+    "Store apples in the fridge to keep them crisp.",
+    "The train to the city leaves at noon.",
+    "Apple pie needs sour apples and cinnamon.",
+    "Bananas turn brown in the fridge.",
+    "A red apple a day keeps the doctor away.",
+    "Bicycles need air in their tyres.",
+]
+
+
+async def arank(reranker: Any, texts: list[str], query: str) -> list[tuple[str, float | None]]:
+    """(id, score) of each result, through the reranker's native async entry point."""
+    if isinstance(reranker, LangChainRerank):
+        documents = [Document(page_content=t, id=f"d{i}") for i, t in enumerate(texts)]
+        out = await reranker.acompress_documents(documents, query)
+        return [(d.id or "", d.metadata["relevance_score"]) for d in out]
+    nodes = [NodeWithScore(node=TextNode(text=t, id_=f"d{i}")) for i, t in enumerate(texts)]
+    scored = await reranker.apostprocess_nodes(nodes, query_str=query)
+    return [(n.node.node_id, n.score) for n in scored]
+
+
+def rank(reranker: Any, texts: list[str], query: str, asynchronous: bool) -> list[Any]:
+    """(id, score) of each result, through the sync or async entry point."""
+    if asynchronous:
+        return asyncio.run(arank(reranker, texts, query))
+    if isinstance(reranker, LangChainRerank):
+        documents = [Document(page_content=t, id=f"d{i}") for i, t in enumerate(texts)]
+        out = reranker.compress_documents(documents, query)
+        return [(d.id, d.metadata["relevance_score"]) for d in out]
+    nodes = [NodeWithScore(node=TextNode(text=t, id_=f"d{i}")) for i, t in enumerate(texts)]
+    return [(n.node.node_id, n.score) for n in reranker.postprocess_nodes(nodes, query_str=query)]
+
+
+@pytest.mark.parametrize("adapter_class", RERANKERS)
+async def test_hundred_concurrent_calls_overlap(adapter_class, emulator):
+    emulator.latency = 0.3
+    reranker = adapter_class(api_key=KEY, base_url=emulator.base_url)
+    results = await asyncio.gather(*(arank(reranker, CORPUS, f"apple {i}") for i in range(100)))
+    await reranker.aclose()
+    assert len(results) == 100
+    assert emulator.stats.max_in_flight == 100
+
+
+@pytest.mark.parametrize("adapter_class", RERANKERS)
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_scale_settings_reach_the_core(adapter_class, asynchronous, emulator):
+    cache = siliconflow_rerank.RerankCache()
+    seen: list[tuple[int, int]] = []
+    batched = adapter_class(
+        api_key=KEY,
+        base_url=emulator.base_url,
+        top_n=None,
+        max_documents_per_request=2,
+        max_concurrency=2,
+        requests_per_minute=1000,
+        cache=cache,
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
+    whole = adapter_class(api_key=KEY, base_url=emulator.base_url, top_n=None)
+    out = rank(batched, CORPUS, "apple", asynchronous)
+    assert emulator.stats.requests == 3
+    assert seen[-1] == (3, 3)
+    expected = rank(whole, CORPUS, "apple", asynchronous)
+    assert out == expected
+    rank(batched, CORPUS, "apple", asynchronous)
+    assert cache.hits == len(CORPUS)
+    assert emulator.stats.requests == 4  # the cached call sent nothing
+
+
 @pytest.mark.parametrize("adapter_class", ADAPTERS)
 def test_every_client_setting_is_a_field_declared_once(adapter_class):
     for name, info in ClientSettings.model_fields.items():

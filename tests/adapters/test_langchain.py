@@ -378,44 +378,6 @@ def test_lcel_chain_pipeline(emulator):
         assert [(d.page_content, d.metadata["relevance_score"]) for d in result] == expected
 
 
-async def test_hundred_concurrent_calls_overlap(emulator):
-    emulator.latency = 0.3
-    reranker = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url)
-    results = await asyncio.gather(
-        *(reranker.acompress_documents(docs(*CORPUS), f"apple {i}") for i in range(100))
-    )
-    await reranker.aclose()
-    assert len(results) == 100
-    assert emulator.stats.max_in_flight == 100
-
-
-def test_scale_settings_reach_the_core(emulator, compress):
-    from siliconflow_rerank import RerankCache
-
-    cache = RerankCache()
-    seen: list[tuple[int, int]] = []
-    batched = SiliconFlowRerank(
-        api_key=KEY,
-        base_url=emulator.base_url,
-        top_n=None,
-        max_documents_per_request=2,
-        max_concurrency=2,
-        cache=cache,
-        on_progress=lambda done, total: seen.append((done, total)),
-    )
-    whole = SiliconFlowRerank(api_key=KEY, base_url=emulator.base_url, top_n=None)
-    out = compress(batched, docs(*CORPUS), "apple")
-    assert emulator.stats.requests == 3
-    assert seen[-1] == (3, 3)
-    expected = compress(whole, docs(*CORPUS), "apple")
-    assert [(d.id, d.metadata["relevance_score"]) for d in out] == [
-        (d.id, d.metadata["relevance_score"]) for d in expected
-    ]
-    compress(batched, docs(*CORPUS), "apple")
-    assert cache.hits == len(CORPUS)
-    assert emulator.stats.requests == 4  # the cached call sent nothing
-
-
 # -- framework contracts: events of the surrounding run, serialization --------------------------
 
 
