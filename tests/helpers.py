@@ -25,6 +25,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
+CORPUS = [
+    "Store apples in the fridge to keep them crisp.",
+    "The train to the city leaves at noon.",
+    "Apple pie needs sour apples and cinnamon.",
+    "Bananas turn brown in the fridge.",
+    "A red apple a day keeps the doctor away.",
+    "Bicycles need air in their tyres.",
+]
+"""Short documents, some about apples, for the adapters' pipeline and scale tests."""
+
 
 LIVE_API_KEY = os.environ.get("SILICONFLOW_API_KEY")
 """Read once at import, before any test runs (and cleans the environment), for the live tests."""

@@ -30,6 +30,8 @@ from siliconflow_rerank import (
 from siliconflow_rerank._exceptions import status_error
 from siliconflow_rerank.emulator import Fault
 
+from ..helpers import CORPUS
+
 KEY = "sk-contracts-canary-3131"
 ADAPTERS = [LangChainRerank, LlamaRerank, SiliconFlowEmbeddings]
 RERANKERS = [LangChainRerank, LlamaRerank]
@@ -50,16 +52,6 @@ def use(adapter: Any, *, asynchronous: bool = False) -> Any:
     if asynchronous:
         return asyncio.run(adapter.aembed_query("apple"))
     return adapter.embed_query("apple")
-
-
-CORPUS = [
-    "Store apples in the fridge to keep them crisp.",
-    "The train to the city leaves at noon.",
-    "Apple pie needs sour apples and cinnamon.",
-    "Bananas turn brown in the fridge.",
-    "A red apple a day keeps the doctor away.",
-    "Bicycles need air in their tyres.",
-]
 
 
 async def arank(reranker: Any, texts: list[str], query: str) -> list[tuple[str, float | None]]:

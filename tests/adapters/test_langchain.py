@@ -25,7 +25,7 @@ from langchain_siliconflow import USAGE_EVENT, RerankResults, SiliconFlowRerank
 from siliconflow_rerank import AsyncSiliconFlowClient, InvalidRequestError, SiliconFlowClient
 from siliconflow_rerank.emulator import Fault
 
-from ..helpers import ScoringRecorder
+from ..helpers import CORPUS, ScoringRecorder
 
 KEY = "sk-langchain-canary-0042"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
@@ -282,15 +282,6 @@ def test_usage_reported_once_per_call(compress, caplog):
 
 
 # -- over real sockets --------------------------------------------------------------------------
-
-CORPUS = [
-    "Store apples in the fridge to keep them crisp.",
-    "The train to the city leaves at noon.",
-    "Apple pie needs sour apples and cinnamon.",
-    "Bananas turn brown in the fridge.",
-    "A red apple a day keeps the doctor away.",
-    "Bicycles need air in their tyres.",
-]
 
 
 class WordHashEmbeddings(Embeddings):

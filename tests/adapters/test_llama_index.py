@@ -36,7 +36,7 @@ from llama_index_siliconflow import SiliconFlowRerank
 from siliconflow_rerank import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowClient
 from siliconflow_rerank.emulator import Fault
 
-from ..helpers import ScoringRecorder
+from ..helpers import CORPUS, ScoringRecorder
 
 KEY = "sk-llama-canary-0077"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
@@ -374,14 +374,6 @@ def test_top_n_none_reports_all_nodes_in_the_start_event(events):
 
 
 # -- over real sockets --------------------------------------------------------------------------
-
-CORPUS = [
-    "Store apples in the fridge to keep them crisp.",
-    "The train to the city leaves at noon.",
-    "Apple pie needs sour apples and cinnamon.",
-    "Bananas turn brown in the fridge.",
-    "A red apple a day keeps the doctor away.",
-]
 
 
 def truth(emulator, query: str, texts: list[str], top_n: int) -> list[tuple[str, float]]:
