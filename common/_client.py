@@ -46,6 +46,7 @@ from ._embeddings import (
     parse_embeddings,
 )
 from ._exceptions import (
+    APIConnectionError,
     APIStatusError,
     APITimeoutError,
     ResponseValidationError,
@@ -324,6 +325,11 @@ class _Body:
         return self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
 
 
+def _closed_in_flight(error: SiliconFlowError) -> APIConnectionError:
+    """A call whose pool was closed under it: not retried (that would open a new pool)."""
+    return APIConnectionError(f"the client was closed while this call was in flight: {error}")
+
+
 def _too_large(limit: int) -> ResponseValidationError:
     return ResponseValidationError(
         f"the answer is larger than max_response_bytes ({limit} bytes); raise it if this server's "
@@ -435,7 +441,7 @@ class SiliconFlowClient(_BaseClient):
             return owned
         with self._lock:
             if self._owned is None:
-                self._owned = open_sync_pool(self.timeout, self._limits())
+                self._owned = open_sync_pool(self._url, self.timeout, self._limits())
                 # Framework objects that hold a client are rarely closed by their users: close the
                 # pool when this client is garbage-collected instead of leaking its sockets.
                 self._finalizer = weakref.finalize(self, self._owned.close)
@@ -456,25 +462,30 @@ class SiliconFlowClient(_BaseClient):
             wait_for, booked = self._reserve(request)
             if wait_for > 0:
                 self.retry_policy.sleep(wait_for)
+            http = self._http()
             try:
                 with translate_transport_errors():
-                    status, headers, content = self._exchange(url, request)
+                    status, headers, content = self._exchange(http, url, request)
                 return self._handle(status, headers, content, read, booked)
             except SiliconFlowError as error:
+                if http.is_closed:
+                    raise _closed_in_flight(error) from error
                 delay = self._next_delay(attempt, error)
                 if delay is None:
                     raise
                 self.retry_policy.sleep(delay)
                 attempt += 1
 
-    def _exchange(self, url: httpx.URL, request: _Request) -> tuple[int, httpx.Headers, bytes]:
+    def _exchange(
+        self, http: httpx.Client, url: httpx.URL, request: _Request
+    ) -> tuple[int, httpx.Headers, bytes]:
         """One attempt: the answer's status, headers and body, within the attempt deadline."""
         kwargs = self._send_kwargs(url, request, asynchronous=False)
         # httpx bounds each phase, not their sum (a server trickling its answer a byte at a time
         # would keep the call alive for ever), nor the size of an answer: it is read in pieces,
         # against the deadline and the size cap.
         body = _Body(self.max_response_bytes, self.attempt_deadline)
-        with self._http().stream("POST", **kwargs) as response:
+        with http.stream("POST", **kwargs) as response:
             body.expect(response.headers)
             for piece in response.iter_bytes():
                 body.add(piece)
@@ -692,11 +703,14 @@ class AsyncSiliconFlowClient(_BaseClient):
             wait_for, booked = self._reserve(request)
             if wait_for > 0:
                 await self.retry_policy.async_sleep(wait_for)
+            http = await self._http()
             try:
                 with translate_transport_errors():
-                    status, headers, content = await self._exchange(url, request)
+                    status, headers, content = await self._exchange(http, url, request)
                 return self._handle(status, headers, content, read, booked)
             except SiliconFlowError as error:
+                if http.is_closed:
+                    raise _closed_in_flight(error) from error
                 delay = self._next_delay(attempt, error)
                 if delay is None:
                     raise
@@ -704,11 +718,10 @@ class AsyncSiliconFlowClient(_BaseClient):
                 attempt += 1
 
     async def _exchange(
-        self, url: httpx.URL, request: _Request
+        self, http: httpx.AsyncClient, url: httpx.URL, request: _Request
     ) -> tuple[int, httpx.Headers, bytes]:
         """One attempt: the answer's status, headers and body, within the attempt deadline (which
         also bounds an upload the server stopped reading)."""
-        http = await self._http()
         kwargs = self._send_kwargs(url, request, asynchronous=True)
 
         async def exchange() -> tuple[int, httpx.Headers, bytes]:

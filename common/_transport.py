@@ -1,18 +1,26 @@
-"""What the client modules need from their transports: error translation, and the async pool.
+"""What the client modules need from their transports: error translation, and both pools.
 
 The async client's own pool is aiohttp under the httpx API (see the README's benchmark); its quirks
 live here: a dropped connection reported as a timeout, errors of a streamed body wrapped, proxy
-variables unread, and a pool that must close on the loop that opened it.
+variables unread, and a pool that must close on the loop that opened it. Both pools refuse to
+reuse a kept-alive connection that holds bytes nobody asked for, and the sync pool's `close()`
+wakes the threads still reading from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
+import socket
+import threading
 import urllib.request
+import weakref
 from collections.abc import AsyncGenerator, Iterator
+from typing import Any
 
 import aiohttp
+import httpcore
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -73,10 +81,104 @@ def _transport_error(error: httpx.RequestError) -> SiliconFlowError:
     )
 
 
-def open_sync_pool(timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.Client:
-    """Open httpx's own pool (which reads the proxy variables itself)."""
+def open_sync_pool(url: httpx.URL, timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.Client:
+    """Open httpx's own pool for requests to `url`, made safe to share."""
     with _proxy_settings_checked():
-        return httpx.Client(timeout=timeout, limits=limits)
+        proxy = _environment_proxy(url)
+        if proxy is not None:  # httpx's own proxy transport, as it would choose it
+            return httpx.Client(timeout=timeout, limits=limits, proxy=proxy)
+        return httpx.Client(timeout=timeout, limits=limits, transport=_SyncTransport(limits))
+
+
+class _SyncTransport(httpx.HTTPTransport):
+    """httpx's transport on a pool that drops tainted connections and can wake its readers.
+
+    Two gaps in httpcore's pool, both found over real sockets: bytes that arrive after an answer
+    in the same read (an answer nobody asked for) stay buffered and are taken as the next call's
+    answer; and closing a socket that another thread reads from does not wake that thread, so a
+    call in flight during `close()` waited for its read timeout.
+    """
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        super().__init__(limits=limits)
+        self._streams = _OpenStreams()
+        self._pool = _CheckedPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=self._streams,
+        )
+
+    def close(self) -> None:
+        self._streams.shut_down()  # calls blocked in a read end now, not at their timeout
+        super().close()
+
+
+class _CheckedPool(httpcore.ConnectionPool):
+    def _assign_requests_to_connections(self) -> list[httpcore.ConnectionInterface]:
+        # Runs under the pool's lock before every assignment: an idle connection holding unread
+        # bytes is closed, never reused.
+        tainted = [c for c in self._connections if c.is_idle() and _holds_unread_bytes(c)]
+        for connection in tainted:
+            self._connections.remove(connection)
+        return tainted + super()._assign_requests_to_connections()
+
+
+def _holds_unread_bytes(connection: httpcore.ConnectionInterface) -> bool:
+    # httpcore keeps the HTTP/1.1 parser private; a version without it is caught by the tests.
+    parser = getattr(getattr(connection, "_connection", None), "_h11_state", None)
+    return parser is not None and bool(parser.trailing_data[0])
+
+
+class _OpenStreams(httpcore.SyncBackend):
+    """httpcore's own backend, keeping track of the streams it opened so they can be shut down."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: weakref.WeakSet[_TrackedStream] = weakref.WeakSet()
+
+    def track(self, stream: httpcore.NetworkStream) -> _TrackedStream:
+        tracked = _TrackedStream(stream, self)
+        with self._lock:
+            self._open.add(tracked)
+        return tracked
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        return self.track(super().connect_tcp(*args, **kwargs))
+
+    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        return self.track(super().connect_unix_socket(*args, **kwargs))
+
+    def shut_down(self) -> None:
+        with self._lock:
+            streams = list(self._open)
+        for stream in streams:
+            sock = stream.get_extra_info("socket")
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+class _TrackedStream(httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream, streams: _OpenStreams) -> None:
+        self._stream = stream
+        self._streams = streams
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        return self._streams.track(self._stream.start_tls(*args, **kwargs))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
 
 
 @contextlib.contextmanager
@@ -101,18 +203,61 @@ async def open_async_pool(
         pool when the event loop shuts down.
     """
     with _proxy_settings_checked():
-        transport = AiohttpTransport(limits=limits, proxy=_environment_proxy(url))
+        proxy = _environment_proxy(url)
+        transport = AiohttpTransport(proxy=proxy, client=lambda: _checked_session(limits))
         client = httpx.AsyncClient(timeout=timeout, transport=transport)
     guard = _close_with_loop(client)
     await guard.__anext__()
     return client, guard
 
 
+def _checked_session(limits: httpx.Limits) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=_CheckedConnector(limits))
+
+
+class _CheckedConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, built as the aiohttp transport builds it, that never hands out a kept-
+    alive connection on which bytes arrived while it sat idle (an answer nobody asked for, which
+    aiohttp would otherwise read as the next call's answer)."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        super().__init__(
+            limit=limits.max_connections or 0,
+            keepalive_timeout=limits.keepalive_expiry,
+            ssl=httpx.create_ssl_context(),
+        )
+
+    async def _get(self, *args: Any, **kwargs: Any) -> Any:
+        while True:
+            connection = await super()._get(*args, **kwargs)
+            protocol = None if connection is None else connection.protocol
+            if connection is None or protocol is None:
+                return connection
+            if not (protocol.should_close or _readable(protocol.transport)):
+                return connection
+            connection.close()
+
+
+def _readable(transport: asyncio.BaseTransport | None) -> bool:
+    """Whether bytes (or the end of the stream) wait on an idle connection's socket: bytes the
+    event loop has not delivered yet, because it did not run since they came."""
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    if sock.fileno() < 0:
+        return True
+    if hasattr(select, "poll"):  # not limited to descriptors below 1024, unlike select()
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
+
+
 def _environment_proxy(url: httpx.URL) -> httpx.Proxy | None:
     """The proxy that HTTP(S)_PROXY / ALL_PROXY name for `url`, unless NO_PROXY exempts its host.
 
-    httpx's own pool (the sync client) honours these variables; the aiohttp transport does not read
-    the environment, so the async client hands it the same choice.
+    Both clients choose by this: httpx stops reading the variables once it is given a transport,
+    and the aiohttp transport never reads them.
     """
     if urllib.request.proxy_bypass(url.host):
         return None

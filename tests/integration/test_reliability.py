@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import gc
+import json
 import logging
 import os
 import socket
@@ -481,3 +482,135 @@ def test_close_then_reuse_lets_each_closed_pool_go(fresh):
     assert [pool() for pool in closed_pools] == [None] * 5  # none kept alive by the client
     assert _ranked(client.rerank("apple", TEXTS)) == _ground_truth(fresh, "apple")
     client.close()
+
+
+# -- a kept-alive connection that carries an answer nobody asked for -----------------------------
+
+
+def _read_request(connection: socket.socket) -> dict[str, Any] | None:
+    """Read one whole request (head and Content-Length body) and return its JSON body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += connection.recv(65536)
+    return dict(json.loads(body))
+
+
+def _answer(scores: list[float]) -> bytes:
+    results = [{"index": i, "relevance_score": s} for i, s in enumerate(scores)]
+    body = json.dumps({"id": "x", "results": results}).encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def _scores_for(query: str, count: int) -> list[float]:
+    """Each query's own scores, so an answer meant for another call is told apart."""
+    return [round((len(query) * 7 + i) % 10 / 10, 1) for i in range(count)]
+
+
+def _answers_twice(together: bool) -> Callable[[socket.socket], None]:
+    """Answer every request; after the first, also send an answer nobody asked for: in the same
+    write, or a moment later, once the connection is idle in the pool."""
+
+    def script(connection: socket.socket) -> None:
+        first = True
+        while (body := _read_request(connection)) is not None:
+            answer = _answer(_scores_for(body["query"], len(body["documents"])))
+            if first:
+                stale = _answer([0.0] * len(body["documents"]))
+                if together:
+                    connection.sendall(answer + stale)
+                else:
+                    connection.sendall(answer)
+                    time.sleep(0.05)
+                    connection.sendall(stale)
+                first = False
+            else:
+                connection.sendall(answer)
+
+    return script
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["same-write", "later"])
+@pytest.mark.parametrize("client_kind", ["sync", "async"])
+def test_an_answer_nobody_asked_for_is_never_taken_as_the_next(client_kind, together):
+    with ScriptedServer(_answers_twice(together)) as server:
+        runner = Runner(client_kind, base_url=server.base_url, timeout=2.0, max_retries=0)
+        try:
+            for query in ["apple", "a red car", "pear"]:
+                time.sleep(0.1)  # the stale answer has arrived before the next call
+                response = runner.rerank(query, TEXTS)
+                expected = _scores_for(query, len(TEXTS))
+                assert sorted((r.index, r.relevance_score) for r in response.results) == list(
+                    enumerate(expected)
+                )
+            # Each tainted connection was dropped: every call but the first opened a new one.
+            assert len(server.connections) == 3
+        finally:
+            runner.close()
+
+
+# -- closing a client while its calls are in flight -----------------------------------------------
+
+
+def _reads_then_stalls(connection: socket.socket) -> None:
+    """Read the request, then never answer (until the test's server stops)."""
+    read_request_head(connection)
+    time.sleep(30)
+
+
+def test_sync_close_ends_the_calls_in_flight_at_once():
+    with ScriptedServer(_reads_then_stalls) as server:
+        # A read timeout far beyond the test's patience: only close() can end these calls.
+        client = SiliconFlowClient(api_key=KEY, base_url=server.base_url, timeout=60.0)
+        errors: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.rerank("apple", TEXTS)
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(server.connections) == 3)
+        time.sleep(0.1)  # each request sent, each thread blocked reading
+        client.close()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert not any(thread.is_alive() for thread in threads)
+        assert len(errors) == 3
+        for error in errors:
+            assert isinstance(error, APIConnectionError)
+            assert not isinstance(error, APITimeoutError)
+            assert "closed" in str(error)
+        assert len(server.connections) == 3  # none retried on a pool opened after close()
+
+
+def test_async_close_ends_the_calls_in_flight_at_once():
+    async def scenario(base_url: str) -> list[BaseException]:
+        client = AsyncSiliconFlowClient(api_key=KEY, base_url=base_url, timeout=60.0)
+        calls = [asyncio.ensure_future(client.rerank("apple", TEXTS)) for _ in range(3)]
+        await asyncio.sleep(0.3)
+        await client.aclose()
+        done = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        return [error for error in done if isinstance(error, BaseException)]
+
+    with ScriptedServer(_reads_then_stalls) as server:
+        errors = asyncio.run(scenario(server.base_url))
+        assert len(errors) == 3
+        for error in errors:
+            assert isinstance(error, APIConnectionError)
+            assert "closed" in str(error)
+        assert len(server.connections) == 3
