@@ -45,11 +45,20 @@ def long_documents(n: int, size: int = 1000) -> list[str]:
 @contextmanager
 def emulator(*args: str) -> Iterator[str]:
     """Serve the emulator in its own process; yield its API root."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "siliconflow_rerank.emulator", "--port", "0", *args],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with _server([sys.executable, "-m", "siliconflow_rerank.emulator", *args]) as base_url:
+        yield base_url
+
+
+@contextmanager
+def minimal_server(*args: str) -> Iterator[str]:
+    """Serve `server.py` (the least server CPU per request) in its own process; yield its root."""
+    with _server([sys.executable, str(HERE / "server.py"), *args]) as base_url:
+        yield base_url
+
+
+@contextmanager
+def _server(command: list[str]) -> Iterator[str]:
+    process = subprocess.Popen([*command, "--port", "0"], stderr=subprocess.PIPE, text=True)
     try:
         assert process.stderr is not None
         line = process.stderr.readline()
@@ -82,9 +91,16 @@ def clean_heap() -> None:
 OVERHEAD_CALLS = 40
 OVERHEAD_ROUNDS = RUNS * 5
 
+Timing = dict[str, float]
+"""A contender's medians: `wall` and `cpu` (client process CPU), per call or per run."""
 
-def bench_overhead(base_url: str) -> dict[str, float]:
-    """Milliseconds per sequential call of 50 short documents (server answers at once).
+
+def _medians(walls: dict[str, list[float]], cpus: dict[str, list[float]]) -> dict[str, Timing]:
+    return {name: {"wall": median_of(walls[name]), "cpu": median_of(cpus[name])} for name in walls}
+
+
+def bench_overhead(base_url: str, count: int = 50) -> dict[str, Timing]:
+    """Milliseconds (wall and client CPU) per sequential call of `count` short documents.
 
     Many short rounds rather than a few long ones: slow stretches of a shared machine last
     seconds, and short interleaved rounds spread them over every contender alike (with 7 rounds
@@ -97,7 +113,7 @@ def bench_overhead(base_url: str) -> dict[str, float]:
     from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
     from siliconflow_rerank import SiliconFlowClient
 
-    documents = short_documents(50)
+    documents = short_documents(count)
     lc_documents = [Document(page_content=d) for d in documents]
     nodes = [NodeWithScore(node=TextNode(text=d)) for d in documents]
     url = f"{base_url}/rerank"
@@ -122,25 +138,29 @@ def bench_overhead(base_url: str) -> dict[str, float]:
         "LangChain adapter": lambda: langchain.compress_documents(lc_documents, QUERY),
         "LlamaIndex adapter": lambda: llama.postprocess_nodes(nodes, query_str=QUERY),
     }
-    peer = _peer(base_url, top_n=50)
+    peer = _peer(base_url, top_n=count)
     if peer is not None:
         contenders["peer (llama-index-postprocessor-siliconflow-rerank)"] = lambda: (
             peer.postprocess_nodes(nodes, query_str=QUERY)
         )
-    results: dict[str, list[float]] = {name: [] for name in contenders}
+    walls: dict[str, list[float]] = {name: [] for name in contenders}
+    cpus: dict[str, list[float]] = {name: [] for name in contenders}
     for call in contenders.values():
         for _ in range(20):
             call()  # warm up: connections, imports, caches
     for _ in range(OVERHEAD_ROUNDS):
         for name, call in contenders.items():  # interleaved, so drift hits everyone alike
             clean_heap()
-            started = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(OVERHEAD_CALLS):
                 call()
-            results[name].append((time.perf_counter() - started) / OVERHEAD_CALLS * 1000)
+            walls[name].append((time.perf_counter() - wall) / OVERHEAD_CALLS * 1000)
+            cpus[name].append((time.process_time() - cpu) / OVERHEAD_CALLS * 1000)
     raw.close()
     core.close()
-    return {name: median_of(runs) for name, runs in results.items()}
+    langchain.close()
+    llama.close()
+    return _medians(walls, cpus)
 
 
 def _peer(base_url: str, top_n: int) -> Any:
@@ -173,42 +193,51 @@ async def _raw_socket_call(host: str, port: int, path: str, body: bytes, pool: l
     pool.append((reader, writer))
 
 
-def bench_concurrency(base_url: str, count: int = 200) -> dict[str, float]:
-    """Seconds for `count` concurrent reranks of 20 documents against a 100 ms server."""
+def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
+    """Seconds for `count` concurrent reranks of 20 documents against a 100 ms server, and the
+    client's CPU per call in microseconds."""
+    import aiohttp
     from langchain_core.documents import Document
     from llama_index.core.schema import NodeWithScore, TextNode
 
     from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
     from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
-    from siliconflow_rerank import AsyncSiliconFlowClient
+    from siliconflow_rerank import DEFAULT_MAX_CONNECTIONS, AsyncSiliconFlowClient
 
     documents = short_documents(20)
-    body = json.dumps(
-        {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": documents}
-    ).encode()
+    payload = {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": documents}
+    body = json.dumps(payload).encode()
     url = httpx.URL(f"{base_url}/rerank")
     lc_documents = [Document(page_content=d) for d in documents]
     nodes = [NodeWithScore(node=TextNode(text=d)) for d in documents]
     peer = _peer(base_url, top_n=20)
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 
-    async def run_all() -> dict[str, list[float]]:
+    async def run_all() -> dict[str, Timing]:
         sockets: list[Any] = []
         plain = httpx.AsyncClient(limits=httpx.Limits(max_connections=count))
         default_httpx = httpx.AsyncClient()
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=DEFAULT_MAX_CONNECTIONS)
+        )
         core = AsyncSiliconFlowClient(api_key=KEY, base_url=base_url)
         langchain = LangChainRerank(api_key=KEY, base_url=base_url, top_n=None)
         llama = LlamaRerank(api_key=KEY, base_url=base_url, top_n=None)
-        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+        async def aiohttp_call() -> None:
+            async with session.post(str(url), data=body, headers=headers) as response:
+                json.loads(await response.read())["results"]
+
+        async def httpx_call(client: httpx.AsyncClient) -> None:
+            (await client.post(url, content=body, headers=headers)).json()["results"]
+
         contenders: dict[str, Callable[[], Awaitable[object]]] = {
             "raw asyncio sockets (floor)": lambda: _raw_socket_call(
                 url.host, url.port or 80, url.path, body, sockets
             ),
-            "plain httpx.AsyncClient (default pool)": lambda: default_httpx.post(
-                url, content=body, headers=headers
-            ),
-            f"plain httpx.AsyncClient (pool of {count})": lambda: plain.post(
-                url, content=body, headers=headers
-            ),
+            "aiohttp directly": aiohttp_call,
+            "plain httpx.AsyncClient (default pool)": lambda: httpx_call(default_httpx),
+            f"plain httpx.AsyncClient (pool of {count})": lambda: httpx_call(plain),
             "core AsyncSiliconFlowClient": lambda: core.rerank(QUERY, documents),
             "LangChain adapter (acompress_documents)": lambda: langchain.acompress_documents(
                 lc_documents, QUERY
@@ -221,32 +250,35 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, float]:
             contenders["peer (apostprocess_nodes)"] = lambda: peer.apostprocess_nodes(
                 nodes, query_str=QUERY
             )
-        results: dict[str, list[float]] = {name: [] for name in contenders}
+        walls: dict[str, list[float]] = {name: [] for name in contenders}
+        cpus: dict[str, list[float]] = {name: [] for name in contenders}
         for call in contenders.values():  # warm up: every pool full before anything is timed
             await asyncio.gather(*(call() for _ in range(count)))
         for _ in range(RUNS):
             for name, call in contenders.items():  # interleaved, so drift hits everyone alike
                 clean_heap()
-                started = time.perf_counter()
+                wall, cpu = time.perf_counter(), time.process_time()
                 await asyncio.gather(*(call() for _ in range(count)))
-                results[name].append(time.perf_counter() - started)
+                walls[name].append(time.perf_counter() - wall)
+                cpus[name].append((time.process_time() - cpu) / count * 1e6)
         for _, writer in sockets:
             writer.close()
+        await session.close()
         await plain.aclose()
         await default_httpx.aclose()
         await core.aclose()
         await langchain.aclose()
         await llama.aclose()
-        return results
+        return _medians(walls, cpus)
 
     results = asyncio.run(run_all())
     results.update(_sync_concurrency(base_url, count, documents, body))
-    return {name: median_of(runs) for name, runs in results.items()}
+    return results
 
 
 def _sync_concurrency(
     base_url: str, count: int, documents: list[str], body: bytes
-) -> dict[str, list[float]]:
+) -> dict[str, Timing]:
     """The sync path under the same load: `count` calls from 50 threads on one pooled client."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -262,7 +294,8 @@ def _sync_concurrency(
         ).json(),
         "sync: core SiliconFlowClient, 50 threads": lambda: core.rerank(QUERY, documents),
     }
-    results: dict[str, list[float]] = {name: [] for name in contenders}
+    walls: dict[str, list[float]] = {name: [] for name in contenders}
+    cpus: dict[str, list[float]] = {name: [] for name in contenders}
     with ThreadPoolExecutor(50) as pool:
 
         def hammer(call: Callable[[], object]) -> None:
@@ -273,12 +306,13 @@ def _sync_concurrency(
         for _ in range(RUNS):
             for name, call in contenders.items():
                 clean_heap()
-                started = time.perf_counter()
+                wall, cpu = time.perf_counter(), time.process_time()
                 hammer(call)
-                results[name].append(time.perf_counter() - started)
+                walls[name].append(time.perf_counter() - wall)
+                cpus[name].append((time.process_time() - cpu) / count * 1e6)
     raw.close()
     core.close()
-    return results
+    return _medians(walls, cpus)
 
 
 # -- 3. large lists -----------------------------------------------------------------------------

@@ -11,7 +11,14 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any, TypeVar
@@ -60,7 +67,7 @@ from ._ratelimit import RateLimiter, estimate_tokens, media_sizes
 from ._request import RerankRequest, build_request
 from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._settings import CLIENT_SETTINGS, ClientSettings, check_client_settings, derived_deadline
-from ._transport import open_async_pool, open_sync_pool, translate_transport_errors
+from ._transport import AsyncPool, open_async_pool, open_sync_pool, translate_transport_errors
 from ._version import __version__
 
 __all__ = ["AsyncSiliconFlowClient", "SiliconFlowClient"]
@@ -139,6 +146,7 @@ class _BaseClient:
                 "User-Agent": f"siliconflow-rerank/{__version__}",
             }
         )
+        self._plain_headers = dict(self._headers)  # the same, for aiohttp
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, max_retries={self.max_retries})"
@@ -175,24 +183,29 @@ class _BaseClient:
     def _assemble(self, the_plan: Plan, responses: Sequence[RerankResponse]) -> RerankResponse:
         return assemble(the_plan, responses, cache=self.cache)
 
-    def _send_kwargs(
-        self, url: httpx.URL, request: _Request, *, asynchronous: bool
-    ) -> dict[str, Any]:
+    def _body(self, request: _Request, *, asynchronous: bool) -> tuple[Any, int | None]:
+        """What to send as `request`'s body, and its length when it goes in pieces (which must be
+        stated: not every compatible server takes chunked encoding)."""
         content = request.content
-        body: Any = content
-        headers = self._headers
         if not isinstance(content, bytes):
             content.verify()
             body = content.aiter_bytes() if asynchronous else content.iter_bytes()
-        elif asynchronous and len(content) > _LARGE_BODY:
+            return body, request.content_length
+        if asynchronous and len(content) > _LARGE_BODY:
             # aiohttp writes a large bytes body in one go (and warns that it may block the loop):
             # in pieces, other tasks run while it is sent.
-            body = _apieces(content)
-        else:
-            return {"url": url, "content": body, "headers": headers, "timeout": self.timeout}
-        # A stated length instead of chunked encoding: not every compatible server takes it.
-        headers = headers.copy()
-        headers["Content-Length"] = str(request.content_length)
+            return _apieces(content), len(content)
+        return content, None
+
+    def _send_kwargs(
+        self, url: httpx.URL, request: _Request, *, asynchronous: bool
+    ) -> dict[str, Any]:
+        """httpx's arguments for sending `request`."""
+        body, length = self._body(request, asynchronous=asynchronous)
+        headers = self._headers
+        if length is not None:
+            headers = headers.copy()
+            headers["Content-Length"] = str(length)
         return {"url": url, "content": body, "headers": headers, "timeout": self.timeout}
 
     def _embedding_requests(
@@ -221,7 +234,7 @@ class _BaseClient:
     def _handle(
         self,
         status_code: int,
-        headers: httpx.Headers,
+        headers: Mapping[str, str],
         content: bytes,
         read: _Reader[_Answer],
         booked: int,
@@ -264,7 +277,7 @@ class _BaseClient:
         return delay
 
 
-_AsyncPool = tuple[httpx.AsyncClient, AsyncGenerator[None, None]]
+_AsyncPool = tuple[AsyncPool, AsyncGenerator[None, None]]
 
 _POOL_OWNERS: weakref.WeakSet[SiliconFlowClient | AsyncSiliconFlowClient] = weakref.WeakSet()
 """Clients that opened a pool: a forked child makes each of them start afresh."""
@@ -307,11 +320,21 @@ class _Body:
         self.pieces: list[bytes] = []
         self.size = 0
 
-    def expect(self, headers: httpx.Headers) -> None:
+    def expect(self, headers: Mapping[str, str]) -> None:
         """Refuse at once an answer whose stated (encoded) length is already over the cap."""
         stated = headers.get("content-length")
         if stated is not None and stated.isdigit() and int(stated) > self.limit:
             raise _too_large(self.limit)
+
+    def whole(self, headers: Mapping[str, str]) -> bool:
+        """Whether the answer can be read in one go: its stated length is its size in memory
+        (nothing to inflate) and within the cap, and no deadline is checked per piece."""
+        return (
+            self.ends is None
+            and "content-length" in headers
+            and "content-encoding" not in headers
+            and headers["content-length"].isdigit()
+        )
 
     def add(self, piece: bytes) -> None:
         self.size += len(piece)
@@ -338,8 +361,8 @@ def _too_large(limit: int) -> ResponseValidationError:
 
 
 async def _within(
-    seconds: float, work: Awaitable[tuple[int, httpx.Headers, bytes]]
-) -> tuple[int, httpx.Headers, bytes]:
+    seconds: float, work: Awaitable[tuple[int, Mapping[str, str], bytes]]
+) -> tuple[int, Mapping[str, str], bytes]:
     if sys.version_info >= (3, 11):
         async with asyncio.timeout(seconds):  # no extra task, unlike wait_for
             return await work
@@ -478,7 +501,7 @@ class SiliconFlowClient(_BaseClient):
 
     def _exchange(
         self, http: httpx.Client, url: httpx.URL, request: _Request
-    ) -> tuple[int, httpx.Headers, bytes]:
+    ) -> tuple[int, Mapping[str, str], bytes]:
         """One attempt: the answer's status, headers and body, within the attempt deadline."""
         kwargs = self._send_kwargs(url, request, asynchronous=False)
         # httpx bounds each phase, not their sum (a server trickling its answer a byte at a time
@@ -674,7 +697,7 @@ class AsyncSiliconFlowClient(_BaseClient):
         "Create a client. No connection is opened until the first call.\n" + _CLIENT_ARGS
     )
 
-    async def _http(self) -> httpx.AsyncClient:
+    async def _http(self) -> httpx.AsyncClient | AsyncPool:
         if self._borrowed is not None:
             return self._borrowed
         loop = asyncio.get_running_loop()
@@ -684,7 +707,9 @@ class AsyncSiliconFlowClient(_BaseClient):
         # Pooled connections belong to the loop that opened them, so each loop gets its own pool
         # (threads that each call asyncio.run() share a client safely), and a pool closes when
         # its loop shuts down.
-        client, guard = await open_async_pool(self._url, self.timeout, self._limits())
+        client, guard = await open_async_pool(
+            self._url, self._plain_headers, self.timeout, self.attempt_deadline, self._limits()
+        )
         with self._pools_lock:
             pool = self._pools.setdefault(loop, (client, guard))
         _POOL_OWNERS.add(self)
@@ -718,27 +743,49 @@ class AsyncSiliconFlowClient(_BaseClient):
                 attempt += 1
 
     async def _exchange(
-        self, http: httpx.AsyncClient, url: httpx.URL, request: _Request
-    ) -> tuple[int, httpx.Headers, bytes]:
+        self, http: httpx.AsyncClient | AsyncPool, url: httpx.URL, request: _Request
+    ) -> tuple[int, Mapping[str, str], bytes]:
         """One attempt: the answer's status, headers and body, within the attempt deadline (which
         also bounds an upload the server stopped reading)."""
-        kwargs = self._send_kwargs(url, request, asynchronous=True)
-
-        async def exchange() -> tuple[int, httpx.Headers, bytes]:
-            body = _Body(self.max_response_bytes, None)  # the deadline is the timeout below
-            async with http.stream("POST", **kwargs) as response:
-                body.expect(response.headers)
-                async for piece in response.aiter_bytes():
-                    body.add(piece)
-                return response.status_code, response.headers, body.content()
-
         deadline = self.attempt_deadline
+        if isinstance(http, AsyncPool):  # the deadline is the pool's own total timeout
+            try:
+                with translate_transport_errors():  # a phase's timeout is ours by now
+                    return await self._exchange_on_pool(http, url, request)
+            except TimeoutError:
+                raise _past_deadline(deadline or 0.0) from None
+        exchange = self._exchange_on_httpx(http, url, request)
         if deadline is None:
-            return await exchange()
+            return await exchange
         try:
-            return await _within(deadline, exchange())
+            return await _within(deadline, exchange)
         except TimeoutError:
             raise _past_deadline(deadline) from None
+
+    async def _exchange_on_pool(
+        self, pool: AsyncPool, url: httpx.URL, request: _Request
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        body, length = self._body(request, asynchronous=True)
+        answer = _Body(self.max_response_bytes, None)
+        async with pool.post(str(url), body, length) as response:
+            answer.expect(response.headers)
+            if answer.whole(response.headers):  # stated, within the cap, not compressed
+                return response.status, response.headers, await response.read()
+            async for piece in response.content.iter_any():
+                answer.add(piece)
+            return response.status, response.headers, answer.content()
+
+    async def _exchange_on_httpx(
+        self, http: httpx.AsyncClient, url: httpx.URL, request: _Request
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        answer = _Body(self.max_response_bytes, None)
+        async with http.stream(
+            "POST", **self._send_kwargs(url, request, asynchronous=True)
+        ) as response:
+            answer.expect(response.headers)
+            async for piece in response.aiter_bytes():
+                answer.add(piece)
+            return response.status_code, response.headers, answer.content()
 
     async def rerank(
         self,

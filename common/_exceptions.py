@@ -241,19 +241,19 @@ _REDACTED = "[redacted]"
 
 
 def redact_answer(
-    content: bytes, headers: httpx.Headers, secret: str
-) -> tuple[bytes, httpx.Headers]:
+    content: bytes, headers: Mapping[str, str], secret: str
+) -> tuple[bytes, Mapping[str, str]]:
     """An answer's body and headers with every occurrence of `secret` replaced."""
     if len(secret) < 8:  # too short to tell from ordinary text; keys are far longer
         return content, headers
     raw = secret.encode()
     if raw in content:
         content = content.replace(raw, _REDACTED.encode())
-    if any(raw in name or raw in value for name, value in headers.raw):
+    if any(secret in name or secret in value for name, value in headers.items()):
         headers = httpx.Headers(
             [
-                (n.replace(raw, _REDACTED.encode()), v.replace(raw, _REDACTED.encode()))
-                for n, v in headers.raw
+                (n.replace(secret, _REDACTED), v.replace(secret, _REDACTED))
+                for n, v in headers.items()
             ]
         )
     return content, headers

@@ -151,12 +151,15 @@ def usage_from(tokens: Any, billed: Any = None) -> Usage | None:
     ):
         if ours not in counts and openai_name in counts:
             counts[ours] = counts[openai_name]
-    usage = Usage.model_validate({**counts, "billed_units": billed})
-    if usage.total_tokens is None:
-        parts = [usage.input_tokens, usage.output_tokens, usage.image_tokens]
-        if any(part is not None for part in parts):
-            usage = usage.model_copy(update={"total_tokens": sum(p or 0 for p in parts)})
-    return usage
+    if counts.get("total_tokens") is None:
+        # Summed before validation (one model built, not two); a count of the wrong type is
+        # left for the validation to name.
+        parts = [counts.get(name) for name in ("input_tokens", "output_tokens", "image_tokens")]
+        if any(part is not None for part in parts) and all(
+            part is None or type(part) is int for part in parts
+        ):
+            counts["total_tokens"] = sum(part or 0 for part in parts)
+    return Usage.model_validate({**counts, "billed_units": billed})
 
 
 _Wire = TypeVar("_Wire", bound=BaseModel)

@@ -251,10 +251,10 @@ def _check_modalities(
     documents: list[WireItem],
 ) -> None:
     caps = model_capabilities(model)
-    if caps is None:
+    if caps is None or caps.modalities >= {"image", "video"}:
         return
-    if caps.modalities >= {"image", "video"}:
-        return
+    if type(query) is str and all(type(item) is str for item in documents):
+        return  # every model ranks text
     for position, item in enumerate([query, *documents]):
         if isinstance(item, str):
             continue  # every model ranks text

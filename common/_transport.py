@@ -16,17 +16,16 @@ import socket
 import threading
 import urllib.request
 import weakref
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import aiohttp
 import httpcore
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from ._exceptions import APIConnectionError, APITimeoutError, InvalidRequestError, SiliconFlowError
 
-__all__ = ["open_async_pool", "open_sync_pool", "translate_transport_errors"]
+__all__ = ["AsyncPool", "open_async_pool", "open_sync_pool", "translate_transport_errors"]
 
 
 @contextlib.contextmanager
@@ -40,8 +39,11 @@ def translate_transport_errors() -> Iterator[None]:
             raise own from None
         raise _transport_error(error) from error
     except aiohttp.ClientError as error:
-        # What httpx-aiohttp passes through unmapped: malformed answers (a bad status line or
-        # chunk size, conflicting lengths, oversized headers) raise aiohttp's own errors.
+        # The async pool's errors, malformed answers among them (a bad status line or chunk size,
+        # conflicting lengths, oversized headers).
+        own = _raised_by_the_body(error)
+        if own is not None:
+            raise own from None
         if isinstance(error, aiohttp.ServerTimeoutError):
             raise APITimeoutError(f"request timed out ({type(error).__name__}): {error}") from error
         raise APIConnectionError(
@@ -50,7 +52,7 @@ def translate_transport_errors() -> Iterator[None]:
 
 
 def _raised_by_the_body(error: BaseException) -> InvalidRequestError | None:
-    """Our own error from streaming a media file, which the aiohttp transport wraps."""
+    """Our own error from streaming a media file, which both transports wrap."""
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
@@ -193,26 +195,83 @@ def _proxy_settings_checked() -> Iterator[None]:
         ) from None
 
 
+class AsyncPool:
+    """The async client's own pool: one aiohttp session, used directly.
+
+    httpx on top of aiohttp cost about 300 µs of CPU per call in building httpx's request and
+    response models (see `benchmarks/results.md`); the client needs none of them. A caller's own
+    `httpx.AsyncClient` is still used through httpx.
+    """
+
+    __slots__ = ("_proxy", "_proxy_auth", "session")
+
+    def __init__(
+        self,
+        url: httpx.URL,
+        headers: Mapping[str, str],
+        timeout: httpx.Timeout,
+        deadline: float | None,
+        limits: httpx.Limits,
+    ) -> None:
+        proxy = _environment_proxy(url)
+        self._proxy = None if proxy is None else str(proxy.url)
+        self._proxy_auth = (
+            None if proxy is None or proxy.auth is None else aiohttp.BasicAuth(*proxy.auth)
+        )
+        self.session = aiohttp.ClientSession(
+            connector=_CheckedConnector(limits),
+            headers=headers,  # every request's: merged once per request, not built from a dict
+            # httpx's phases mapped to aiohttp's: `connect` bounds opening a connection, `pool`
+            # the wait for one, `read` each read; `total`, the attempt deadline, bounds the whole
+            # (uploads included, which nothing else bounds).
+            timeout=aiohttp.ClientTimeout(
+                total=deadline,
+                connect=timeout.pool,
+                sock_connect=timeout.connect,
+                sock_read=timeout.read,
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),  # an API answer's cookies are never sent back
+            trust_env=False,  # the proxy is chosen above, as the sync client chooses it
+        )
+
+    @property
+    def is_closed(self) -> bool:
+        return self.session.closed
+
+    def post(
+        self, url: str, body: bytes | AsyncIterator[bytes], length: int | None
+    ) -> aiohttp.client._RequestContextManager:
+        """Send `body` (its `length` stated when it goes in pieces, not chunked)."""
+        return self.session.post(
+            url,
+            data=body,
+            headers=None if length is None else {"Content-Length": str(length)},
+            proxy=self._proxy,
+            proxy_auth=self._proxy_auth,
+        )
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+
 async def open_async_pool(
-    url: httpx.URL, timeout: httpx.Timeout, limits: httpx.Limits
-) -> tuple[httpx.AsyncClient, AsyncGenerator[None, None]]:
-    """Open an aiohttp-backed pool for requests to `url`, on the running loop.
+    url: httpx.URL,
+    headers: Mapping[str, str],
+    timeout: httpx.Timeout,
+    deadline: float | None,
+    limits: httpx.Limits,
+) -> tuple[AsyncPool, AsyncGenerator[None, None]]:
+    """Open an aiohttp pool for requests to `url`, on the running loop.
 
     Returns:
-        The client, and a guard to `aclose()` that closes it; left open, the guard closes the
-        pool when the event loop shuts down.
+        The pool, and a guard to `aclose()` that closes it; left open, the guard closes the pool
+        when the event loop shuts down.
     """
     with _proxy_settings_checked():
-        proxy = _environment_proxy(url)
-        transport = AiohttpTransport(proxy=proxy, client=lambda: _checked_session(limits))
-        client = httpx.AsyncClient(timeout=timeout, transport=transport)
-    guard = _close_with_loop(client)
+        pool = AsyncPool(url, headers, timeout, deadline, limits)
+    guard = _close_with_loop(pool)
     await guard.__anext__()
-    return client, guard
-
-
-def _checked_session(limits: httpx.Limits) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=_CheckedConnector(limits))
+    return pool, guard
 
 
 class _CheckedConnector(aiohttp.TCPConnector):
@@ -266,8 +325,8 @@ def _environment_proxy(url: httpx.URL) -> httpx.Proxy | None:
     return httpx.Proxy(chosen) if chosen else None
 
 
-async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
-    """Hold `client` open until closed, or until its event loop shuts down.
+async def _close_with_loop(pool: AsyncPool) -> AsyncGenerator[None, None]:
+    """Hold `pool` open until closed, or until its event loop shuts down.
 
     `asyncio.run()` finalizes every live async generator before closing its loop, which runs this
     `finally` on the right loop: the pool closes cleanly instead of leaking sockets.
@@ -275,7 +334,7 @@ async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, No
     try:
         yield
     finally:
-        await client.aclose()
+        await pool.aclose()
         # Connections aborted mid-request (a deadline, a cancelled task) finish closing on the
         # loop's next turn: give them that turn, so none is left open when the loop closes.
         await asyncio.sleep(0)

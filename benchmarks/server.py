@@ -1,0 +1,117 @@
+"""A minimal SiliconFlow-compatible server for the benchmarks: the least server CPU per request.
+
+The emulator checks everything a real server would and so burns two to three times the CPU of
+this one, which raises the floor the clients are measured against. This server does only what
+answering needs: one asyncio protocol, HTTP/1.1 keep-alive, `Content-Length` bodies, a valid rerank
+or embeddings answer (scores fixed per position, `top_n` honoured), an optional latency.
+
+    python benchmarks/server.py --port 0 --latency-ms 100    # prints its API root on stderr
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+_MISSING = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+
+def score(position: int) -> float:
+    """A fixed score per document position, spread so that the ranking is not the input order."""
+    return ((position * 7919) % 1000) / 1000
+
+
+def rerank_answer(body: dict[str, object]) -> bytes:
+    documents = body["documents"]
+    count = len(documents) if isinstance(documents, list) else 1
+    ranked = sorted(range(count), key=lambda i: (-score(i), i))
+    top_n = body.get("top_n")
+    if isinstance(top_n, int):
+        ranked = ranked[:top_n]
+    results = [{"index": i, "relevance_score": score(i)} for i in ranked]
+    tokens = {"input_tokens": 10 * count, "output_tokens": 0}
+    return json.dumps({"id": "bench", "results": results, "meta": {"tokens": tokens}}).encode()
+
+
+def embeddings_answer(body: dict[str, object]) -> bytes:
+    inputs = body["input"]
+    count = len(inputs) if isinstance(inputs, list) else 1
+    dimensions = body.get("dimensions")
+    size = dimensions if isinstance(dimensions, int) else 1024
+    data = [
+        {"object": "embedding", "index": i, "embedding": [score(i + j) for j in range(size)]}
+        for i in range(count)
+    ]
+    usage = {"prompt_tokens": 10 * count, "total_tokens": 10 * count}
+    return json.dumps(
+        {"object": "list", "model": body.get("model"), "data": data, "usage": usage}
+    ).encode()
+
+
+ANSWERS = {b"/v1/rerank": rerank_answer, b"/v1/embeddings": embeddings_answer}
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            lines = bytes(self.buffer[:end]).split(b"\r\n")
+            length = 0
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = bytes(self.buffer[end + 4 : end + 4 + length])
+            del self.buffer[: end + 4 + length]
+            self.answer(lines[0].split(b" ", 2)[1], body)
+
+    def answer(self, path: bytes, body: bytes) -> None:
+        make = ANSWERS.get(path)
+        if make is None:
+            reply = _MISSING
+        else:
+            content = make(json.loads(body))
+            reply = _HEAD % len(content) + content
+        if self.latency:
+            asyncio.get_running_loop().call_later(self.latency, self.send, reply)
+        else:
+            self.send(reply)
+
+    def send(self, reply: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(reply)
+
+
+async def serve(port: int, latency: float) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Connection(latency), "127.0.0.1", port, backlog=1024)
+    bound = server.sockets[0].getsockname()[1]
+    print(f"benchmark server on http://127.0.0.1:{bound}/v1", file=sys.stderr, flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    arguments = parser.parse_args()
+    asyncio.run(serve(arguments.port, arguments.latency_ms / 1000))
+
+
+if __name__ == "__main__":
+    main()
