@@ -66,7 +66,15 @@ from ._media import (
     image_item,
     video_item,
 )
-from ._models import BilledUnits, RerankDocument, RerankResponse, RerankResult, Usage
+from ._models import (
+    BilledUnits,
+    RerankDocument,
+    RerankResponse,
+    RerankResult,
+    Usage,
+    assembled,
+    copied,
+)
 from ._request import validate_options
 from ._retry import RetryPolicy
 from ._settings import ClientSettings
@@ -124,6 +132,8 @@ __all__ = [
     "Usage",
     "VideoItem",
     "__version__",
+    "assembled",
+    "copied",
     "embedding_capabilities",
     "image_item",
     "known_embedding_models",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ._cache import RerankCache, score_key_prefix
 from ._exceptions import SiliconFlowError
-from ._models import BilledUnits, RerankResponse, RerankResult, Usage, rank
+from ._models import BilledUnits, RerankResponse, RerankResult, Usage, copied, rank
 from ._request import RerankRequest, subset
 
 __all__ = ["Batch", "Plan", "assemble", "merge_usage", "name_batch", "plan"]
@@ -106,7 +106,7 @@ def assemble(
     results: list[RerankResult] = []
     for batch, response in zip(the_plan.batches, responses, strict=True):
         positions = batch.positions
-        results.extend(r.model_copy(update={"index": positions[r.index]}) for r in response.results)
+        results.extend(copied(r, index=positions[r.index]) for r in response.results)
         if cache is not None and the_plan.cache_keys is not None:
             keys = the_plan.cache_keys
             cache._store_keys(

@@ -24,6 +24,8 @@ __all__ = [
     "RerankResponse",
     "RerankResult",
     "Usage",
+    "assembled",
+    "copied",
     "invalid_answer",
     "parse",
     "rank",
@@ -258,3 +260,41 @@ def _with_document(result: RerankResult, request: RerankRequest) -> RerankResult
         item = {kind: v if isinstance(v, str) else v.data_uri() for kind, v in item.items()}
     document = RerankDocument.model_validate(item)
     return result.model_copy(update={"document": document})
+
+
+_M = TypeVar("_M", bound=BaseModel)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def assembled(
+    cls: type[_M],
+    state: dict[str, Any],
+    fields_set: set[str],
+    extra: dict[str, Any] | None = None,
+    private: dict[str, Any] | None = None,
+) -> _M:
+    """An instance of pydantic model `cls` from state that is already valid, as `model_copy`
+    builds one: for the framework objects an adapter returns on every call (one per document),
+    where validating again or `model_copy`'s generic copying is most of the adapter's own cost.
+    `fields_set` becomes the instance's own: pass a fresh set."""
+    instance = _new(cls)
+    _set(instance, "__dict__", state)
+    _set(instance, "__pydantic_fields_set__", fields_set)
+    _set(instance, "__pydantic_extra__", extra)
+    _set(instance, "__pydantic_private__", private)
+    return instance
+
+
+def copied(model: _M, **updates: Any) -> _M:
+    """`model.model_copy(update=updates)` (a shallow copy with some fields replaced), cheaper."""
+    state = model.__dict__.copy()
+    state.update(updates)
+    extra, private = model.__pydantic_extra__, model.__pydantic_private__
+    return assembled(
+        type(model),
+        state,
+        model.__pydantic_fields_set__ | updates.keys(),
+        None if extra is None else extra.copy(),
+        None if private is None else private.copy(),
+    )

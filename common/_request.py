@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -73,10 +74,15 @@ class RerankRequest:
     """
 
     body: dict[str, Any]
-    content: bytes | StreamedBody
     documents: list[WireItem]
     top_n: int | None
     return_documents: bool
+
+    @functools.cached_property
+    def content(self) -> bytes | StreamedBody:
+        """The body as sent, encoded when first needed: a call split into batches sends (and so
+        encodes) only the batches' bodies, each checked when the batches are planned."""
+        return encode_body(self.body)
 
     @property
     def content_length(self) -> int:
@@ -183,13 +189,13 @@ def build_request(
         **options,
     }
     _check_modalities(model, wire_query, wire_documents)
-    return RerankRequest(
+    request = RerankRequest(
         body=body,
-        content=encode_body(body),
         documents=wire_documents,
         top_n=top_n,
         return_documents=bool(return_documents),
     )
+    return request
 
 
 def validate_options(
@@ -283,10 +289,8 @@ def subset(
     fitted = None
     if top_n and request.top_n is not None:
         fitted = body["top_n"] = min(request.top_n, len(documents))
-    return RerankRequest(
-        body=body,
-        content=encode_body(body),
-        documents=documents,
-        top_n=fitted,
-        return_documents=request.return_documents,
+    batch = RerankRequest(
+        body=body, documents=documents, top_n=fitted, return_documents=request.return_documents
     )
+    batch.content  # noqa: B018  # encoded now: text that cannot be sent fails before any request
+    return batch

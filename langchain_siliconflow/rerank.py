@@ -30,6 +30,7 @@ from siliconflow_rerank import (
     RerankResponse,
     SiliconFlowError,
     Usage,
+    copied,
     image_item,
     video_item,
 )
@@ -112,14 +113,20 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
             raise InvalidRequestError(
                 f"documents must be a sequence of Documents, got {type(documents).__name__}"
             )
-        if only_documents:  # compressors return Document copies: refuse anything else up front
-            for position, document in enumerate(documents):
-                if not isinstance(document, Document):
-                    raise InvalidRequestError(
-                        f"documents[{position}] must be a Document, got {type(document).__name__} "
-                        "(rerank() takes strings and items)"
-                    )
-        return [self._to_item(d) for d in documents]
+        items: list[DocumentItem] = []
+        plain = self.document_to_item is None
+        for position, document in enumerate(documents):
+            if plain and type(document) is Document and not _MEDIA_KEYS & document.metadata.keys():
+                items.append(document.page_content)  # the common case, in one step
+            elif only_documents and not isinstance(document, Document):
+                # Compressors return Document copies: anything else is refused before any I/O.
+                raise InvalidRequestError(
+                    f"documents[{position}] must be a Document, got {type(document).__name__} "
+                    "(rerank() takes strings and items)"
+                )
+            else:
+                items.append(self._to_item(document))
+        return items
 
     def _to_item(self, document: Document | str | Mapping[str, str]) -> DocumentItem:
         if isinstance(document, str):
@@ -158,13 +165,9 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
     @staticmethod
     def _scored(documents: Sequence[Document], response: RerankResponse) -> list[Document]:
         return [
-            documents[r.index].model_copy(
-                update={
-                    "metadata": {
-                        **documents[r.index].metadata,
-                        "relevance_score": r.relevance_score,
-                    }
-                }
+            copied(
+                documents[r.index],
+                metadata={**documents[r.index].metadata, "relevance_score": r.relevance_score},
             )
             for r in response.results
         ]
@@ -173,7 +176,7 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
         self, documents: Sequence[Document], error: SiliconFlowError
     ) -> list[Document]:
         return [
-            d.model_copy(update={"metadata": {**d.metadata, "rerank_status": "failed"}})
+            copied(d, metadata={**d.metadata, "rerank_status": "failed"})
             for d in self._kept_on_failure(documents, error)
         ]
 
@@ -274,9 +277,15 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
         return self._scored(documents, response)
 
 
+_MEDIA_KEYS = frozenset({"image", "video"})
+
+
 def _callback_manager(callbacks: Callbacks | None) -> CallbackManager:
-    # Callbacks passed in (as a retriever passes them) win; otherwise those of the run this call
-    # is part of (a RunnableLambda, a chain), as dispatch_custom_event finds them.
+    # A manager handed in (as a retriever hands its run's child manager) is used as is: it was
+    # configured when its run started. Handlers passed in win over those of the run this call is
+    # part of (a RunnableLambda, a chain), as dispatch_custom_event finds them.
+    if isinstance(callbacks, CallbackManager):
+        return callbacks
     if callbacks is not None:
         return CallbackManager.configure(inheritable_callbacks=callbacks)
     return get_callback_manager_for_config(ensure_config())
@@ -285,6 +294,8 @@ def _callback_manager(callbacks: Callbacks | None) -> CallbackManager:
 def _async_callback_manager(
     callbacks: Callbacks | None,
 ) -> AsyncCallbackManager | AsyncCallbackManagerForChainGroup:
+    if isinstance(callbacks, AsyncCallbackManager):
+        return callbacks
     if callbacks is not None:
         return AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
     return get_async_callback_manager_for_config(ensure_config())

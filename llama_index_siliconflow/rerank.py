@@ -17,8 +17,11 @@ from llama_index.core.bridge.pydantic import (
 )
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.dispatcher import Dispatcher
+from llama_index.core.instrumentation.event_handlers import NullEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.instrumentation.span_handlers import NullSpanHandler
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import (
     BaseNode,
@@ -28,6 +31,7 @@ from llama_index.core.schema import (
     Node,
     NodeWithScore,
     QueryBundle,
+    TextNode,
 )
 
 from siliconflow_rerank import (
@@ -38,6 +42,8 @@ from siliconflow_rerank import (
     RerankerSettings,
     RerankResponse,
     SiliconFlowError,
+    assembled,
+    copied,
     image_item,
     video_item,
 )
@@ -106,6 +112,8 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
         object.__setattr__(self, "__pydantic_private__", state["__pydantic_private__"])
 
     def _node_item(self, node: BaseNode) -> DocumentItem:
+        if type(node) is TextNode and not node.metadata:
+            return node.text  # what get_content() returns for it, without the formatting
         if not _may_hold_media(type(node)):
             return node.get_content(metadata_mode=self.metadata_mode)
         if isinstance(node, ImageNode):
@@ -154,18 +162,37 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
             raise InvalidRequestError(f"nodes must be a list, got {type(nodes).__name__}")
         items = []
         for position, node in enumerate(nodes):
-            if not isinstance(node, NodeWithScore):
+            if type(node) is not NodeWithScore and not isinstance(node, NodeWithScore):
                 raise InvalidRequestError(
                     f"nodes[{position}] must be a NodeWithScore, got {type(node).__name__}"
                 )
             items.append(self._node_item(node.node))
         return self._query_item(query_bundle), items
 
-    @contextlib.contextmanager
     def _observed(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle
-    ) -> Iterator[_Outcome]:
-        """Wrap one rerank call in balanced start/end events, whatever happens inside."""
+    ) -> contextlib.AbstractContextManager[_Outcome]:
+        """Balanced start/end events around one rerank call, when anything listens to them."""
+        if self._unobserved():
+            return contextlib.nullcontext(_Outcome(observed=False))
+        return self._events(nodes, query_bundle)
+
+    def _unobserved(self) -> bool:
+        """Whether no span or event handler but LlamaIndex's null ones, and no callback handler,
+        is registered: then the spans and events of a call would be built for nobody."""
+        if self.callback_manager.handlers:
+            return False
+        current: Dispatcher | None = dispatcher
+        while current is not None:
+            if any(type(h) is not NullSpanHandler for h in current.span_handlers) or any(
+                type(h) is not NullEventHandler for h in current.event_handlers
+            ):
+                return False
+            current = current.parent if current.propagate else None
+        return True
+
+    @contextlib.contextmanager
+    def _events(self, nodes: list[NodeWithScore], query_bundle: QueryBundle) -> Iterator[_Outcome]:
         top_n = len(nodes) if self.top_n is None else min(self.top_n, len(nodes))
         dispatcher.event(
             ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=top_n, model_name=self.model)
@@ -184,13 +211,16 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
         finally:
             dispatcher.event(ReRankEndEvent(nodes=outcome.nodes))
 
-    def _finish(self, nodes: list[NodeWithScore], response: RerankResponse) -> list[NodeWithScore]:
-        report = self._usage_report(response)
-        dispatcher.event(
-            RerankUsageEvent(
-                model_name=report["model"], usage=report["usage"], trace_id=report["trace_id"]
+    def _finish(
+        self, nodes: list[NodeWithScore], response: RerankResponse, outcome: _Outcome
+    ) -> list[NodeWithScore]:
+        if outcome.observed:
+            report = self._usage_report(response)
+            dispatcher.event(
+                RerankUsageEvent(
+                    model_name=report["model"], usage=report["usage"], trace_id=report["trace_id"]
+                )
             )
-        )
         ranked = []
         for result in response.results:
             score = result.relevance_score
@@ -205,10 +235,45 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
 
     # -- the postprocessor API -----------------------------------------------------------------
 
+    def postprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+        query_str: str | None = None,
+    ) -> list[NodeWithScore]:
+        """Rerank `nodes` for the query (LlamaIndex's `postprocess_nodes`)."""
+        if self._unobserved():  # no span for nobody: the traced path would build one per call
+            return self._rerank(nodes, _bundle(query_bundle, query_str))
+        return super().postprocess_nodes(nodes, query_bundle, query_str)
+
+    async def apostprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+        query_str: str | None = None,
+    ) -> list[NodeWithScore]:
+        """Rerank `nodes` for the query (LlamaIndex's `apostprocess_nodes`)."""
+        if self._unobserved():
+            return await self._arerank(nodes, _bundle(query_bundle, query_str))
+        return await super().apostprocess_nodes(nodes, query_bundle, query_str)
+
     def _postprocess_nodes(
         self,
         nodes: list[NodeWithScore],
         query_bundle: QueryBundle | None = None,
+    ) -> list[NodeWithScore]:
+        return self._rerank(nodes, query_bundle)
+
+    @dispatcher.span
+    async def _apostprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+    ) -> list[NodeWithScore]:
+        return await self._arerank(nodes, query_bundle)
+
+    def _rerank(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
     ) -> list[NodeWithScore]:
         query, items = self._prepare(nodes, query_bundle)
         if not nodes:
@@ -220,14 +285,11 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
             except SERVICE_ERRORS as error:
                 outcome.nodes = self._passed_through(nodes, error)
             else:
-                outcome.nodes = self._finish(nodes, response)
+                outcome.nodes = self._finish(nodes, response, outcome)
         return outcome.nodes
 
-    @dispatcher.span
-    async def _apostprocess_nodes(
-        self,
-        nodes: list[NodeWithScore],
-        query_bundle: QueryBundle | None = None,
+    async def _arerank(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
     ) -> list[NodeWithScore]:
         query, items = self._prepare(nodes, query_bundle)
         if not nodes:
@@ -241,13 +303,21 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
             except SERVICE_ERRORS as error:
                 outcome.nodes = self._passed_through(nodes, error)
             else:
-                outcome.nodes = self._finish(nodes, response)
+                outcome.nodes = self._finish(nodes, response, outcome)
         return outcome.nodes
+
+
+def _bundle(query_bundle: QueryBundle | None, query_str: str | None) -> QueryBundle | None:
+    """The query as LlamaIndex's `postprocess_nodes` takes it: a bundle or a string, not both."""
+    if query_str is not None and query_bundle is not None:
+        raise ValueError("Cannot specify both query_str and query_bundle")
+    return QueryBundle(query_str) if query_str is not None else query_bundle
 
 
 @dataclass
 class _Outcome:
     nodes: list[NodeWithScore] = field(default_factory=list)
+    observed: bool = True
 
 
 @functools.cache
@@ -264,50 +334,19 @@ def _b64decode(data: str | bytes, node: BaseNode) -> bytes:
 
 
 def _marked_copy(node: BaseNode, key: str, value: Any) -> BaseNode:
-    """A copy of `node` with `key: value` added to its metadata, hidden from LLM and embedding text.
-
-    What `node.model_copy(update=...)` does, without its generic `copy.copy` calls: this runs
-    once per returned node on every query, the largest part of the adapter's own cost.
-    """
-    state = node.__dict__.copy()
-    metadata = node.metadata.copy()
-    metadata[key] = value
-    state["metadata"] = metadata
-    keys = node.excluded_llm_metadata_keys
-    state["excluded_llm_metadata_keys"] = [*keys, key] if key not in keys else keys.copy()
-    keys = node.excluded_embed_metadata_keys
-    state["excluded_embed_metadata_keys"] = [*keys, key] if key not in keys else keys.copy()
-    extra, private = node.__pydantic_extra__, node.__pydantic_private__
-    return _assembled(
-        type(node),
-        state,
-        node.__pydantic_fields_set__ | _UPDATED,
-        None if extra is None else extra.copy(),
-        None if private is None else private.copy(),
+    """A copy of `node` with `key: value` added to its metadata, hidden from LLM and embedding
+    text."""
+    llm_keys, embed_keys = node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys
+    return copied(
+        node,
+        metadata={**node.metadata, key: value},
+        excluded_llm_metadata_keys=[*llm_keys, key] if key not in llm_keys else llm_keys.copy(),
+        excluded_embed_metadata_keys=(
+            [*embed_keys, key] if key not in embed_keys else embed_keys.copy()
+        ),
     )
 
 
 def _scored(node: BaseNode, score: float | None) -> NodeWithScore:
     """`NodeWithScore(node=node, score=score)` without re-validating a node we just built."""
-    return _assembled(NodeWithScore, {"node": node, "score": score}, {"node", "score"})
-
-
-def _assembled(
-    cls: type[_Model],
-    state: dict[str, Any],
-    fields_set: set[str],
-    extra: dict[str, Any] | None = None,
-    private: dict[str, Any] | None = None,
-) -> _Model:
-    """An instance of pydantic model `cls` from already valid state, as `model_copy` builds one."""
-    instance = _new(cls)
-    _set(instance, "__dict__", state)
-    _set(instance, "__pydantic_fields_set__", fields_set)
-    _set(instance, "__pydantic_extra__", extra)
-    _set(instance, "__pydantic_private__", private)
-    return instance
-
-
-_new = object.__new__
-_set = object.__setattr__
-_UPDATED = frozenset({"metadata", "excluded_llm_metadata_keys", "excluded_embed_metadata_keys"})
+    return assembled(NodeWithScore, {"node": node, "score": score}, {"node", "score"})

@@ -21,6 +21,7 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import (
     ImageNode,
@@ -32,6 +33,7 @@ from llama_index.core.schema import (
     TextNode,
 )
 
+import llama_index_siliconflow.rerank as rerank_module
 from llama_index_siliconflow import SiliconFlowRerank
 from siliconflow_rerank import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowClient
 from siliconflow_rerank.emulator import Fault
@@ -434,3 +436,79 @@ def test_query_engine_pipeline(emulator):
         got = [(n.node.get_content(), n.score) for n in response.source_nodes]
         assert got == expected
     assert emulator.stats.requests == 2
+
+
+class SpanRecorder(SimpleSpanHandler):
+    @classmethod
+    def class_name(cls) -> str:
+        return "SpanRecorder"
+
+
+@pytest.fixture
+def built_events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the rerank events the adapter builds (whether or not anyone gets them)."""
+    built: list[str] = []
+    for name in ("ReRankStartEvent", "ReRankEndEvent", "RerankUsageEvent"):
+        real = getattr(rerank_module, name)
+
+        def build(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            built.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(rerank_module, name, build)
+    return built
+
+
+def test_nothing_is_built_for_nobody(postprocess, built_events):
+    reranker = mocked(Recorder())
+    out = postprocess(reranker, text_nodes("a", "b"))
+    assert len(out) == 2  # the call itself is unchanged
+    assert built_events == []
+
+
+@pytest.mark.parametrize("listener", ["event handler", "span handler", "callback handler"])
+def test_anything_listening_gets_every_event_and_span(postprocess, built_events, listener):
+    root = get_dispatcher()
+    spans = SpanRecorder()
+    collector = EventCollector(events=[])
+    callbacks = CallbackRecorder()
+    manager = CallbackManager([callbacks] if listener == "callback handler" else [])
+    if listener == "event handler":
+        root.add_event_handler(collector)
+    elif listener == "span handler":
+        root.add_span_handler(spans)
+    try:
+        postprocess(mocked(Recorder(), callback_manager=manager), text_nodes("a", "b"))
+    finally:
+        if collector in root.event_handlers:
+            root.event_handlers.remove(collector)
+        if spans in root.span_handlers:
+            root.span_handlers.remove(spans)
+    assert built_events == ["ReRankStartEvent", "RerankUsageEvent", "ReRankEndEvent"]
+    if listener == "event handler":
+        assert names(collector.events) == [
+            "ReRankStartEvent",
+            "SiliconFlowRerankUsageEvent",
+            "ReRankEndEvent",
+        ]
+    elif listener == "span handler":
+        assert any("SiliconFlowRerank" in span.id_ for span in spans.completed_spans)
+    else:
+        assert callbacks.calls == [("start", CBEventType.RERANKING), ("end", CBEventType.RERANKING)]
+
+
+def test_a_plain_text_node_is_sent_as_its_text_and_others_with_their_metadata():
+    recorder = Recorder()
+    plain = TextNode(text="plain apple")
+    tagged = TextNode(text="tagged apple", metadata={"source": "wiki"})
+    mocked(recorder, top_n=None).postprocess_nodes(
+        [NodeWithScore(node=plain), NodeWithScore(node=tagged)], query_str="q"
+    )
+    sent = recorder.bodies[0]["documents"]
+    assert sent == ["plain apple", tagged.get_content(metadata_mode=MetadataMode.EMBED)]
+    assert "source: wiki" in sent[1]
+
+
+def test_query_str_and_query_bundle_together_are_refused():
+    with pytest.raises(ValueError, match="Cannot specify both"):
+        mocked(Recorder()).postprocess_nodes(text_nodes("a"), QueryBundle("q"), query_str="q")

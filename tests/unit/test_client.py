@@ -688,3 +688,43 @@ def test_default_timeout_is_explicit_and_generous():
     assert timeout.read is not None
     assert timeout.connect <= 10
     assert timeout.read >= 60
+
+
+# -- large lists: what is encoded, and when ------------------------------------------------------
+
+
+def test_a_batched_call_never_encodes_the_whole_list():
+    from siliconflow_rerank._batching import plan
+    from siliconflow_rerank._request import build_request
+
+    request = build_request("q", [f"doc {i}" for i in range(300)], model="BAAI/bge-reranker-v2-m3")
+    the_plan = plan(request, batch_size=128, cache=None, base_url="http://x/v1")
+    assert [len(b.positions) for b in the_plan.batches] == [128, 128, 44]
+    assert "content" not in request.__dict__  # the unbatched body was never built
+    for batch in the_plan.batches:
+        assert json.loads(batch.request.content)["documents"] == batch.request.body["documents"]
+
+
+def test_text_that_cannot_be_sent_fails_a_batched_call_before_any_request(make_runner):
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, json=ok_body(*[0.5] * 128))
+
+    documents = [f"doc {i}" for i in range(299)] + ["bad \ud800 text"]
+    with pytest.raises(InvalidRequestError, match="not valid text"):
+        make_runner(handler).rerank("q", documents)
+    assert requests == []
+
+
+def test_merged_batches_map_every_index_back_without_changing_the_answers(make_runner):
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        scores = [float(d.split()[1]) / 1000 for d in body["documents"]]
+        return httpx.Response(200, json=ok_body(*scores))
+
+    documents = [f"doc {i}" for i in range(300)]
+    response = make_runner(handler, max_documents_per_request=128).rerank("q", documents)
+    assert [r.index for r in response.results] == list(range(299, -1, -1))
+    assert [r.relevance_score for r in response.results] == [i / 1000 for i in range(299, -1, -1)]

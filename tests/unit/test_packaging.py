@@ -68,6 +68,8 @@ EXPECTED_CORE = [
     "Usage",
     "VideoItem",
     "__version__",
+    "assembled",
+    "copied",
     "embedding_capabilities",
     "image_item",
     "known_embedding_models",
