@@ -1,8 +1,10 @@
 """Benchmarks: this package against a raw-httpx floor, raw sockets, and the existing peer.
 
-Every contender talks to the same local emulator, started as a separate process (so that server
-and client do not share a GIL). Each figure is the median of several runs. Writes
-`benchmarks/results.md` and `benchmarks/results.png`. Run it with `bash benchmarks/run.sh`.
+Every contender talks to the same local server, started as a separate process (so that server
+and client do not share a GIL): `server.py`, a minimal one, where the client's own cost is
+measured; the emulator where server behaviour matters (per-document latency, memory). Each figure
+is the median of several runs, client CPU beside wall time. Writes `benchmarks/results.md` and
+`benchmarks/results.png`. Run it with `bash benchmarks/run.sh`.
 """
 
 from __future__ import annotations
@@ -349,6 +351,94 @@ def bench_large_lists(base_url: str, count: int = 10_000) -> dict[str, float]:
     return {name: median_of(runs) for name, runs in results.items()}
 
 
+def bench_batch_cpu(base_url: str, count: int = 10_000) -> dict[str, float]:
+    """Client CPU (ms) of one call of `count` short documents against an instant server:
+    unbatched, and batched at the default size (then also per batch)."""
+    from siliconflow_rerank import DEFAULT_MAX_DOCUMENTS_PER_REQUEST, SiliconFlowClient
+
+    documents = short_documents(count)
+    unbatched = SiliconFlowClient(api_key=KEY, base_url=base_url, max_documents_per_request=None)
+    batched = SiliconFlowClient(api_key=KEY, base_url=base_url)
+    raw = httpx.Client()
+    payload = {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": documents}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    contenders: dict[str, Callable[[], object]] = {
+        "raw httpx, one request": lambda: raw.post(
+            f"{base_url}/rerank", json=payload, headers=headers
+        ).json()["results"],
+        "core, unbatched": lambda: unbatched.rerank(QUERY, documents),
+        "core, batched": lambda: batched.rerank(QUERY, documents),
+    }
+    walls: dict[str, list[float]] = {name: [] for name in contenders}
+    cpus: dict[str, list[float]] = {name: [] for name in contenders}
+    for call in contenders.values():
+        call()
+    for _ in range(RUNS):
+        for name, call in contenders.items():
+            clean_heap()
+            wall, cpu = time.perf_counter(), time.process_time()
+            call()
+            walls[name].append((time.perf_counter() - wall) * 1000)
+            cpus[name].append((time.process_time() - cpu) * 1000)
+    raw.close()
+    unbatched.close()
+    batched.close()
+    results = {f"{name} (wall ms)": median_of(walls[name]) for name in contenders}
+    results.update({f"{name} (CPU ms)": median_of(cpus[name]) for name in contenders})
+    batches = -(-count // DEFAULT_MAX_DOCUMENTS_PER_REQUEST)
+    results["core, batched: CPU per batch (ms)"] = results["core, batched (CPU ms)"] / batches
+    return results
+
+
+SWEEP = (1, 10, 100, 1000, 10_000)
+
+
+def bench_sweep(base_url: str) -> dict[str, dict[str, Timing]]:
+    """Sequential calls of 1 to 10,000 documents, short and 1 KB: wall and client CPU per call
+    (ms), for raw httpx, the core and the peer, against an instant server."""
+    from siliconflow_rerank import SiliconFlowClient
+
+    core = SiliconFlowClient(api_key=KEY, base_url=base_url, max_documents_per_request=None)
+    raw = httpx.Client()
+    headers = {"Authorization": f"Bearer {KEY}"}
+    table: dict[str, dict[str, Timing]] = {}
+    for kind, make in (("short", short_documents), ("1 KB", long_documents)):
+        for count in SWEEP:
+            documents = make(count)
+            payload = {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": documents}
+            contenders: dict[str, Callable[[], object]] = {
+                "raw httpx": lambda payload=payload: raw.post(
+                    f"{base_url}/rerank", json=payload, headers=headers
+                ).json()["results"],
+                "core": lambda documents=documents: core.rerank(QUERY, documents),
+            }
+            peer = _peer(base_url, top_n=count)
+            if peer is not None:
+                from llama_index.core.schema import NodeWithScore, TextNode
+
+                nodes = [NodeWithScore(node=TextNode(text=d)) for d in documents]
+                contenders["peer"] = lambda nodes=nodes, peer=peer: peer.postprocess_nodes(
+                    nodes, query_str=QUERY
+                )
+            calls = max(1, min(20, 2000 // count))
+            walls: dict[str, list[float]] = {name: [] for name in contenders}
+            cpus: dict[str, list[float]] = {name: [] for name in contenders}
+            for call in contenders.values():
+                call()
+            for _ in range(RUNS):
+                for name, call in contenders.items():
+                    clean_heap()
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    for _ in range(calls):
+                        call()
+                    walls[name].append((time.perf_counter() - wall) / calls * 1000)
+                    cpus[name].append((time.process_time() - cpu) / calls * 1000)
+            table[f"{count} {kind}"] = _medians(walls, cpus)
+    raw.close()
+    core.close()
+    return table
+
+
 # -- 4. memory ----------------------------------------------------------------------------------
 
 _MEMORY_PROBE = r"""
@@ -407,7 +497,23 @@ def bench_memory(base_url: str, image_path: Path) -> dict[str, dict[str, float]]
         "loop.run_until_complete(aclient.rerank('apple', [image_item(path)], "
         "model='Qwen/Qwen3-VL-Reranker-8B'))",
     )
+    hundred_k = (
+        "docs = ['note %d apple fresh' % i for i in range(100000)]\n"
+        "size = len(json.dumps(docs).encode())"
+    )
+    raw_100k = _probe(
+        base_url,
+        hundred_k + "\nimport httpx\nraw = httpx.Client()",
+        "raw.post(client.base_url + '/rerank', headers={'Authorization': 'Bearer k'}, "
+        "json={'model': 'BAAI/bge-reranker-v2-m3', 'query': 'apple', 'documents': docs, "
+        "'top_n': 10}).json()",
+    )
+    top_10 = _probe(base_url, hundred_k, "client.rerank('apple', docs, top_n=10)")
+    every = _probe(base_url, hundred_k, "client.rerank('apple', docs)")
     return {
+        "100,000 short documents, raw httpx in one request, top_n=10": raw_100k,
+        "100,000 short documents, batched, top_n=10": top_10,
+        "100,000 short documents, batched, all results": every,
         "10,000 text documents": text,
         "one 5 MB image from a file": sync_image,
         "one 5 MB image from a file (async client)": async_image,
@@ -456,34 +562,38 @@ def write_report(results: dict[str, Any]) -> None:
         "# Benchmark results",
         "",
         f"Machine: {machine()}. Median of {RUNS} runs unless a section says otherwise, "
-        "contenders interleaved, a full garbage collection before each timed run; every "
-        "contender against the same local emulator process. Produced by "
+        "contenders interleaved, a full garbage collection before each timed run. Sections 1, 2, "
+        "3b and 4 run against `benchmarks/server.py`, a minimal asyncio server in its own "
+        "process (the client's own cost shows); sections 3 and 5 against the emulator. "
+        "CPU is the client process's (`time.process_time`), beside wall time. Produced by "
         "`bash benchmarks/run.sh`.",
     ]
     lines += _table(
         "1. Per-call overhead (sequential calls, 50 short documents, instant server)",
-        ["contender", "ms per call", "× floor"],
+        ["contender", "ms per call", "× floor", "client CPU µs per call"],
         note=f"Median of {OVERHEAD_ROUNDS} interleaved rounds of {OVERHEAD_CALLS} calls each.",
     )
     overhead = results["overhead"]
-    floor = overhead["raw httpx (floor)"]
-    lines += [f"| {name} | {ms:.2f} | {ms / floor:.2f} |" for name, ms in overhead.items()]
+    floor = overhead["raw httpx (floor)"]["wall"]
+    lines += [
+        f"| {name} | {t['wall']:.3f} | {t['wall'] / floor:.2f} | {t['cpu'] * 1000:.0f} |"
+        for name, t in overhead.items()
+    ]
 
     lines += _table(
         "2. Concurrency (200 concurrent reranks of 20 documents, server answers after 100 ms)",
-        ["contender", "seconds", "× floor"],
+        ["contender", "seconds", "× floor", "client CPU µs per call"],
     )
     concurrency = results["concurrency"]
-    floor = concurrency["raw asyncio sockets (floor)"]
-    sync_floor = concurrency["sync: raw httpx.Client, 50 threads (floor)"]
-    lines += [
-        f"| {name} | {s:.3f} | {s / (sync_floor if name.startswith('sync') else floor):.2f} |"
-        for name, s in concurrency.items()
-    ]
+    floor = concurrency["raw asyncio sockets (floor)"]["wall"]
+    sync_floor = concurrency["sync: raw httpx.Client, 50 threads (floor)"]["wall"]
+    for name, t in concurrency.items():
+        base = sync_floor if name.startswith("sync") else floor
+        lines.append(f"| {name} | {t['wall']:.3f} | {t['wall'] / base:.2f} | {t['cpu']:.0f} |")
     lines += ["", "(Sync rows are compared with the sync floor, the others with raw sockets.)"]
 
     lines += _table(
-        "3. Large lists (10,000 documents, server latency 0.2 ms per document)",
+        "3. Large lists (10,000 documents, emulator latency 0.2 ms per document)",
         ["setting", "seconds", "speed-up"],
     )
     large = results["large"]
@@ -491,7 +601,24 @@ def write_report(results: dict[str, Any]) -> None:
     lines += [f"| {name} | {s:.2f} | {whole / s:.1f}× |" for name, s in large.items()]
 
     lines += _table(
-        "4. Memory (peak RSS growth during one call)",
+        "3b. Large lists, the client's cost (10,000 short documents, instant server)",
+        ["measure", "value"],
+    )
+    lines += [f"| {name} | {v:.2f} |" for name, v in results["batch_cpu"].items()]
+
+    sweep = results["sweep"]
+    names = list(next(iter(sweep.values())))
+    lines += _table(
+        "4. Document-count sweep (sequential calls, instant server; ms per call, wall / CPU)",
+        ["documents", *names, "core × raw httpx (wall)"],
+    )
+    for row, timings in sweep.items():
+        cells = [f"{timings[n]['wall']:.2f} / {timings[n]['cpu']:.2f}" for n in names]
+        ratio = timings["core"]["wall"] / timings["raw httpx"]["wall"]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+
+    lines += _table(
+        "5. Memory (peak RSS growth during one call)",
         ["input", "input size (MiB)", "peak growth (MiB)", "ratio"],
     )
     for name, m in results["memory"].items():
@@ -516,7 +643,7 @@ def write_chart(results: dict[str, Any]) -> None:
     ]
     for ax, (key, title, fmt) in zip(axes, panels, strict=True):
         names = list(results[key])
-        values = [results[key][n] for n in names]
+        values = [v["wall"] if isinstance(v, dict) else v for v in results[key].values()]
         colors = [
             "#888888" if "floor" in n or "raw" in n or "plain" in n
             else "#d95f02" if "peer" in n or "unbatched" in n
@@ -539,10 +666,14 @@ def write_chart(results: dict[str, Any]) -> None:
 
 def main() -> None:
     results: dict[str, Any] = {"machine": machine()}
-    with emulator() as base_url:
+    with minimal_server() as base_url:
         print("1. per-call overhead ...", file=sys.stderr, flush=True)
         results["overhead"] = bench_overhead(base_url)
-    with emulator("--latency-ms", "100") as base_url:
+        print("3b. large lists, client CPU ...", file=sys.stderr, flush=True)
+        results["batch_cpu"] = bench_batch_cpu(base_url)
+        print("4. document-count sweep ...", file=sys.stderr, flush=True)
+        results["sweep"] = bench_sweep(base_url)
+    with minimal_server("--latency-ms", "100") as base_url:
         print("2. concurrency ...", file=sys.stderr, flush=True)
         results["concurrency"] = bench_concurrency(base_url)
     with emulator("--latency-per-doc-ms", "0.2") as base_url:
@@ -552,7 +683,7 @@ def main() -> None:
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(5 * 2**20))
     try:
         with emulator() as base_url:
-            print("4. memory ...", file=sys.stderr, flush=True)
+            print("5. memory ...", file=sys.stderr, flush=True)
             results["memory"] = bench_memory(base_url, image)
     finally:
         image.unlink()

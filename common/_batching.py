@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ._cache import RerankCache, score_key_prefix
 from ._exceptions import SiliconFlowError
-from ._models import BilledUnits, RerankResponse, RerankResult, Usage, copied, rank
+from ._models import BilledUnits, RerankResponse, RerankResult, Usage, rank
 from ._request import RerankRequest, subset
 
 __all__ = ["Batch", "Plan", "assemble", "merge_usage", "name_batch", "plan"]
@@ -106,13 +106,17 @@ def assemble(
     results: list[RerankResult] = []
     for batch, response in zip(the_plan.batches, responses, strict=True):
         positions = batch.positions
-        results.extend(copied(r, index=positions[r.index]) for r in response.results)
         if cache is not None and the_plan.cache_keys is not None:
             keys = the_plan.cache_keys
             cache._store_keys(
                 [keys[positions[r.index]] for r in response.results],
                 [r.relevance_score for r in response.results],
             )
+        # Each batch's results were parsed for this call alone and are dropped after it: their
+        # index is mapped back in place (a copy per result was most of a large merge's cost).
+        for result in response.results:
+            result.__dict__["index"] = positions[result.index]
+        results.extend(response.results)
     results.extend(RerankResult(index=i, relevance_score=s) for i, s in the_plan.known.items())
     trace_ids = [r.trace_id for r in responses if r.trace_id]
     return RerankResponse(

@@ -201,17 +201,10 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
     wire = read_answer(_WireResponse, content, trace_id)
 
     count = len(request.documents)
-    seen: set[int] = set()
-    for result in wire.results:
-        if result.index >= count:
-            raise invalid_answer(
-                f"result index {result.index} is out of range for {count} documents",
-                content,
-                trace_id,
-            )
-        if result.index in seen:
-            raise invalid_answer(f"result index {result.index} appears twice", content, trace_id)
-        seen.add(result.index)
+    indices = list(map(_BY_INDEX, wire.results))
+    seen = set(indices)
+    if len(seen) != len(indices) or (indices and max(indices) >= count):
+        _find_bad_index(indices, count, content, trace_id)
     if request.top_n is None and len(seen) != count:
         # Asked for every document: one missing would shift nothing but silently lose a document.
         raise invalid_answer(
@@ -233,6 +226,20 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
         trace_id=trace_id,
         model=wire.model,
     )
+
+
+def _find_bad_index(indices: list[int], count: int, content: bytes, trace_id: str | None) -> None:
+    """Raise for the first index out of range or repeated (checked in bulk first, as answers
+    are almost always right)."""
+    seen: set[int] = set()
+    for index in indices:
+        if index >= count:
+            raise invalid_answer(
+                f"result index {index} is out of range for {count} documents", content, trace_id
+            )
+        if index in seen:
+            raise invalid_answer(f"result index {index} appears twice", content, trace_id)
+        seen.add(index)
 
 
 _BY_INDEX = attrgetter("index")

@@ -259,7 +259,7 @@ def _check_modalities(
     caps = model_capabilities(model)
     if caps is None or caps.modalities >= {"image", "video"}:
         return
-    if type(query) is str and all(type(item) is str for item in documents):
+    if type(query) is str and set(map(type, documents)) == {str}:
         return  # every model ranks text
     for position, item in enumerate([query, *documents]):
         if isinstance(item, str):
