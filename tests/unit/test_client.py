@@ -728,3 +728,43 @@ def test_merged_batches_map_every_index_back_without_changing_the_answers(make_r
     response = make_runner(handler, max_documents_per_request=128).rerank("q", documents)
     assert [r.index for r in response.results] == list(range(299, -1, -1))
     assert [r.relevance_score for r in response.results] == [i / 1000 for i in range(299, -1, -1)]
+
+
+def test_a_sync_client_keeps_its_threads_across_calls_and_bounds_each_call():
+    import threading
+
+    lock = threading.Lock()
+    threads: list[set[int]] = [set(), set()]
+    in_flight, most = [0], [0]
+    call = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        with lock:
+            threads[call[0]].add(threading.get_ident())
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            documents = json.loads(request.content)["documents"]
+            return httpx.Response(200, json=ok_body(*[0.5] * len(documents)))
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    client = SiliconFlowClient(
+        api_key="sk-test-key-123456",
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+        max_documents_per_request=2,
+        max_concurrency=3,
+    )
+    documents = [f"doc {i}" for i in range(40)]
+    assert len(client.rerank("q", documents).results) == 40
+    executor = client._threads
+    call[0] = 1
+    assert len(client.rerank("q", documents).results) == 40
+    assert client._threads is executor  # the same threads served both calls
+    assert threads[1] <= threads[0]  # ... on threads the first call started
+    assert most[0] <= 3  # never more than max_concurrency of a call's requests at once
+    client.close()
+    assert client._threads is None
+    assert executor is not None
+    assert executor._shutdown
