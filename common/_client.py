@@ -565,7 +565,7 @@ class SiliconFlowClient(_BaseClient):
         *,
         model: str = DEFAULT_EMBEDDING_MODEL,
         dimensions: int | None = None,
-        encoding_format: EncodingFormat = "float",
+        encoding_format: EncodingFormat = "base64",
         batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE,
         on_progress: ProgressCallback | None = None,
     ) -> EmbeddingResponse:
@@ -576,8 +576,9 @@ class SiliconFlowClient(_BaseClient):
                 for `Qwen/Qwen3-VL-Embedding-8B`; build them with `image_item`).
             model: The embedding model.
             dimensions: The vector length, for the models that take it (Qwen3 embeddings).
-            encoding_format: How vectors travel: `"float"` (JSON numbers) or `"base64"`
-                (float32 bytes); either way they are returned as floats.
+            encoding_format: How vectors travel: `"base64"` (float32 bytes: a quarter of the
+                size of JSON numbers, and faster to decode) or `"float"` (JSON numbers); either
+                way they are returned as floats.
             batch_size: Longer lists are split into concurrent requests of this many inputs
                 (the service takes at most 32), answered in one response.
             on_progress: Called with (requests done, requests in all) as a long call proceeds.
@@ -844,7 +845,7 @@ class AsyncSiliconFlowClient(_BaseClient):
         *,
         model: str = DEFAULT_EMBEDDING_MODEL,
         dimensions: int | None = None,
-        encoding_format: EncodingFormat = "float",
+        encoding_format: EncodingFormat = "base64",
         batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE,
         on_progress: ProgressCallback | None = None,
     ) -> EmbeddingResponse:

@@ -95,15 +95,16 @@ def resolve_api_key(api_key: str | SecretStr | None) -> SecretStr:
 def resolve_base_url(base_url: str | None) -> str:
     """Return the API root from the argument, else `SILICONFLOW_BASE_URL`, else the default.
 
-    A trailing `/` or `/rerank` is dropped, so `https://host/v1`, `https://host/v1/` and
-    `https://host/v1/rerank` all mean the same root.
+    A trailing `/`, `/rerank` or `/embeddings` is dropped, so `https://host/v1`,
+    `https://host/v1/`, `https://host/v1/rerank` and `https://host/v1/embeddings` (how the peers
+    take the URL) all mean the same root.
 
     Raises:
         InvalidRequestError: The URL is not an absolute http(s) URL.
     """
     url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     url = url.strip().rstrip("/")
-    url = url.removesuffix("/rerank").rstrip("/")
+    url = url.removesuffix("/rerank").removesuffix("/embeddings").rstrip("/")
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as error:

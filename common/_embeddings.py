@@ -142,7 +142,7 @@ def build_embedding_requests(
     *,
     model: str,
     dimensions: int | None = None,
-    encoding_format: EncodingFormat = "float",
+    encoding_format: EncodingFormat = "base64",
     batch_size: int,
 ) -> list[EmbeddingRequest]:
     """Check the inputs and options, and cut the call into requests of at most `batch_size`.

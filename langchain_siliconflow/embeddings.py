@@ -12,6 +12,8 @@ from siliconflow_rerank import (
     DEFAULT_EMBEDDING_BATCH_SIZE,
     DEFAULT_EMBEDDING_MODEL,
     ClientOwner,
+    EmbeddingInput,
+    image_item,
 )
 
 __all__ = ["SiliconFlowEmbeddings"]
@@ -39,7 +41,8 @@ class SiliconFlowEmbeddings(ClientOwner, Embeddings):
         vector = embeddings.embed_query("How do I keep apples fresh?")
         ```
 
-    Vectors come back in input order, as floats. The client settings (`timeout`, `max_retries`,
+    Images (`embed_image`, for `Qwen/Qwen3-VL-Embedding-8B`) go through the same path. Vectors
+    come back in input order, as floats. The client settings (`timeout`, `max_retries`,
     `max_concurrency`, rate limits, ...) are fields too; clients are built on first use, so an
     instance without a key can still be made, copied and pickled (pickles never hold the key).
     """
@@ -78,3 +81,21 @@ class SiliconFlowEmbeddings(ClientOwner, Embeddings):
     async def aembed_query(self, text: str) -> list[float]:
         """Async `embed_query`, on the native async client."""
         return (await self._async().embed([text], **self._options())).embeddings[0]
+
+    def embed_image(self, uris: list[str]) -> list[list[float]]:
+        """Embed images (local paths, URLs or data URIs) with a multimodal model such as
+        `Qwen/Qwen3-VL-Embedding-8B`: the method vector stores that hold images call (Chroma's
+        `add_images`). Paths given here are read: they are the caller's own choice."""
+        if not uris:
+            return []
+        return self._sync().embed(_images(uris), **self._options()).embeddings
+
+    async def aembed_image(self, uris: list[str]) -> list[list[float]]:
+        """Async `embed_image`, on the native async client."""
+        if not uris:
+            return []
+        return (await self._async().embed(_images(uris), **self._options())).embeddings
+
+
+def _images(uris: list[str]) -> list[EmbeddingInput]:
+    return [image_item(uri, allow_paths=True) for uri in uris]

@@ -1,4 +1,5 @@
-"""LlamaIndex integration: `SiliconFlowRerank`, a node postprocessor on SiliconFlow's rerank API."""
+"""LlamaIndex integration: `SiliconFlowRerank` (a node postprocessor on SiliconFlow's rerank API)
+and `SiliconFlowEmbedding` (text and image embeddings)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
         "(or, in a checkout of siliconflow-rerank, pip install '.[llama-index]')"
     ) from error
 
+from .embeddings import SiliconFlowEmbedding
 from .rerank import RerankUsageEvent, SiliconFlowRerank
 
-__all__ = ["RerankUsageEvent", "SiliconFlowRerank"]
+__all__ = ["RerankUsageEvent", "SiliconFlowEmbedding", "SiliconFlowRerank"]

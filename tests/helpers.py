@@ -192,3 +192,11 @@ def read_request_head(connection: socket.socket) -> bytes:
             break
         head += chunk
     return head
+
+
+def png_file(path: Path, words: str, padding: int) -> Path:
+    """A PNG-looking file whose readable words the emulator scores, padded past one read piece."""
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + f"tEXtComment\x00{words}\x00".encode() + b"\x00" * padding
+    )
+    return path

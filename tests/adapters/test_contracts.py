@@ -19,6 +19,7 @@ from pydantic import ValidationError
 import siliconflow_rerank
 from langchain_siliconflow import SiliconFlowEmbeddings
 from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
+from llama_index_siliconflow import SiliconFlowEmbedding as LlamaEmbedding
 from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
 from siliconflow_rerank import (
     AsyncSiliconFlowClient,
@@ -33,7 +34,7 @@ from siliconflow_rerank.emulator import Fault
 from ..helpers import CORPUS
 
 KEY = "sk-contracts-canary-3131"
-ADAPTERS = [LangChainRerank, LlamaRerank, SiliconFlowEmbeddings]
+ADAPTERS = [LangChainRerank, LlamaRerank, SiliconFlowEmbeddings, LlamaEmbedding]
 RERANKERS = [LangChainRerank, LlamaRerank]
 
 
@@ -49,6 +50,10 @@ def use(adapter: Any, *, asynchronous: bool = False) -> Any:
         if asynchronous:
             return asyncio.run(adapter.apostprocess_nodes(nodes, query_str="apple"))
         return adapter.postprocess_nodes(nodes, query_str="apple")
+    if isinstance(adapter, LlamaEmbedding):
+        if asynchronous:
+            return asyncio.run(adapter.aget_query_embedding("apple"))
+        return adapter.get_query_embedding("apple")
     if asynchronous:
         return asyncio.run(adapter.aembed_query("apple"))
     return adapter.embed_query("apple")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 
 import pytest
@@ -11,7 +12,9 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from pydantic import ValidationError
 
 from langchain_siliconflow import SiliconFlowEmbeddings, SiliconFlowRerank
-from siliconflow_rerank import InvalidRequestError, SiliconFlowClient
+from siliconflow_rerank import InvalidRequestError, SiliconFlowClient, image_item
+
+from ..helpers import png_file
 
 KEY = "sk-embeddings-canary-8080"
 NOTES = [
@@ -128,3 +131,29 @@ def test_a_vector_store_retriever_then_the_reranker_find_the_right_notes(emulato
         ranked = client.rerank(query, [NOTES[i] for i in nearest], top_n=2).results
     assert [d.page_content for d in found] == [NOTES[nearest[r.index]] for r in ranked]
     assert "apples" in found[0].page_content
+
+
+def test_images_embed_with_the_multimodal_model_sync_and_async(emulator, tmp_path):
+    apple = png_file(tmp_path / "apple.png", "red apple", 100)
+    embeddings = SiliconFlowEmbeddings(
+        model="Qwen/Qwen3-VL-Embedding-8B", api_key=KEY, base_url=emulator.base_url
+    )
+    vectors = embeddings.embed_image([str(apple), "https://x.test/bus.jpg"])
+    with SiliconFlowClient(api_key=KEY, base_url=emulator.base_url) as client:
+        expected = client.embed(
+            [image_item(apple), image_item("https://x.test/bus.jpg")],
+            model="Qwen/Qwen3-VL-Embedding-8B",
+        ).embeddings
+    assert vectors == expected
+    assert asyncio.run(embeddings.aembed_image([str(apple)])) == expected[:1]
+    query = embeddings.embed_query("a red apple")
+    assert sum(a * b for a, b in zip(query, vectors[0], strict=True)) > 0.9
+    assert embeddings.embed_image([]) == []
+
+
+def test_a_text_only_model_refuses_images_before_any_request(emulator, tmp_path):
+    apple = png_file(tmp_path / "apple.png", "red apple", 100)
+    embeddings = SiliconFlowEmbeddings(api_key=KEY, base_url=emulator.base_url)
+    with pytest.raises(InvalidRequestError, match="image"):
+        embeddings.embed_image([str(apple)])
+    assert emulator.stats.requests == 0

@@ -33,7 +33,7 @@ from siliconflow_rerank import (
 )
 from siliconflow_rerank.emulator import Fault
 
-from ..helpers import ScriptedServer, read_request_head
+from ..helpers import ScriptedServer, png_file, read_request_head
 
 DOCUMENTS = ["a red car", "apple pie", "green apple", "a bicycle"]
 
@@ -253,14 +253,6 @@ def test_injected_http_client_over_http(emulator):
 # -- inline media streamed from files ------------------------------------------------------------
 
 VL = "Qwen/Qwen3-VL-Reranker-8B"
-
-
-def png_file(path: Path, words: str, padding: int) -> Path:
-    """A PNG-looking file whose readable words the emulator scores, padded past one read piece."""
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + f"tEXtComment\x00{words}\x00".encode() + b"\x00" * padding
-    )
-    return path
 
 
 def test_media_files_are_streamed_with_a_stated_length(make_runner, emulator, tmp_path: Path):

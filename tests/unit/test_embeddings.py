@@ -67,7 +67,7 @@ def test_text_inputs_are_sent_as_the_api_takes_them(make_runner):
     server = EmbeddingServer()
     response = make_runner(server).embed(["apple pie", "green apple"])
     assert server.bodies == [
-        {"model": "BAAI/bge-m3", "input": ["apple pie", "green apple"], "encoding_format": "float"}
+        {"model": "BAAI/bge-m3", "input": ["apple pie", "green apple"], "encoding_format": "base64"}
     ]
     assert response.embeddings == [vector_for("apple pie"), vector_for("green apple")]
     assert response.model == "BAAI/bge-m3"
@@ -96,7 +96,7 @@ def test_image_and_text_items_for_the_multimodal_model(make_runner):
         {
             "model": "Qwen/Qwen3-VL-Embedding-8B",
             "input": ["a red apple", {"image": "https://x.test/apple.png"}, {"image": data_uri}],
-            "encoding_format": "float",
+            "encoding_format": "base64",
             "dimensions": 1024,
         }
     ]
