@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 from ._adapters import ClientOwner, RerankerSettings
-from ._cache import RerankCache
+from ._cache import EmbeddingCache, RerankCache
 from ._capabilities import (
     EmbeddingCapabilities,
     ModelCapabilities,
@@ -105,6 +105,7 @@ __all__ = [
     "ClientOwner",
     "ClientSettings",
     "DocumentItem",
+    "EmbeddingCache",
     "EmbeddingCapabilities",
     "EmbeddingInput",
     "EmbeddingResponse",

@@ -42,7 +42,15 @@ _RENAMED = {
 }
 
 # Left out of pickles: the key (read from the environment again), live clients, and callables.
-_NOT_PICKLED = ("api_key", "client", "async_client", "cache", "on_progress", "retry_policy")
+_NOT_PICKLED = (
+    "api_key",
+    "client",
+    "async_client",
+    "cache",
+    "embedding_cache",
+    "on_progress",
+    "retry_policy",
+)
 
 _BUILDING = threading.Lock()
 _Input = TypeVar("_Input")

@@ -27,7 +27,7 @@ import httpx
 from pydantic import SecretStr
 
 from ._batching import Batch, Plan, assemble, name_batch, plan
-from ._cache import RerankCache
+from ._cache import EmbeddingCache, RerankCache
 from ._config import (
     DEFAULT_EMBEDDING_BATCH_SIZE,
     DEFAULT_EMBEDDING_MODEL,
@@ -45,12 +45,13 @@ from ._config import (
 )
 from ._embeddings import (
     EmbeddingInput,
+    EmbeddingPlan,
     EmbeddingRequest,
     EmbeddingResponse,
     EncodingFormat,
-    build_embedding_requests,
-    merge_embeddings,
+    assemble_embeddings,
     parse_embeddings,
+    plan_embeddings,
 )
 from ._exceptions import (
     APIConnectionError,
@@ -133,6 +134,8 @@ class _BaseClient:
         """Seconds an idle connection of that pool is kept for the next call."""
         self.cache = settings.cache
         """The score cache, if any."""
+        self.embedding_cache = settings.embedding_cache
+        """The embeddings cache, if any."""
         rpm, tpm = settings.requests_per_minute, settings.tokens_per_minute
         self._limiter = RateLimiter(rpm, tpm) if rpm or tpm else None
         # Parsed once: httpx re-parses a string URL and re-normalizes a dict of headers per request.
@@ -208,20 +211,22 @@ class _BaseClient:
             headers["Content-Length"] = str(length)
         return {"url": url, "content": body, "headers": headers, "timeout": self.timeout}
 
-    def _embedding_requests(
+    def _embedding_plan(
         self,
         inputs: str | Sequence[EmbeddingInput],
         model: str,
         dimensions: int | None,
         encoding_format: EncodingFormat,
         batch_size: int,
-    ) -> list[EmbeddingRequest]:
-        return build_embedding_requests(
+    ) -> EmbeddingPlan:
+        return plan_embeddings(
             inputs,
             model=model,
             dimensions=dimensions,
             encoding_format=encoding_format,
             batch_size=batch_size,
+            cache=self.embedding_cache,
+            base_url=self.base_url,
         )
 
     def _reserve(self, request: _Request) -> tuple[float, int]:
@@ -412,6 +417,7 @@ _CLIENT_ARGS = """
             requests_per_minute: Client-side limit, shared by every call on this client.
             tokens_per_minute: Client-side limit on (estimated) tokens, shared likewise.
             cache: A `RerankCache` to reuse scores across calls (off by default).
+            embedding_cache: An `EmbeddingCache` to reuse vectors across calls (off by default).
 
         Raises:
             InvalidRequestError: No API key, or an invalid setting.
@@ -444,6 +450,7 @@ class SiliconFlowClient(_BaseClient):
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
         cache: RerankCache | None = None,
+        embedding_cache: EmbeddingCache | None = None,
     ) -> None:
         # Every argument but http_client is a setting, checked in one place.
         super().__init__(check_client_settings(**_settings_among(locals())))
@@ -593,10 +600,11 @@ class SiliconFlowClient(_BaseClient):
             ResponseValidationError: An answer is not a valid embeddings response (an input
                 without its vector, vectors of different lengths, a value that is not finite).
         """
-        requests = self._embedding_requests(inputs, model, dimensions, encoding_format, batch_size)
-        total = len(requests)
-        jobs = [functools.partial(self._send_embedding, request, total) for request in requests]
-        return merge_embeddings(self._fan_out(jobs, on_progress))
+        the_plan = self._embedding_plan(inputs, model, dimensions, encoding_format, batch_size)
+        total = len(the_plan.requests)
+        jobs = [functools.partial(self._send_embedding, r, total) for r in the_plan.requests]
+        answers = self._fan_out(jobs, on_progress)
+        return assemble_embeddings(the_plan, answers, model=model, cache=self.embedding_cache)
 
     def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
         try:
@@ -714,6 +722,7 @@ class AsyncSiliconFlowClient(_BaseClient):
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
         cache: RerankCache | None = None,
+        embedding_cache: EmbeddingCache | None = None,
     ) -> None:
         # Every argument but http_client is a setting, checked in one place.
         super().__init__(check_client_settings(**_settings_among(locals())))
@@ -850,10 +859,11 @@ class AsyncSiliconFlowClient(_BaseClient):
         on_progress: ProgressCallback | None = None,
     ) -> EmbeddingResponse:
         """Embed `inputs`: one vector per input, in input order; see `SiliconFlowClient.embed`."""
-        requests = self._embedding_requests(inputs, model, dimensions, encoding_format, batch_size)
-        total = len(requests)
-        jobs = [functools.partial(self._send_embedding, request, total) for request in requests]
-        return merge_embeddings(await self._fan_out(jobs, on_progress))
+        the_plan = self._embedding_plan(inputs, model, dimensions, encoding_format, batch_size)
+        total = len(the_plan.requests)
+        jobs = [functools.partial(self._send_embedding, r, total) for r in the_plan.requests]
+        answers = await self._fan_out(jobs, on_progress)
+        return assemble_embeddings(the_plan, answers, model=model, cache=self.embedding_cache)
 
     async def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
         try:

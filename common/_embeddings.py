@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from ._batching import merge_usage
+from ._cache import EmbeddingCache, embedding_key_prefix
 from ._capabilities import embedding_capabilities
 from ._exceptions import InvalidRequestError, ResponseValidationError
 from ._media import ImageItem, TextItem, WireItem, item_kind, normalize_item
@@ -30,14 +31,17 @@ from ._request import StreamedBody, encode_body
 
 __all__ = [
     "EmbeddingInput",
+    "EmbeddingPlan",
     "EmbeddingRequest",
     "EmbeddingResponse",
     "EncodingFormat",
+    "assemble_embeddings",
     "build_embedding_requests",
     "float32_base64",
     "float32_values",
     "merge_embeddings",
     "parse_embeddings",
+    "plan_embeddings",
 ]
 
 EmbeddingInput = str | TextItem | ImageItem
@@ -151,14 +155,34 @@ def build_embedding_requests(
         InvalidRequestError: Any input the API would reject, or an option the (known) model does
             not take; the message names the input or the option, and the model.
     """
+    wire = _wire_inputs(inputs)
+    _check_call(wire, model, dimensions, encoding_format, batch_size)
+    return _requests(wire, model, dimensions, encoding_format, batch_size)
+
+
+def _check_call(
+    wire: list[WireItem],
+    model: str,
+    dimensions: int | None,
+    encoding_format: EncodingFormat,
+    batch_size: int,
+) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidRequestError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if encoding_format not in ("float", "base64"):
         raise InvalidRequestError(
             f"encoding_format must be 'float' or 'base64', got {encoding_format!r}"
         )
-    wire = _wire_inputs(inputs)
     _check_model(model, wire, dimensions)
+
+
+def _requests(
+    wire: list[WireItem],
+    model: str,
+    dimensions: int | None,
+    encoding_format: EncodingFormat,
+    batch_size: int,
+) -> list[EmbeddingRequest]:
     options: dict[str, Any] = {"encoding_format": encoding_format}
     if dimensions is not None:
         options["dimensions"] = dimensions
@@ -170,6 +194,83 @@ def build_embedding_requests(
             EmbeddingRequest(body, encode_body(body), number, first, len(group), dimensions)
         )
     return requests
+
+
+@dataclass(frozen=True)
+class EmbeddingPlan:
+    """How an embeddings call is served: vectors already known (cached), and the requests for
+    the rest (`pending[k]` is the call's position of the k-th input sent)."""
+
+    requests: list[EmbeddingRequest]
+    count: int
+    pending: Sequence[int]
+    known: dict[int, list[float]]
+    keys: list[bytes] | None = None
+
+
+def plan_embeddings(
+    inputs: str | Sequence[EmbeddingInput],
+    *,
+    model: str,
+    dimensions: int | None,
+    encoding_format: EncodingFormat,
+    batch_size: int,
+    cache: EmbeddingCache | None,
+    base_url: str,
+) -> EmbeddingPlan:
+    """Check the call, look up cached vectors, and cut the rest into requests.
+
+    Raises:
+        InvalidRequestError: As `build_embedding_requests`, before any lookup.
+    """
+    wire = _wire_inputs(inputs)
+    _check_call(wire, model, dimensions, encoding_format, batch_size)
+    if cache is None:
+        requests = _requests(wire, model, dimensions, encoding_format, batch_size)
+        return EmbeddingPlan(requests, len(wire), range(len(wire)), {})
+    prefix = embedding_key_prefix(
+        base_url, {"model": model, "dimensions": dimensions, "encoding_format": encoding_format}
+    )
+    keys = [cache._key(prefix, item) for item in wire]
+    found = cache._lookup_keys(keys)
+    known = {
+        i: array.array("d", packed).tolist() for i, packed in enumerate(found) if packed is not None
+    }
+    pending = [i for i, vector in enumerate(found) if vector is None]
+    pending_inputs = [wire[i] for i in pending]
+    requests = _requests(pending_inputs, model, dimensions, encoding_format, batch_size)
+    return EmbeddingPlan(requests, len(wire), pending, known, keys)
+
+
+def assemble_embeddings(
+    the_plan: EmbeddingPlan,
+    responses: Sequence[EmbeddingResponse],
+    *,
+    model: str,
+    cache: EmbeddingCache | None,
+) -> EmbeddingResponse:
+    """The answer to the whole call: fresh vectors (stored in the cache) and cached ones, in
+    input order, usage summed over the requests sent."""
+    if cache is None and len(responses) == 1:
+        return responses[0]
+    fresh = merge_embeddings(responses) if responses else None
+    vectors: list[list[float]] = [[] for _ in range(the_plan.count)]
+    for position, vector in the_plan.known.items():
+        vectors[position] = vector
+    if fresh is not None:
+        for position, vector in zip(the_plan.pending, fresh.embeddings, strict=True):
+            vectors[position] = vector
+        if cache is not None and the_plan.keys is not None:
+            cache._store_keys(
+                [the_plan.keys[position] for position in the_plan.pending],
+                [array.array("d", vector).tobytes() for vector in fresh.embeddings],
+            )
+    return EmbeddingResponse.model_construct(
+        embeddings=vectors,
+        model=fresh.model if fresh is not None else model,
+        usage=fresh.usage if fresh is not None else None,
+        trace_id=fresh.trace_id if fresh is not None else None,
+    )
 
 
 class _WireVector(BaseModel):

@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
-from ._cache import RerankCache
+from ._cache import EmbeddingCache, RerankCache
 from ._config import (
     DEFAULT_KEEPALIVE_EXPIRY,
     DEFAULT_MAX_CONCURRENCY,
@@ -158,6 +158,8 @@ class ClientSettings(BaseModel):
     """Client-side (estimated) token budget, shared likewise."""
     cache: RerankCache | None = Field(default=None, exclude=True)
     """A `RerankCache` to reuse rerank scores across calls (off by default)."""
+    embedding_cache: EmbeddingCache | None = Field(default=None, exclude=True)
+    """An `EmbeddingCache` to reuse embedding vectors across calls (off by default)."""
 
     @field_validator("base_url")
     @classmethod

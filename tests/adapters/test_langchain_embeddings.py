@@ -12,7 +12,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from pydantic import ValidationError
 
 from langchain_siliconflow import SiliconFlowEmbeddings, SiliconFlowRerank
-from siliconflow_rerank import InvalidRequestError, SiliconFlowClient, image_item
+from siliconflow_rerank import EmbeddingCache, InvalidRequestError, SiliconFlowClient, image_item
 
 from ..helpers import png_file
 
@@ -157,3 +157,15 @@ def test_a_text_only_model_refuses_images_before_any_request(emulator, tmp_path)
     with pytest.raises(InvalidRequestError, match="image"):
         embeddings.embed_image([str(apple)])
     assert emulator.stats.requests == 0
+
+
+def test_an_embedding_cache_serves_repeated_texts(emulator):
+    cache = EmbeddingCache()
+    embeddings = SiliconFlowEmbeddings(
+        api_key=KEY, base_url=emulator.base_url, embedding_cache=cache
+    )
+    first = embeddings.embed_documents(NOTES)
+    assert embeddings.embed_documents(NOTES) == first
+    assert embeddings.embed_query(NOTES[2]) == first[2]
+    assert emulator.stats.requests == 1
+    assert cache.hits == len(NOTES) + 1

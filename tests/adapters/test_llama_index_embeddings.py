@@ -13,7 +13,7 @@ from llama_index.core.indices import MultiModalVectorStoreIndex
 from llama_index.core.schema import ImageNode, TextNode
 
 from llama_index_siliconflow import SiliconFlowEmbedding, SiliconFlowRerank
-from siliconflow_rerank import InvalidRequestError, SiliconFlowClient, image_item
+from siliconflow_rerank import EmbeddingCache, InvalidRequestError, SiliconFlowClient, image_item
 
 from ..helpers import png_file
 
@@ -184,3 +184,16 @@ def test_a_multimodal_index_retrieves_images_by_text(emulator, tmp_path: Path, m
     assert [n.node.node_id for n in found] == ["red-apple"]
     texts = retriever.text_retrieve("apples in the fridge")
     assert texts[0].node.get_content() == "Apples keep in the fridge."
+
+
+def test_an_embedding_cache_serves_repeated_texts_and_images(emulator, tmp_path: Path):
+    apple = png_file(tmp_path / "apple.png", "red apple", 100)
+    cache = EmbeddingCache()
+    embedding = SiliconFlowEmbedding(
+        model=VL, api_key=KEY, base_url=emulator.base_url, embedding_cache=cache
+    )
+    texts = embedding.get_text_embedding_batch(NOTES)
+    image = embedding.get_image_embedding(str(apple))
+    assert embedding.get_text_embedding_batch(NOTES) == texts
+    assert embedding.get_image_embedding(BytesIO(apple.read_bytes())) == image
+    assert emulator.stats.requests == 2

@@ -6,8 +6,18 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from siliconflow_rerank import ResponseValidationError, ServiceUnavailableError, image_item
-from siliconflow_rerank.emulator import Fault
+from siliconflow_rerank import (
+    EmbeddingCache,
+    ResponseValidationError,
+    ServiceUnavailableError,
+    SiliconFlowClient,
+    image_item,
+)
+from siliconflow_rerank.emulator import Fault, RerankEmulator
+
+from ..helpers import png_file
+
+VL = "Qwen/Qwen3-VL-Embedding-8B"
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -90,3 +100,80 @@ def test_emulator_checks_the_key_and_counts_tokens(make_runner, emulator):
     assert response.usage is not None
     assert response.usage.total_tokens == 3
     assert emulator.stats.last_request_headers["authorization"] == "Bearer sk-right"
+
+
+# -- the embeddings cache -------------------------------------------------------------------------
+
+
+def test_cache_serves_repeats_and_sends_only_misses(make_runner, emulator):
+    cache = EmbeddingCache()
+    runner = make_runner(base_url=emulator.base_url, embedding_cache=cache)
+    first = runner.embed(["apple pie", "red car", "green pear"])
+    assert emulator.stats.requests == 1
+    again = runner.embed(["apple pie", "red car", "green pear"])
+    assert emulator.stats.requests == 1  # all cached: no request
+    assert again.embeddings == first.embeddings
+    assert again.usage is None
+    mixed = runner.embed(["blue bus", "red car", "yellow lemon", "apple pie"])
+    assert emulator.stats.requests == 2
+    assert emulator.stats.last_request_body["input"] == ["blue bus", "yellow lemon"]
+    uncached = make_runner(base_url=emulator.base_url).embed(
+        ["blue bus", "red car", "yellow lemon", "apple pie"]
+    )
+    assert mixed.embeddings == uncached.embeddings  # in input order, equal to an uncached call
+    assert (cache.hits, cache.misses) == (5, 5)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "Qwen/Qwen3-Embedding-0.6B"},
+        {"model": "Qwen/Qwen3-Embedding-0.6B", "dimensions": 64},
+        {"encoding_format": "float"},
+    ],
+    ids=["model", "dimensions", "encoding"],
+)
+def test_cache_key_covers_everything_that_decides_a_vector(make_runner, emulator, change):
+    runner = make_runner(base_url=emulator.base_url, embedding_cache=EmbeddingCache())
+    runner.embed(["apple pie"], model="Qwen/Qwen3-Embedding-0.6B")
+    runner.embed(["apple pie"], **{"model": "Qwen/Qwen3-Embedding-0.6B", **change})
+    expected = 1 if change == {"model": "Qwen/Qwen3-Embedding-0.6B"} else 2
+    assert emulator.stats.requests == expected
+
+
+def test_cache_is_keyed_by_server_and_shared_between_clients(make_runner, emulator):
+    cache = EmbeddingCache()
+    make_runner(base_url=emulator.base_url, embedding_cache=cache).embed(["apple"])
+    with RerankEmulator() as other:
+        make_runner(base_url=other.base_url, embedding_cache=cache).embed(["apple"])
+        assert other.stats.requests == 1  # another server: a miss
+    sibling = SiliconFlowClient(api_key="sk-x-123456", base_url=emulator.base_url)
+    sibling.embedding_cache = cache
+    sibling.embed(["apple"])
+    assert emulator.stats.requests == 1  # the sync or async sibling hit it
+    sibling.close()
+
+
+def test_cache_keys_images_by_their_content(make_runner, emulator, tmp_path):
+    apple = png_file(tmp_path / "apple.png", "red apple", 100)
+    copy = png_file(tmp_path / "copy.png", "red apple", 100)
+    runner = make_runner(base_url=emulator.base_url, embedding_cache=EmbeddingCache())
+    first = runner.embed([image_item(apple)], model=VL)
+    second = runner.embed([image_item(copy)], model=VL)
+    assert emulator.stats.requests == 1
+    assert first.embeddings == second.embeddings
+    png_file(tmp_path / "apple.png", "green pear", 100)
+    runner.embed([image_item(apple)], model=VL)
+    assert emulator.stats.requests == 2  # changed content, new key
+
+
+def test_long_lists_with_a_partial_hit_keep_order_across_batches(make_runner, emulator):
+    cache = EmbeddingCache()
+    runner = make_runner(base_url=emulator.base_url, embedding_cache=cache)
+    texts = [f"note {i} about apples" for i in range(80)]
+    runner.embed(texts[::3])  # 27 inputs: one request
+    response = runner.embed(texts)  # the 53 others: requests of 32 and 21
+    assert emulator.stats.requests == 3
+    assert emulator.stats.last_request_body["input"][0] in texts
+    expected = make_runner(base_url=emulator.base_url).embed(texts)
+    assert response.embeddings == expected.embeddings

@@ -41,6 +41,7 @@ EXPECTED_CORE = [
     "ClientOwner",
     "ClientSettings",
     "DocumentItem",
+    "EmbeddingCache",
     "EmbeddingCapabilities",
     "EmbeddingInput",
     "EmbeddingResponse",
