@@ -439,6 +439,66 @@ def bench_sweep(base_url: str) -> dict[str, dict[str, Timing]]:
     return table
 
 
+# -- 6. embeddings -----------------------------------------------------------------------------
+
+VENDOR = HERE / ".vendor"
+"""The vendor's langchain-siliconflow, installed apart (it has the same import name as ours)."""
+
+_EMBED_PROBE = r"""
+import json, statistics, sys, time
+which, base_url, count, calls = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if which == "vendor":
+    sys.path.insert(0, {vendor!r})
+from langchain_siliconflow import SiliconFlowEmbeddings
+kwargs = {{"siliconflow_api_key": "bench-key"}} if which == "vendor" else {{"api_key": "bench-key"}}
+embeddings = SiliconFlowEmbeddings(model="BAAI/bge-m3", base_url=base_url, max_retries=0, **kwargs)
+texts = ["note %d: keep apples fresh in the fridge" % i for i in range(count)]
+try:
+    embeddings.embed_documents(texts)
+except Exception as error:
+    print(json.dumps({{"error": type(error).__name__ + ": " + str(error)[:80]}}))
+    sys.exit(0)
+walls, cpus = [], []
+for _ in range(calls):
+    wall, cpu = time.perf_counter(), time.process_time()
+    vectors = embeddings.embed_documents(texts)
+    walls.append((time.perf_counter() - wall) * 1000)
+    cpus.append((time.process_time() - cpu) * 1000)
+assert len(vectors) == count
+print(json.dumps({{"wall": statistics.median(walls), "cpu": statistics.median(cpus)}}))
+"""
+
+
+def bench_embeddings(base_url: str) -> dict[str, dict[str, Any]]:
+    """Milliseconds (wall and client CPU) for `embed_documents` of 32 and of 10,000 short texts:
+    ours against the vendor's LangChain package, each in its own process, rounds interleaved."""
+    code = _EMBED_PROBE.format(vendor=str(VENDOR))
+    contenders = ["ours"] + (["vendor"] if VENDOR.exists() else [])
+    if not VENDOR.exists():
+        print("vendor package not installed apart: skipping it", file=sys.stderr)
+    table: dict[str, dict[str, Any]] = {}
+    for count, calls in ((32, 20), (10_000, 3)):
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+        for _ in range(max(RUNS // 2, 3)):
+            for name in contenders:
+                out = subprocess.run(
+                    [sys.executable, "-c", code, name, base_url, str(count), str(calls)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                rounds[name].append(json.loads(out.strip().splitlines()[-1]))
+        for name, runs in rounds.items():
+            if "error" in runs[0]:
+                table[f"{name}, {count} texts"] = {"error": runs[0]["error"]}
+            else:
+                table[f"{name}, {count} texts"] = {
+                    "wall": median_of([r["wall"] for r in runs]),
+                    "cpu": median_of([r["cpu"] for r in runs]),
+                }
+    return table
+
+
 # -- 4. memory ----------------------------------------------------------------------------------
 
 _MEMORY_PROBE = r"""
@@ -624,6 +684,17 @@ def write_report(results: dict[str, Any]) -> None:
     for name, m in results["memory"].items():
         ratio = m["growth_mib"] / m["size_mib"]
         lines.append(f"| {name} | {m['size_mib']:.1f} | {m['growth_mib']:.1f} | {ratio:.2f} |")
+    lines += _table(
+        "6. Embeddings (`embed_documents`, BAAI/bge-m3, emulator; each contender in its own process)",
+        ["contender", "ms per call", "client CPU ms per call"],
+        note="The emulator refuses more than 32 inputs per request, as the service does.",
+    )
+    for name, t in results["embeddings"].items():
+        if "error" in t:
+            lines.append(f"| {name} | refused: {t['error']} | |")
+        else:
+            lines.append(f"| {name} | {t['wall']:.2f} | {t['cpu']:.2f} |")
+
     (HERE / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print("\n".join(lines))
@@ -679,6 +750,9 @@ def main() -> None:
     with emulator("--latency-per-doc-ms", "0.2") as base_url:
         print("3. large lists ...", file=sys.stderr, flush=True)
         results["large"] = bench_large_lists(base_url)
+    with emulator() as base_url:
+        print("6. embeddings ...", file=sys.stderr, flush=True)
+        results["embeddings"] = bench_embeddings(base_url)
     image = HERE / "_image.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(5 * 2**20))
     try:

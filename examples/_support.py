@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
+import zlib
 from collections.abc import Iterator
 
 from siliconflow_rerank.emulator import RerankEmulator
@@ -35,3 +37,22 @@ def real_api_or_emulator() -> Iterator[None]:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+
+
+def picture(caption: str, rgb: tuple[int, int, int] = (255, 0, 0), size: int = 32) -> bytes:
+    """A valid PNG of one colour, with `caption` in a tEXt chunk: the real vision models see the
+    colour, the offline emulator reads the caption in place of vision."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    rows = (b"\x00" + bytes(rgb) * size) * size
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"tEXt", b"Description\x00" + caption.encode())
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )

@@ -10,33 +10,13 @@ looks at the pictures; these placeholders are 1x1 pixels, so expect arbitrary sc
 
 from __future__ import annotations
 
-import struct
 import tempfile
-import zlib
 from pathlib import Path
 
-from _support import real_api_or_emulator
+from _support import picture, real_api_or_emulator
 from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode
 
 from llama_index_siliconflow import SiliconFlowRerank
-
-
-def tiny_png(caption: str) -> bytes:
-    """A valid 1x1 PNG with `caption` in a tEXt chunk."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\x00\xff\x00\x00")
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"tEXt", b"Description\x00" + caption.encode())
-        + chunk(b"IDAT", pixels)
-        + chunk(b"IEND", b"")
-    )
 
 
 def main() -> None:
@@ -49,7 +29,7 @@ def main() -> None:
             ("bus", "yellow school bus"),
         ]:
             files[name] = Path(folder) / f"{name}.png"
-            files[name].write_bytes(tiny_png(caption))
+            files[name].write_bytes(picture(caption, size=1))
 
         nodes = [
             NodeWithScore(node=ImageNode(image_path=str(files["bus"]), text="bus photo")),

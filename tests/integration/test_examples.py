@@ -32,14 +32,35 @@ def test_example_runs_on_the_emulator(example: str):
     assert "using the bundled local emulator" in out.stdout
 
 
-def test_langchain_example_needs_only_the_langchain_extra():
+@pytest.mark.parametrize(
+    ("example", "heading", "expected"),
+    [
+        ("langchain_rerank.py", "Top 3 notes for 'how to keep apples fresh':", "apples fresh"),
+        (
+            "multimodal_rag_langchain.py",
+            "'how do I keep red apples fresh?', kept after reranking:",
+            "Red apples keep",
+        ),
+    ],
+)
+def test_langchain_examples_need_only_the_langchain_extra(example, heading, expected):
     code = (
         "import runpy, sys\n"
         f"for name in {NOT_IN_LANGCHAIN_EXTRA!r}:\n"
         "    sys.modules[name] = None\n"
         "sys.path.insert(0, 'examples')\n"
-        "runpy.run_path('examples/langchain_rerank.py', run_name='__main__')\n"
+        f"runpy.run_path('examples/{example}', run_name='__main__')\n"
     )
     lines = _python("-c", code).stdout.splitlines()
-    top = lines[lines.index("Top 3 notes for 'how to keep apples fresh':") + 1]
-    assert "apples fresh" in top
+    top = lines[lines.index(heading) + 1]
+    assert expected in top
+
+
+def test_the_llama_index_multimodal_rag_keeps_a_note_and_a_picture_for_each_question():
+    lines = _python(str(ROOT / "examples" / "multimodal_rag_llama_index.py")).stdout.splitlines()
+    apples = lines.index("'how do I keep red apples fresh?': retrieved 4, kept after reranking:")
+    assert "Red apples keep" in lines[apples + 1]
+    assert "[picture red-apple.png]" in lines[apples + 2]
+    bus = lines.index("'which bus goes downtown?': retrieved 4, kept after reranking:")
+    assert "[picture bus.png]" in lines[bus + 1]
+    assert "number 42 bus" in lines[bus + 2]
