@@ -185,6 +185,21 @@ def test_a_multimodal_index_retrieves_images_by_text(emulator, tmp_path: Path, m
     texts = retriever.text_retrieve("apples in the fridge")
     assert texts[0].node.get_content() == "Apples keep in the fridge."
 
+    # Then the VL reranker orders the notes and pictures retrieved together.
+    everything = index.as_retriever(similarity_top_k=1, image_similarity_top_k=3).retrieve(
+        "a red apple"
+    )
+    assert len(everything) == 4
+    reranker = SiliconFlowRerank(
+        model="Qwen/Qwen3-VL-Reranker-8B",
+        api_key=KEY,
+        base_url=emulator.base_url,
+        top_n=2,
+        allow_local_media=True,
+    )
+    best = reranker.postprocess_nodes(everything, query_str="a red apple")
+    assert [n.node.node_id for n in best] == ["red-apple", texts[0].node.node_id]
+
 
 def test_an_embedding_cache_serves_repeated_texts_and_images(emulator, tmp_path: Path):
     apple = png_file(tmp_path / "apple.png", "red apple", 100)
