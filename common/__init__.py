@@ -75,6 +75,7 @@ from ._models import (
     assembled,
     copied,
 )
+from ._redis import RedisEmbeddingCache, RedisRateLimit, RedisRerankCache
 from ._request import validate_options
 from ._retry import RetryPolicy
 from ._settings import ClientSettings
@@ -118,6 +119,9 @@ __all__ = [
     "PermissionDeniedError",
     "QueryItem",
     "RateLimitError",
+    "RedisEmbeddingCache",
+    "RedisRateLimit",
+    "RedisRerankCache",
     "RequestTooLargeError",
     "RerankCache",
     "RerankDocument",

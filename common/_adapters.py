@@ -48,6 +48,7 @@ _NOT_PICKLED = (
     "async_client",
     "cache",
     "embedding_cache",
+    "rate_limit",
     "on_progress",
     "retry_policy",
 )

@@ -65,6 +65,7 @@ from ._exceptions import (
 from ._media import DocumentItem, QueryItem
 from ._models import RerankResponse, parse
 from ._ratelimit import RateLimiter, estimate_tokens, media_sizes
+from ._redis import RedisRateLimit, SharedLimiter
 from ._request import RerankRequest, build_request
 from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._settings import CLIENT_SETTINGS, ClientSettings, check_client_settings, derived_deadline
@@ -137,7 +138,12 @@ class _BaseClient:
         self.embedding_cache = settings.embedding_cache
         """The embeddings cache, if any."""
         rpm, tpm = settings.requests_per_minute, settings.tokens_per_minute
-        self._limiter = RateLimiter(rpm, tpm) if rpm or tpm else None
+        self._limiter: RateLimiter | SharedLimiter | None = None
+        if settings.rate_limit is not None:
+            key = self._api_key.get_secret_value()
+            self._limiter = settings.rate_limit.for_account(key, self.base_url)
+        elif rpm or tpm:
+            self._limiter = RateLimiter(rpm, tpm)
         # Parsed once: httpx re-parses a string URL and re-normalizes a dict of headers per request.
         self._url = httpx.URL(f"{self.base_url}/rerank")
         self._embeddings_url = httpx.URL(f"{self.base_url}/embeddings")
@@ -229,12 +235,12 @@ class _BaseClient:
             base_url=self.base_url,
         )
 
-    def _reserve(self, request: _Request) -> tuple[float, int]:
-        """Seconds to wait for the rate limiter, and the tokens booked for `request`."""
+    def _reserve(self, request: _Request) -> tuple[float, Any]:
+        """Seconds to wait for the rate limiter, and the booking to correct with the usage."""
         if self._limiter is None:
-            return 0.0, 0
+            return 0.0, None
         tokens = estimate_tokens(request.content_length, media_sizes(request.body))
-        return self._limiter.reserve(tokens), tokens
+        return self._limiter.book(tokens)
 
     def _handle(
         self,
@@ -242,7 +248,7 @@ class _BaseClient:
         headers: Mapping[str, str],
         content: bytes,
         read: _Reader[_Answer],
-        booked: int,
+        booked: Any,
     ) -> _Answer:
         # A server or proxy that echoes the request must not put the key into an error, a log line
         # or an answer: the body and headers are redacted before anything reads them.
@@ -418,6 +424,8 @@ _CLIENT_ARGS = """
             tokens_per_minute: Client-side limit on (estimated) tokens, shared likewise.
             cache: A `RerankCache` to reuse scores across calls (off by default).
             embedding_cache: An `EmbeddingCache` to reuse vectors across calls (off by default).
+            rate_limit: A `RedisRateLimit` shared with every process that names it (instead of
+                requests_per_minute / tokens_per_minute, which count in this client alone).
 
         Raises:
             InvalidRequestError: No API key, or an invalid setting.
@@ -451,6 +459,7 @@ class SiliconFlowClient(_BaseClient):
         tokens_per_minute: int | None = None,
         cache: RerankCache | None = None,
         embedding_cache: EmbeddingCache | None = None,
+        rate_limit: RedisRateLimit | None = None,
     ) -> None:
         # Every argument but http_client is a setting, checked in one place.
         super().__init__(check_client_settings(**_settings_among(locals())))
@@ -723,6 +732,7 @@ class AsyncSiliconFlowClient(_BaseClient):
         tokens_per_minute: int | None = None,
         cache: RerankCache | None = None,
         embedding_cache: EmbeddingCache | None = None,
+        rate_limit: RedisRateLimit | None = None,
     ) -> None:
         # Every argument but http_client is a setting, checked in one place.
         super().__init__(check_client_settings(**_settings_among(locals())))
@@ -764,7 +774,10 @@ class AsyncSiliconFlowClient(_BaseClient):
     async def _send(self, url: httpx.URL, request: _Request, read: _Reader[_Answer]) -> _Answer:
         attempt = 0
         while True:
-            wait_for, booked = self._reserve(request)
+            if getattr(self._limiter, "blocking", False):  # a shared budget: ask it off the loop
+                wait_for, booked = await asyncio.to_thread(self._reserve, request)
+            else:
+                wait_for, booked = self._reserve(request)
             if wait_for > 0:
                 await self.retry_policy.async_sleep(wait_for)
             http = await self._http()

@@ -90,6 +90,10 @@ class RateLimiter:
                     wait = max(wait, -self._tokens * 60.0 / self.tokens_per_minute)
             return wait
 
+    def book(self, tokens: int) -> tuple[float, int]:
+        """`reserve`, with the booking to pass to `correct` (the tokens estimated)."""
+        return self.reserve(tokens), tokens
+
     def correct(self, estimated: int, actual: int) -> None:
         """Adjust the token bucket once the server has said how many tokens a request used."""
         if not self.tokens_per_minute or actual < 0:

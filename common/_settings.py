@@ -20,6 +20,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_core import InitErrorDetails
 
@@ -35,6 +36,7 @@ from ._config import (
     resolve_base_url,
 )
 from ._exceptions import InvalidRequestError
+from ._redis import RedisRateLimit
 from ._retry import RetryPolicy
 
 __all__ = [
@@ -160,6 +162,9 @@ class ClientSettings(BaseModel):
     """A `RerankCache` to reuse rerank scores across calls (off by default)."""
     embedding_cache: EmbeddingCache | None = Field(default=None, exclude=True)
     """An `EmbeddingCache` to reuse embedding vectors across calls (off by default)."""
+    rate_limit: RedisRateLimit | None = Field(default=None, exclude=True)
+    """A `RedisRateLimit`: a budget shared with every process that names it (instead of
+    `requests_per_minute` / `tokens_per_minute`, which count in this client alone)."""
 
     @field_validator("base_url")
     @classmethod
@@ -167,6 +172,15 @@ class ClientSettings(BaseModel):
         if value is not None:
             resolve_base_url(value)  # refuses what is not an absolute http(s) URL
         return value
+
+    @model_validator(mode="after")
+    def _one_rate_limit(self) -> ClientSettings:
+        if self.rate_limit is not None and (self.requests_per_minute or self.tokens_per_minute):
+            raise ValueError(
+                "rate_limit holds its own budget: set requests_per_minute and tokens_per_minute "
+                "on the RedisRateLimit, not beside it"
+            )
+        return self
 
 
 CLIENT_SETTINGS = tuple(ClientSettings.model_fields)

