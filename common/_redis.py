@@ -73,6 +73,11 @@ return 1
 """
 
 
+def _rebuild(cls: type[Any], arguments: dict[str, Any]) -> Any:
+    rest = dict(arguments)
+    return cls(rest.pop("url"), **rest)
+
+
 def _redis_module() -> Any:
     try:
         import redis
@@ -158,6 +163,16 @@ class RedisRateLimit:
                 be reached; `"raise"` fails the call with `APIConnectionError` instead.
             timeout: Seconds to wait for Redis before counting it as unreachable.
         """
+        self._arguments = {
+            "url": url,
+            "requests_per_minute": requests_per_minute,
+            "tokens_per_minute": tokens_per_minute,
+            "name": name,
+            "window_seconds": window_seconds,
+            "margin_seconds": margin_seconds,
+            "on_redis_error": on_redis_error,
+            "timeout": timeout,
+        }
         if not requests_per_minute and not tokens_per_minute:
             raise InvalidRequestError(
                 "RedisRateLimit needs requests_per_minute or tokens_per_minute"
@@ -184,6 +199,10 @@ class RedisRateLimit:
             f"RedisRateLimit(name={self.name!r}, requests_per_minute={self.requests_per_minute}, "
             f"tokens_per_minute={self.tokens_per_minute}, window_seconds={self.window_seconds})"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its description (the budget is in Redis): for worker processes and actors.
+        return (_rebuild, (type(self), self._arguments))
 
     def for_account(self, api_key: str, base_url: str) -> SharedLimiter:
         """The limiter a client with this key and server uses."""
@@ -290,7 +309,11 @@ class RedisRerankCache(RerankCache):
     ) -> None:
         """Describe the cache; Redis is first asked on the first call."""
         super().__init__()
+        self._arguments = {"url": url, "ttl": ttl, "name": name, "timeout": timeout}
         self._redis = _RedisValues(url, ttl, name, "scores", timeout)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self._arguments))
 
     def _lookup_keys(self, keys: Sequence[bytes]) -> list[float | None]:
         found: list[float | None] = []
@@ -319,7 +342,11 @@ class RedisEmbeddingCache(EmbeddingCache):
     ) -> None:
         """Describe the cache; Redis is first asked on the first call."""
         super().__init__()
+        self._arguments = {"url": url, "ttl": ttl, "name": name, "timeout": timeout}
         self._redis = _RedisValues(url, ttl, name, "vectors", timeout)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self._arguments))
 
     def _lookup_keys(self, keys: Sequence[bytes]) -> list[bytes | None]:
         # A packed vector is a whole number of 8-byte floats; anything else is no vector.

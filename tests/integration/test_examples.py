@@ -11,6 +11,8 @@ import pytest
 from ..helpers import ROOT
 
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_"))
+SMALL = {"ray_rerank.py": ["--queries", "40", "--candidates", "8"]}
+"""Arguments that make an example's run test-sized (the Ray one runs once, below)."""
 
 # What each extra does not bring in; blocking them proves an example needs only its own extra.
 NOT_IN_LANGCHAIN_EXTRA = ("numpy", "llama_index", "langchain_openai", "openai", "langchain_classic")
@@ -26,7 +28,7 @@ def _python(*args: str) -> subprocess.CompletedProcess[str]:
     return out
 
 
-@pytest.mark.parametrize("example", EXAMPLES)
+@pytest.mark.parametrize("example", [e for e in EXAMPLES if e not in SMALL])
 def test_example_runs_on_the_emulator(example: str):
     out = _python(str(ROOT / "examples" / example))
     assert "using the bundled local emulator" in out.stdout
@@ -64,3 +66,14 @@ def test_the_llama_index_multimodal_rag_keeps_a_note_and_a_picture_for_each_ques
     bus = lines.index("'which bus goes downtown?': retrieved 4, kept after reranking:")
     assert "[picture bus.png]" in lines[bus + 1]
     assert "number 42 bus" in lines[bus + 2]
+
+
+def test_the_ray_example_writes_every_query_ranked(tmp_path):
+    out = tmp_path / "ranked"
+    lines = _python(
+        str(ROOT / "examples" / "ray_rerank.py"), *SMALL["ray_rerank.py"], "--out", str(out)
+    ).stdout.splitlines()
+    assert "using the bundled local emulator" in lines[0]
+    assert any(line.startswith("Reranked 40 queries x 8 candidates") for line in lines)
+    assert "Query 'apple apple': best candidate 'passage 0 about apple and apple'" in lines
+    assert list(out.glob("*.parquet"))

@@ -1,0 +1,121 @@
+"""Reranking and embedding Ray Datasets: callable classes for `Dataset.map_batches`.
+
+Ray builds one instance per actor, so each actor holds one client (one connection pool) for all
+the batches it is given; give the clients one `RedisRateLimit` to share the account's budget
+across every actor and host. Nothing here imports Ray: a batch is a dict of columns, as Ray's
+default ("numpy") batch format hands it over, and an Arrow table comes back.
+
+    import ray
+    from siliconflow_rerank import RedisRateLimit
+    from siliconflow_rerank.ray import RerankBatches
+
+    ranked = ray.data.from_items(rows).map_batches(
+        RerankBatches,
+        fn_constructor_kwargs={"model": "BAAI/bge-reranker-v2-m3",
+                               "rate_limit": RedisRateLimit(url, requests_per_minute=2000)},
+        concurrency=4,
+        batch_size=64,
+    )
+
+The API key is read from `SILICONFLOW_API_KEY` in each actor (pass it with Ray's
+`runtime_env={"env_vars": ...}`), so it is never pickled into the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa  # type: ignore[import-untyped]
+
+from ._client import SiliconFlowClient
+from ._config import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL
+
+__all__ = ["EmbedBatches", "RerankBatches"]
+
+
+def _column(batch: Mapping[str, Any], name: str) -> Sequence[Any]:
+    if name not in batch:
+        raise KeyError(f"the batch has no column {name!r} (columns: {', '.join(batch)})")
+    return list(batch[name])
+
+
+def _arrow(values: Any) -> Any:
+    """A column Ray handed over (a numpy array, of arrays where rows hold lists) as Arrow."""
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        return pa.array([v.tolist() if isinstance(v, np.ndarray) else v for v in values])
+    return pa.array(values)
+
+
+class RerankBatches:
+    """Rerank each row's candidates against its query: adds `scores` (one per candidate, in the
+    candidates' order) and `ranks` (1 for the best candidate) to every row."""
+
+    def __init__(
+        self,
+        *,
+        model: str = DEFAULT_MODEL,
+        query_column: str = "query",
+        candidates_column: str = "candidates",
+        instruction: str | None = None,
+        **client_settings: Any,
+    ) -> None:
+        """Build this actor's client from the client settings (`base_url`, `rate_limit`,
+        `max_concurrency` rows at once, ...); the key comes from `SILICONFLOW_API_KEY`."""
+        self.client = SiliconFlowClient(**client_settings)
+        self.model = model
+        self.query_column = query_column
+        self.candidates_column = candidates_column
+        self.instruction = instruction
+        self._rows = ThreadPoolExecutor(self.client.max_concurrency)
+
+    def _rank(self, query: str, candidates: Sequence[str]) -> tuple[list[float], list[int]]:
+        response = self.client.rerank(
+            query, list(candidates), model=self.model, instruction=self.instruction
+        )
+        scores = [0.0] * len(candidates)
+        ranks = [0] * len(candidates)
+        for rank, result in enumerate(response.results, start=1):
+            scores[result.index] = result.relevance_score
+            ranks[result.index] = rank
+        return scores, ranks
+
+    def __call__(self, batch: dict[str, Any]) -> Any:
+        """Score one batch of rows; the rows' other columns are kept as they are. Returns an
+        Arrow table, so that the per-row lists are list columns (in Parquet too)."""
+        queries = _column(batch, self.query_column)
+        candidates = [[str(c) for c in row] for row in _column(batch, self.candidates_column)]
+        ranked = list(self._rows.map(self._rank, [str(q) for q in queries], candidates))
+        columns = {name: _arrow(values) for name, values in batch.items()}
+        columns["scores"] = pa.array([s for s, _ in ranked], type=pa.list_(pa.float64()))
+        columns["ranks"] = pa.array([r for _, r in ranked], type=pa.list_(pa.int32()))
+        return pa.table(columns)
+
+
+class EmbedBatches:
+    """Embed one text column: adds `embedding` (a float32 vector) to every row."""
+
+    def __init__(
+        self,
+        *,
+        model: str = DEFAULT_EMBEDDING_MODEL,
+        text_column: str = "text",
+        dimensions: int | None = None,
+        **client_settings: Any,
+    ) -> None:
+        """Build this actor's client from the client settings; the key comes from
+        `SILICONFLOW_API_KEY`."""
+        self.client = SiliconFlowClient(**client_settings)
+        self.model = model
+        self.text_column = text_column
+        self.dimensions = dimensions
+
+    def __call__(self, batch: dict[str, Any]) -> Any:
+        """Embed one batch of rows (in requests of 32, run concurrently); an Arrow table."""
+        texts = [str(text) for text in _column(batch, self.text_column)]
+        response = self.client.embed(texts, model=self.model, dimensions=self.dimensions)
+        columns = {name: _arrow(values) for name, values in batch.items()}
+        columns["embedding"] = pa.array(response.embeddings, type=pa.list_(pa.float32()))
+        return pa.table(columns)

@@ -1,0 +1,97 @@
+"""Ray Datasets reranked and embedded by actors on a local Ray instance, against the emulator over
+real sockets, with one Redis budget shared by every actor."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from siliconflow_rerank import RedisRateLimit, RedisRerankCache, SiliconFlowClient  # noqa: E402
+from siliconflow_rerank.ray import EmbedBatches, RerankBatches  # noqa: E402
+
+# Ray Data's own internals warn about its own deprecated settings.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+KEY = "sk-ray-canary-6161"
+WORDS = ["apple", "pear", "bus", "car", "fridge", "pie", "lemon", "bike"]
+
+
+def rows(count: int, candidates: int) -> list[dict[str, object]]:
+    return [
+        {
+            "id": i,
+            "query": f"{WORDS[i % 8]} {WORDS[(i * 3) % 8]}",
+            "candidates": [
+                f"note {j}: {WORDS[(i + j) % 8]} and {WORDS[j % 8]}" for j in range(candidates)
+            ],
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"SILICONFLOW_API_KEY": KEY}})  # fmt: skip
+    yield ray
+    ray.shutdown()
+
+
+def test_a_dataset_is_reranked_by_actors_sharing_one_budget(local_ray, emulator, redis_server):
+    data = rows(60, 6)
+    budget = RedisRateLimit(redis_server.url, requests_per_minute=100_000, name="ray")
+    ranked = (
+        ray.data.from_items(data)
+        .map_batches(
+            RerankBatches,
+            fn_constructor_kwargs={"base_url": emulator.base_url, "rate_limit": budget},
+            concurrency=2,
+            batch_size=16,
+        )
+        .take_all()
+    )
+    assert sorted(row["id"] for row in ranked) == list(range(60))
+    assert emulator.stats.requests == 60  # one request per row, nothing lost or repeated
+    with SiliconFlowClient(api_key=KEY, base_url=emulator.base_url) as client:
+        for row in ranked[:10]:
+            expected = client.rerank(row["query"], list(row["candidates"])).results
+            scores = {r.index: r.relevance_score for r in expected}
+            assert list(row["scores"]) == [scores[i] for i in range(6)]
+            assert sorted(row["ranks"]) == list(range(1, 7))
+            assert row["ranks"][expected[0].index] == 1
+    # Both actors booked their requests in the one budget.
+    import redis
+
+    (key,) = redis.Redis.from_url(redis_server.url).keys("siliconflow-rerank:rate:ray:*")
+    assert redis.Redis.from_url(redis_server.url).zcard(key) == 60
+
+
+def test_a_dataset_is_embedded_and_written_to_parquet(local_ray, emulator, tmp_path):
+    texts = [{"text": f"note {i} on {WORDS[i % 8]}"} for i in range(70)]
+    out = tmp_path / "embedded"
+    (
+        ray.data.from_items(texts)
+        .map_batches(
+            EmbedBatches,
+            fn_constructor_kwargs={"base_url": emulator.base_url, "dimensions": None},
+            concurrency=1,
+            batch_size=40,
+        )
+        .write_parquet(str(out))
+    )
+    table = ray.data.read_parquet(str(out)).take_all()
+    assert len(table) == 70
+    with SiliconFlowClient(api_key=KEY, base_url=emulator.base_url) as client:
+        first = client.embed([table[0]["text"]]).embeddings[0]
+    assert list(table[0]["embedding"]) == pytest.approx(first, abs=1e-6)
+
+
+def test_budgets_and_caches_pickle_as_their_description(redis_server):
+    budget = RedisRateLimit(redis_server.url, requests_per_minute=5, name="x", window_seconds=2)
+    copy = pickle.loads(pickle.dumps(budget))
+    assert (copy.requests_per_minute, copy.name, copy.window_seconds) == (5, "x", 2)
+    cache = pickle.loads(pickle.dumps(RedisRerankCache(redis_server.url, ttl=9)))
+    assert cache._redis._ttl_ms == 9000
