@@ -112,11 +112,19 @@ def test_one_budget_holds_across_processes_where_per_process_limits_overshoot(
 
 
 def test_a_token_budget_holds_across_processes(redis_server):
-    tokens = 400  # per window; each call is well under 100 tokens, so several fit
+    with RerankEmulator() as emulator:  # what one call costs, as the emulator counts it
+        usage = SiliconFlowClient(api_key=KEY, base_url=emulator.base_url).rerank("apple", TEXTS)
+    assert usage.usage is not None
+    assert usage.usage.input_tokens
+    per_call = usage.usage.input_tokens
+    tokens = per_call * 8  # per window: eight calls' worth
     with RerankEmulator(tokens_per_minute=tokens, window_seconds=WINDOW) as emulator:
+        started = time.monotonic()
         answered, refused = _run_workers(emulator.base_url, redis_server.url, tokens=tokens)
-    assert refused == 0
-    assert answered >= 4  # more than one call fitted in the budget
+        elapsed = time.monotonic() - started
+    assert refused == 0  # the server's token count never went past the budget
+    assert answered >= 8 * 2  # more than two windows' worth of calls fitted
+    assert answered * per_call <= tokens * (elapsed / WINDOW + 1)
 
 
 def test_two_keys_never_share_a_budget_and_no_key_reaches_redis(redis_server, emulator):
@@ -175,6 +183,11 @@ def test_redis_down_calls_go_on_with_one_warning_then_recovery(redis_server, emu
         budget._link._down_until = cache._redis._link._down_until = 0.0  # skip the pause
         client.rerank("plum", TEXTS)
         assert sum("reachable again" in r.getMessage() for r in caplog.records) == 2
+    # The results were right throughout, and the budget is booked in Redis again.
+    plain = SiliconFlowClient(api_key=KEY, base_url=emulator.base_url)
+    assert client.rerank("pear", TEXTS).results == plain.rerank("pear", TEXTS).results
+    store = redis.Redis.from_url(redis_server.url)
+    assert any(store.zcard(k) for k in cast(list[bytes], store.keys("siliconflow-rerank:rate:*")))
 
 
 def test_fail_closed_raises_when_redis_is_down(redis_server, emulator):
