@@ -676,14 +676,79 @@ def _table(title: str, columns: list[str], note: str | None = None) -> list[str]
     ]
 
 
+def _targets(results: dict[str, Any]) -> list[str]:
+    """The performance targets (issue 15), each with what this run measured."""
+    overhead, concurrency = results["overhead"], results["concurrency"]
+    batch, memory = results["batch_cpu"], results["memory"]
+    floor = concurrency["raw asyncio sockets (floor)"]["wall"]
+    core = concurrency["core AsyncSiliconFlowClient"]
+    lc = concurrency["LangChain adapter (acompress_documents)"]
+    li = concurrency["LlamaIndex adapter (apostprocess_nodes)"]
+    raw = overhead["raw httpx (floor)"]["wall"]
+    hundred_k = "100,000 short documents, {}"
+    raw_memory = memory[hundred_k.format("raw httpx in one request, top_n=10")]["growth_mib"]
+    every = memory[hundred_k.format("batched, all results")]
+    rows = [
+        ("200 concurrent calls: core ≤ 1.3× raw sockets", core["wall"] / floor, 1.3, "×"),
+        ("… LangChain adapter ≤ 1.3×", lc["wall"] / floor, 1.3, "×"),
+        ("… LlamaIndex adapter ≤ 1.3×", li["wall"] / floor, 1.3, "×"),
+        (
+            "client CPU per call: core ≤ 1.3× aiohttp directly",
+            core["cpu"] / concurrency["aiohttp directly"]["cpu"],
+            1.3,
+            "×",
+        ),
+        ("… LangChain ≤ core + 60 µs", lc["cpu"] - core["cpu"], 60, " µs"),
+        ("… LlamaIndex ≤ core + 60 µs", li["cpu"] - core["cpu"], 60, " µs"),
+        (
+            "sequential, 50 documents: core ≤ 1.1× raw httpx",
+            overhead["core SiliconFlowClient"]["wall"] / raw,
+            1.1,
+            "×",
+        ),
+        ("… LangChain ≤ 1.25×", overhead["LangChain adapter"]["wall"] / raw, 1.25, "×"),
+        ("… LlamaIndex ≤ 1.25×", overhead["LlamaIndex adapter"]["wall"] / raw, 1.25, "×"),
+        (
+            "10,000 documents unbatched: core ≤ 1.3× raw httpx",
+            batch["core, unbatched (wall ms)"] / batch["raw httpx, one request (wall ms)"],
+            1.3,
+            "×",
+        ),
+        (
+            "batched: client CPU per batch ≤ 0.4 ms",
+            batch["core, batched: CPU per batch (ms)"],
+            0.4,
+            " ms",
+        ),
+        (
+            "100,000 batched, top_n=10: RSS growth ≤ 1.3× raw httpx",
+            memory[hundred_k.format("batched, top_n=10")]["growth_mib"] / raw_memory,
+            1.3,
+            "×",
+        ),
+        (
+            "… all results: < 3× the documents' JSON",
+            every["growth_mib"] / every["size_mib"],
+            3,
+            "×",
+        ),
+    ]
+    lines = _table("Targets", ["target", "measured", "met"])
+    lines += [
+        f"| {name} | {value:.2f}{unit} | {'yes' if value <= limit else 'no'} |"
+        for name, value, limit, unit in rows
+    ]
+    return lines
+
+
 def write_report(results: dict[str, Any]) -> None:
     lines = [
         "# Benchmark results",
         "",
         f"Machine: {machine()}. Median of {RUNS} runs unless a section says otherwise, "
         "contenders interleaved, a full garbage collection before each timed run. Sections 1, 2, "
-        "3b and 4 run against `benchmarks/server.py`, a minimal asyncio server in its own "
-        "process (the client's own cost shows); sections 3 and 5 against the emulator. "
+        "3b, 4 and 7 run against `benchmarks/server.py`, a minimal asyncio server in its "
+        "own process (the client's own cost shows); sections 3, 5 and 6 against the emulator. "
         "CPU is the client process's (`time.process_time`), beside wall time. Produced by "
         "`bash benchmarks/run.sh`.",
     ]
@@ -760,6 +825,7 @@ def write_report(results: dict[str, Any]) -> None:
         note="How close to the allowed rate 8 processes run when they share one budget.",
     )
     lines += [f"| {name} | {v:g} |" for name, v in results["shared_budget"].items()]
+    lines += _targets(results)
     (HERE / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print("\n".join(lines))
