@@ -97,6 +97,26 @@ Timing = dict[str, float]
 """A contender's medians: `wall` and `cpu` (client process CPU), per call or per run."""
 
 
+def _rounds(
+    contenders: dict[str, Callable[[], object]], rounds: int, calls: int = 1
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each contender's milliseconds per call, wall and client CPU, in interleaved rounds of
+    `calls` calls (drift hits everyone alike), from a collected heap, after one warm-up call."""
+    walls: dict[str, list[float]] = {name: [] for name in contenders}
+    cpus: dict[str, list[float]] = {name: [] for name in contenders}
+    for call in contenders.values():
+        call()
+    for _ in range(rounds):
+        for name, call in contenders.items():
+            clean_heap()
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                call()
+            walls[name].append((time.perf_counter() - wall) / calls * 1000)
+            cpus[name].append((time.process_time() - cpu) / calls * 1000)
+    return walls, cpus
+
+
 def _medians(walls: dict[str, list[float]], cpus: dict[str, list[float]]) -> dict[str, Timing]:
     return {name: {"wall": median_of(walls[name]), "cpu": median_of(cpus[name])} for name in walls}
 
@@ -145,19 +165,10 @@ def bench_overhead(base_url: str, count: int = 50) -> dict[str, Timing]:
         contenders["peer (llama-index-postprocessor-siliconflow-rerank)"] = lambda: (
             peer.postprocess_nodes(nodes, query_str=QUERY)
         )
-    walls: dict[str, list[float]] = {name: [] for name in contenders}
-    cpus: dict[str, list[float]] = {name: [] for name in contenders}
     for call in contenders.values():
         for _ in range(20):
             call()  # warm up: connections, imports, caches
-    for _ in range(OVERHEAD_ROUNDS):
-        for name, call in contenders.items():  # interleaved, so drift hits everyone alike
-            clean_heap()
-            wall, cpu = time.perf_counter(), time.process_time()
-            for _ in range(OVERHEAD_CALLS):
-                call()
-            walls[name].append((time.perf_counter() - wall) / OVERHEAD_CALLS * 1000)
-            cpus[name].append((time.process_time() - cpu) / OVERHEAD_CALLS * 1000)
+    walls, cpus = _rounds(contenders, OVERHEAD_ROUNDS, OVERHEAD_CALLS)
     raw.close()
     core.close()
     langchain.close()
@@ -369,17 +380,7 @@ def bench_batch_cpu(base_url: str, count: int = 10_000) -> dict[str, float]:
         "core, unbatched": lambda: unbatched.rerank(QUERY, documents),
         "core, batched": lambda: batched.rerank(QUERY, documents),
     }
-    walls: dict[str, list[float]] = {name: [] for name in contenders}
-    cpus: dict[str, list[float]] = {name: [] for name in contenders}
-    for call in contenders.values():
-        call()
-    for _ in range(RUNS):
-        for name, call in contenders.items():
-            clean_heap()
-            wall, cpu = time.perf_counter(), time.process_time()
-            call()
-            walls[name].append((time.perf_counter() - wall) * 1000)
-            cpus[name].append((time.process_time() - cpu) * 1000)
+    walls, cpus = _rounds(contenders, RUNS)
     raw.close()
     unbatched.close()
     batched.close()
@@ -420,19 +421,7 @@ def bench_sweep(base_url: str) -> dict[str, dict[str, Timing]]:
                 contenders["peer"] = lambda nodes=nodes, peer=peer: peer.postprocess_nodes(
                     nodes, query_str=QUERY
                 )
-            calls = max(1, min(20, 2000 // count))
-            walls: dict[str, list[float]] = {name: [] for name in contenders}
-            cpus: dict[str, list[float]] = {name: [] for name in contenders}
-            for call in contenders.values():
-                call()
-            for _ in range(RUNS):
-                for name, call in contenders.items():
-                    clean_heap()
-                    wall, cpu = time.perf_counter(), time.process_time()
-                    for _ in range(calls):
-                        call()
-                    walls[name].append((time.perf_counter() - wall) / calls * 1000)
-                    cpus[name].append((time.process_time() - cpu) / calls * 1000)
+            walls, cpus = _rounds(contenders, RUNS, calls=max(1, min(20, 2000 // count)))
             table[f"{count} {kind}"] = _medians(walls, cpus)
     raw.close()
     core.close()

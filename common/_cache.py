@@ -85,6 +85,11 @@ class _LRUCache(Generic[_Value]):
                 if value is not None:
                     self._values.move_to_end(key)
                 found.append(value)
+        return self._counted(found)
+
+    def _counted(self, found: list[Any]) -> list[Any]:
+        """`found` (None for a miss), once its hits and misses are counted."""
+        with self._lock:
             hits = sum(value is not None for value in found)
             self.hits += hits
             self.misses += len(found) - hits

@@ -299,21 +299,35 @@ class _RedisValues:
         link.worked()
 
 
-class RedisRerankCache(RerankCache):
+class _InRedis:
+    """What both Redis caches add to their in-memory class: where the values live, and a pickle
+    that is the cache's description."""
+
+    _kind = ""
+    _arguments: dict[str, Any]
+    _redis: _RedisValues
+
+    def _keep_in_redis(self, url: str, ttl: float | None, name: str, timeout: float) -> None:
+        self._arguments = {"url": url, "ttl": ttl, "name": name, "timeout": timeout}
+        self._redis = _RedisValues(url, ttl, name, self._kind, timeout)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self._arguments))
+
+
+class RedisRerankCache(_InRedis, RerankCache):
     """A `RerankCache` kept in Redis, so replicas reuse each other's scores; same keys (digests of
     server, model, query, options and document), values versioned, expiring after `ttl` seconds.
     Unreachable Redis means no cache (a WARNING per outage), never a failed call."""
+
+    _kind = "scores"
 
     def __init__(
         self, url: str, *, ttl: float | None = 86_400.0, name: str = "default", timeout: float = 0.5
     ) -> None:
         """Describe the cache; Redis is first asked on the first call."""
         super().__init__()
-        self._arguments = {"url": url, "ttl": ttl, "name": name, "timeout": timeout}
-        self._redis = _RedisValues(url, ttl, name, "scores", timeout)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self._arguments))
+        self._keep_in_redis(url, ttl, name, timeout)
 
     def _lookup_keys(self, keys: Sequence[bytes]) -> list[float | None]:
         found: list[float | None] = []
@@ -322,42 +336,29 @@ class RedisRerankCache(RerankCache):
                 found.append(None if raw is None else float(raw))
             except ValueError:
                 found.append(None)  # not a score of this format: asked for again
-        with self._lock:
-            hits = sum(score is not None for score in found)
-            self.hits += hits
-            self.misses += len(found) - hits
-        return found
+        return self._counted(found)
 
     def _store_keys(self, keys: Sequence[bytes], scores: Sequence[float]) -> None:
         self._redis.put(keys, [repr(float(score)).encode() for score in scores])
 
 
-class RedisEmbeddingCache(EmbeddingCache):
+class RedisEmbeddingCache(_InRedis, EmbeddingCache):
     """An `EmbeddingCache` kept in Redis, so replicas reuse each other's vectors; same keys as the
     in-memory cache, values versioned, expiring after `ttl` seconds. Unreachable Redis means no
     cache (a WARNING per outage), never a failed call."""
+
+    _kind = "vectors"
 
     def __init__(
         self, url: str, *, ttl: float | None = 86_400.0, name: str = "default", timeout: float = 0.5
     ) -> None:
         """Describe the cache; Redis is first asked on the first call."""
         super().__init__()
-        self._arguments = {"url": url, "ttl": ttl, "name": name, "timeout": timeout}
-        self._redis = _RedisValues(url, ttl, name, "vectors", timeout)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self._arguments))
+        self._keep_in_redis(url, ttl, name, timeout)
 
     def _lookup_keys(self, keys: Sequence[bytes]) -> list[bytes | None]:
         # A packed vector is a whole number of 8-byte floats; anything else is no vector.
-        found = [
-            v if v is not None and v and len(v) % 8 == 0 else None for v in self._redis.get(keys)
-        ]
-        with self._lock:
-            hits = sum(value is not None for value in found)
-            self.hits += hits
-            self.misses += len(found) - hits
-        return found
+        return self._counted([v if v and len(v) % 8 == 0 else None for v in self._redis.get(keys)])
 
     def _store_keys(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         self._redis.put(keys, values)

@@ -7,6 +7,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 from siliconflow_rerank.emulator import RerankEmulator
 
@@ -56,3 +57,25 @@ def picture(caption: str, rgb: tuple[int, int, int] = (255, 0, 0), size: int = 3
         + chunk(b"IDAT", zlib.compress(rows))
         + chunk(b"IEND", b"")
     )
+
+
+# The multimodal RAG examples' corpus: three notes and three pictures, one for each note's topic.
+NOTES = [
+    "Red apples keep for weeks in the fridge crisper drawer.",
+    "Bananas turn brown quickly in the fridge; keep them on the counter.",
+    "The number 42 bus runs every ten minutes in the morning.",
+]
+PICTURES = {  # file name: (caption, colour)
+    "red-apple.png": ("a red apple", (200, 20, 30)),
+    "banana.png": ("a yellow banana", (240, 220, 40)),
+    "bus.png": ("a blue city bus", (30, 60, 200)),
+}
+
+
+def write_pictures(folder: str | Path) -> list[Path]:
+    """Write the PICTURES into `folder`; return their paths."""
+    paths = []
+    for name, (caption, colour) in PICTURES.items():
+        paths.append(Path(folder) / name)
+        paths[-1].write_bytes(picture(caption, colour))
+    return paths

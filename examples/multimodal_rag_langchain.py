@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from _support import picture, real_api_or_emulator
+from _support import NOTES, real_api_or_emulator, write_pictures
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.language_models import FakeListChatModel
@@ -26,17 +26,6 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 
 from langchain_siliconflow import SiliconFlowEmbeddings, SiliconFlowRerank
-
-NOTES = [
-    "Red apples keep for weeks in the fridge crisper drawer.",
-    "Bananas turn brown quickly in the fridge; keep them on the counter.",
-    "The number 42 bus runs every ten minutes in the morning.",
-]
-PICTURES = {  # file name: (caption, colour)
-    "red-apple.png": ("a red apple", (200, 20, 30)),
-    "banana.png": ("a yellow banana", (240, 220, 40)),
-    "bus.png": ("a blue city bus", (30, 60, 200)),
-}
 
 
 class NearestRetriever(BaseRetriever):
@@ -71,10 +60,7 @@ def label(document: Document) -> str:
 
 def main() -> None:
     with real_api_or_emulator(), tempfile.TemporaryDirectory() as folder:
-        paths = []
-        for name, (caption, colour) in PICTURES.items():
-            paths.append(Path(folder) / name)
-            paths[-1].write_bytes(picture(caption, colour))
+        paths = write_pictures(folder)
 
         # One multimodal model embeds both the notes and the pictures, so one question finds both.
         embeddings = SiliconFlowEmbeddings(model="Qwen/Qwen3-VL-Embedding-8B")

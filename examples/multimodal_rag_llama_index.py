@@ -16,23 +16,12 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from _support import picture, real_api_or_emulator
+from _support import NOTES, real_api_or_emulator, write_pictures
 from llama_index.core.indices import MultiModalVectorStoreIndex
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import ImageNode, NodeWithScore, TextNode
 
 from llama_index_siliconflow import SiliconFlowEmbedding, SiliconFlowRerank
-
-NOTES = [
-    "Red apples keep for weeks in the fridge crisper drawer.",
-    "Bananas turn brown quickly in the fridge; keep them on the counter.",
-    "The number 42 bus runs every ten minutes in the morning.",
-]
-PICTURES = {  # file name: (caption, colour)
-    "red-apple.png": ("a red apple", (200, 20, 30)),
-    "banana.png": ("a yellow banana", (240, 220, 40)),
-    "bus.png": ("a blue city bus", (30, 60, 200)),
-}
 
 
 def label(result: NodeWithScore) -> str:
@@ -60,11 +49,9 @@ async def answer(
 def main() -> None:
     with real_api_or_emulator(), tempfile.TemporaryDirectory() as folder:
         nodes: list[TextNode] = [TextNode(text=note) for note in NOTES]
-        for name, (caption, colour) in PICTURES.items():
-            path = Path(folder) / name
-            path.write_bytes(picture(caption, colour))
+        for path in write_pictures(folder):
             # As a directory reader loads a picture: its file name is the metadata to index.
-            nodes.append(ImageNode(image_path=str(path), metadata={"file_name": name}))
+            nodes.append(ImageNode(image_path=str(path), metadata={"file_name": path.name}))
 
         # One multimodal model embeds both the notes and the pictures, so one question finds both.
         embedding = SiliconFlowEmbedding(model="Qwen/Qwen3-VL-Embedding-8B")
