@@ -804,14 +804,14 @@ class AsyncSiliconFlowClient(_BaseClient):
             try:
                 with translate_transport_errors():  # a phase's timeout is ours by now
                     return await self._exchange_on_pool(http, url, request)
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # distinct classes before 3.11
                 raise _past_deadline(deadline or 0.0) from None
         exchange = self._exchange_on_httpx(http, url, request)
         if deadline is None:
             return await exchange
         try:
             return await _within(deadline, exchange)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             raise _past_deadline(deadline) from None
 
     async def _exchange_on_pool(
