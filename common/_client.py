@@ -69,7 +69,13 @@ from ._redis import RedisRateLimit, SharedLimiter
 from ._request import RerankRequest, build_request
 from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._settings import CLIENT_SETTINGS, ClientSettings, check_client_settings, derived_deadline
-from ._transport import AsyncPool, open_async_pool, open_sync_pool, translate_transport_errors
+from ._transport import (
+    AsyncPool,
+    is_deadline,
+    open_async_pool,
+    open_sync_pool,
+    translate_transport_errors,
+)
 from ._version import __version__
 
 __all__ = ["AsyncSiliconFlowClient", "SiliconFlowClient"]
@@ -774,7 +780,7 @@ class AsyncSiliconFlowClient(_BaseClient):
     async def _send(self, url: httpx.URL, request: _Request, read: _Reader[_Answer]) -> _Answer:
         attempt = 0
         while True:
-            if getattr(self._limiter, "blocking", False):  # a shared budget: ask it off the loop
+            if self._limiter is not None and self._limiter.blocking:  # ask it off the loop
                 wait_for, booked = await asyncio.to_thread(self._reserve, request)
             else:
                 wait_for, booked = self._reserve(request)
@@ -800,19 +806,19 @@ class AsyncSiliconFlowClient(_BaseClient):
         """One attempt: the answer's status, headers and body, within the attempt deadline (which
         also bounds an upload the server stopped reading)."""
         deadline = self.attempt_deadline
+        exchange: Awaitable[tuple[int, Mapping[str, str], bytes]]
         if isinstance(http, AsyncPool):  # the deadline is the pool's own total timeout
-            try:
-                with translate_transport_errors():  # a phase's timeout is ours by now
-                    return await self._exchange_on_pool(http, url, request)
-            except (TimeoutError, asyncio.TimeoutError):  # distinct classes before 3.11
-                raise _past_deadline(deadline or 0.0) from None
-        exchange = self._exchange_on_httpx(http, url, request)
-        if deadline is None:
-            return await exchange
+            exchange = self._exchange_on_pool(http, url, request)
+        elif deadline is not None:
+            exchange = _within(deadline, self._exchange_on_httpx(http, url, request))
+        else:
+            exchange = self._exchange_on_httpx(http, url, request)
         try:
-            return await _within(deadline, exchange)
-        except (TimeoutError, asyncio.TimeoutError):
-            raise _past_deadline(deadline) from None
+            return await exchange
+        except (TimeoutError, asyncio.TimeoutError) as error:  # distinct classes before 3.11
+            if not is_deadline(error):
+                raise  # one phase's timeout: the caller makes it ours
+            raise _past_deadline(deadline or 0.0) from None
 
     async def _exchange_on_pool(
         self, pool: AsyncPool, url: httpx.URL, request: _Request

@@ -37,6 +37,9 @@ class RateLimiter:
     continuously, so a steady stream is spread evenly instead of bursting and then stalling.
     """
 
+    blocking = False
+    """Booking never waits or does I/O (a shared budget's does: see `SharedLimiter`)."""
+
     def __init__(
         self,
         requests_per_minute: int | None = None,

@@ -25,7 +25,13 @@ import httpx
 
 from ._exceptions import APIConnectionError, APITimeoutError, InvalidRequestError, SiliconFlowError
 
-__all__ = ["AsyncPool", "open_async_pool", "open_sync_pool", "translate_transport_errors"]
+__all__ = [
+    "AsyncPool",
+    "is_deadline",
+    "open_async_pool",
+    "open_sync_pool",
+    "translate_transport_errors",
+]
 
 
 @contextlib.contextmanager
@@ -49,6 +55,13 @@ def translate_transport_errors() -> Iterator[None]:
         raise APIConnectionError(
             f"connection failed ({type(error).__name__}): {error or 'no details'}"
         ) from error
+
+
+def is_deadline(error: BaseException) -> bool:
+    """Whether a timeout is the attempt's overall deadline (aiohttp's total timeout, or the
+    client's own), not one phase's timeout (aiohttp's own class, which
+    `translate_transport_errors` makes an `APITimeoutError`)."""
+    return not isinstance(error, aiohttp.ClientError)
 
 
 def _raised_by_the_body(error: BaseException) -> InvalidRequestError | None:
