@@ -68,6 +68,7 @@ from ._media import (
 )
 from ._models import (
     BilledUnits,
+    RankedResults,
     RerankDocument,
     RerankResponse,
     RerankResult,
@@ -118,6 +119,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "QueryItem",
+    "RankedResults",
     "RateLimitError",
     "RedisEmbeddingCache",
     "RedisRateLimit",

@@ -21,12 +21,12 @@ from collections.abc import (
 )
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import SecretStr
 
-from ._batching import Batch, Plan, assemble, name_batch, plan
+from ._batching import Assembly, Batch, Plan, name_batch, plan
 from ._cache import EmbeddingCache, RerankCache
 from ._config import (
     DEFAULT_EMBEDDING_BATCH_SIZE,
@@ -195,8 +195,8 @@ class _BaseClient:
             base_url=self.base_url,
         )
 
-    def _assemble(self, the_plan: Plan, responses: Sequence[RerankResponse]) -> RerankResponse:
-        return assemble(the_plan, responses, cache=self.cache)
+    def _assembly(self, the_plan: Plan) -> Assembly:
+        return Assembly(the_plan, self.cache)
 
     def _body(self, request: _Request, *, asynchronous: bool) -> tuple[Any, int | None]:
         """What to send as `request`'s body, and its length when it goes in pieces (which must be
@@ -579,7 +579,9 @@ class SiliconFlowClient(_BaseClient):
         the_plan = self._plan(query, documents, options)
         batches, total = the_plan.batches, len(the_plan.batches)
         jobs = [functools.partial(self._send_batch, batch, total) for batch in batches]
-        return self._assemble(the_plan, self._fan_out(jobs, on_progress))
+        assembly = self._assembly(the_plan)
+        self._fan_out(jobs, on_progress, assembly.add)
+        return assembly.answer()
 
     def embed(
         self,
@@ -618,8 +620,10 @@ class SiliconFlowClient(_BaseClient):
         the_plan = self._embedding_plan(inputs, model, dimensions, encoding_format, batch_size)
         total = len(the_plan.requests)
         jobs = [functools.partial(self._send_embedding, r, total) for r in the_plan.requests]
-        answers = self._fan_out(jobs, on_progress)
-        return assemble_embeddings(the_plan, answers, model=model, cache=self.embedding_cache)
+        answers: dict[int, EmbeddingResponse] = {}
+        self._fan_out(jobs, on_progress, answers.__setitem__)
+        in_order = [answers[i] for i in range(total)]
+        return assemble_embeddings(the_plan, in_order, model=model, cache=self.embedding_cache)
 
     def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
         try:
@@ -634,20 +638,25 @@ class SiliconFlowClient(_BaseClient):
             raise _name_embedding_batch(error, request, total) from error.__cause__
 
     def _fan_out(
-        self, jobs: Sequence[Callable[[], _Answer]], on_progress: ProgressCallback | None
-    ) -> list[_Answer]:
+        self,
+        jobs: Sequence[Callable[[], _Answer]],
+        on_progress: ProgressCallback | None,
+        collect: Callable[[int, _Answer], object],
+    ) -> None:
+        """Run `jobs`, at most max_concurrency at once; each answer goes to `collect` with the
+        job's position as it comes. The first failure fails the call."""
         if len(jobs) <= 1:  # the common case: no pool, no thread hop
-            answers = [job() for job in jobs]
-            if on_progress is not None and jobs:
-                on_progress(1, 1)
-            return answers
+            for position, job in enumerate(jobs):
+                collect(position, job())
+                if on_progress is not None:
+                    on_progress(1, 1)
+            return
         # Threads over the one pooled client: the sync path gets the same concurrency as async.
         # The threads are the client's (starting eight per call cost about 1 ms); each call keeps
         # at most max_concurrency of its requests in flight.
         executor = self._executor()
         waiting = iter(enumerate(jobs))
         running: dict[Future[_Answer], int] = {}
-        responses: list[_Answer | None] = [None] * len(jobs)
 
         def start_next() -> None:
             position, job = next(waiting, (-1, None))
@@ -664,12 +673,11 @@ class SiliconFlowClient(_BaseClient):
                 if future.exception() is not None:
                     wait(running)  # the others in flight end before the call fails
                     future.result()
-                responses[position] = future.result()
+                collect(position, future.result())
                 finished += 1
                 if on_progress is not None:
                     on_progress(finished, len(jobs))
                 start_next()
-        return cast(list[_Answer], responses)  # every position was filled
 
     def _executor(self) -> ThreadPoolExecutor:
         executor = self._threads
@@ -865,7 +873,9 @@ class AsyncSiliconFlowClient(_BaseClient):
         the_plan = self._plan(query, documents, options)
         batches, total = the_plan.batches, len(the_plan.batches)
         jobs = [functools.partial(self._send_batch, batch, total) for batch in batches]
-        return self._assemble(the_plan, await self._fan_out(jobs, on_progress))
+        assembly = self._assembly(the_plan)
+        await self._fan_out(jobs, on_progress, assembly.add)
+        return assembly.answer()
 
     async def embed(
         self,
@@ -881,8 +891,10 @@ class AsyncSiliconFlowClient(_BaseClient):
         the_plan = self._embedding_plan(inputs, model, dimensions, encoding_format, batch_size)
         total = len(the_plan.requests)
         jobs = [functools.partial(self._send_embedding, r, total) for r in the_plan.requests]
-        answers = await self._fan_out(jobs, on_progress)
-        return assemble_embeddings(the_plan, answers, model=model, cache=self.embedding_cache)
+        answers: dict[int, EmbeddingResponse] = {}
+        await self._fan_out(jobs, on_progress, answers.__setitem__)
+        in_order = [answers[i] for i in range(total)]
+        return assemble_embeddings(the_plan, in_order, model=model, cache=self.embedding_cache)
 
     async def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
         try:
@@ -897,36 +909,44 @@ class AsyncSiliconFlowClient(_BaseClient):
             raise _name_embedding_batch(error, request, total) from error.__cause__
 
     async def _fan_out(
-        self, jobs: Sequence[Callable[[], Awaitable[_Answer]]], on_progress: ProgressCallback | None
-    ) -> list[_Answer]:
+        self,
+        jobs: Sequence[Callable[[], Awaitable[_Answer]]],
+        on_progress: ProgressCallback | None,
+        collect: Callable[[int, _Answer], object],
+    ) -> None:
+        """Run `jobs` as in `SiliconFlowClient._fan_out`, as tasks."""
         if len(jobs) <= 1:  # the common case: no tasks, no semaphore
-            responses = [await job() for job in jobs]
-            if on_progress is not None and jobs:
-                on_progress(1, 1)
-            return responses
+            for position, job in enumerate(jobs):
+                collect(position, await job())
+                if on_progress is not None:
+                    on_progress(1, 1)
+            return
         gate = asyncio.Semaphore(self.max_concurrency)
 
         async def one(job: Callable[[], Awaitable[_Answer]]) -> _Answer:
             async with gate:
                 return await job()
 
-        tasks = [asyncio.ensure_future(one(job)) for job in jobs]
-        pending: set[asyncio.Future[_Answer]] = set(tasks)
+        # Each task is dropped once its answer is collected: answers are not held to the end.
+        positions: dict[asyncio.Future[_Answer], int] = {
+            asyncio.ensure_future(one(job)): i for i, job in enumerate(jobs)
+        }
+        pending: set[asyncio.Future[_Answer]] = set(positions)
         finished = 0
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    task.result()  # the first failure fails the call
+                    answer = task.result()  # the first failure fails the call
+                    collect(positions.pop(task), answer)
                     finished += 1
                     if on_progress is not None:
-                        on_progress(finished, len(tasks))
+                        on_progress(finished, len(jobs))
         finally:
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        return [task.result() for task in tasks]
 
     async def aclose(self) -> None:
         """Close the connection pool this client created on the running event loop (a borrowed

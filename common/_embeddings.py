@@ -328,7 +328,7 @@ def parse_embeddings(
     def invalid(problem: str) -> ResponseValidationError:
         return invalid_answer(problem, content, trace_id)
 
-    wire = read_answer(_WireAnswer, content, trace_id)
+    wire = read_answer(_WireAnswer.model_validate_json, content, trace_id)
 
     vectors: list[list[float] | None] = [None] * request.count
     for entry in wire.data:

@@ -2,33 +2,44 @@
 
 from __future__ import annotations
 
-from operator import attrgetter
-from typing import Any, TypeVar
+import heapq
+import operator
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from operator import itemgetter, neg
+from typing import Annotated, Any, TypeVar, overload
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     StrictFloat,
     StrictInt,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
+from pydantic_core import CoreSchema, core_schema
+from typing_extensions import NotRequired, Required, TypedDict
 
 from ._exceptions import ResponseValidationError, excerpt
 from ._request import RerankRequest
 
 __all__ = [
     "BilledUnits",
+    "RankedResults",
     "RerankDocument",
     "RerankResponse",
     "RerankResult",
     "Usage",
     "assembled",
     "copied",
+    "from_scores",
     "invalid_answer",
+    "merged",
     "parse",
-    "rank",
     "read_answer",
     "usage_from",
 ]
@@ -64,6 +75,114 @@ class RerankResult(BaseModel):
     """Relevance of the document to the query; 0..1 on SiliconFlow, higher is more relevant."""
     document: RerankDocument | None = None
     """The document, when `return_documents=True` was asked for (or the server sent it anyway)."""
+
+
+_INDEX_CODE = "I"
+"""Indices are kept as C unsigned ints (4 bytes; a request holds far fewer documents)."""
+
+
+class RankedResults(Sequence[RerankResult]):
+    """The results of one call, best first: a read-only sequence of `RerankResult`.
+
+    Kept as two arrays, indices and scores (12 bytes a result), and the echoed documents when
+    there are any; each `RerankResult` is built when it is read. A list of models held about 330
+    bytes a result (100,000 results took 33 MB). `pairs()` reads indices and scores without
+    building a model. Equal to any sequence of the same results, a list of them included.
+    """
+
+    __slots__ = ("_documents", "_indices", "_scores")
+
+    _indices: array[int]
+    _scores: array[float]
+    _documents: list[RerankDocument | None] | None
+
+    def __init__(self, results: Iterable[RerankResult] = ()) -> None:
+        given = list(results)
+        self._indices = array(_INDEX_CODE, [result.index for result in given])
+        self._scores = array("d", [result.relevance_score for result in given])
+        self._documents = _echoed([result.document for result in given])
+
+    def pairs(self) -> Iterator[tuple[int, float]]:
+        """`(index, relevance_score)` of each result, best first."""
+        return zip(self._indices, self._scores, strict=True)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    @overload
+    def __getitem__(self, position: int) -> RerankResult: ...
+
+    @overload
+    def __getitem__(self, position: slice) -> RankedResults: ...
+
+    def __getitem__(self, position: int | slice) -> RerankResult | RankedResults:
+        documents = self._documents
+        if isinstance(position, slice):
+            some = None if documents is None else documents[position]
+            return _ranked(self._indices[position], self._scores[position], some)
+        document = None if documents is None else documents[position]
+        return _result(self._indices[position], self._scores[position], document)
+
+    def __iter__(self) -> Iterator[RerankResult]:
+        if self._documents is None:
+            return map(_result, self._indices, self._scores)
+        return map(_result, self._indices, self._scores, self._documents)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RankedResults):
+            return (
+                self._indices == other._indices
+                and self._scores == other._scores
+                and self._documents == other._documents
+            )
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes | bytearray):
+            return len(self) == len(other) and all(map(operator.eq, self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # a sequence compared by value, like a list
+
+    def __repr__(self) -> str:
+        return f"RankedResults({list(self)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _ranked, (self._indices, self._scores, self._documents)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        # Validated from any list of results (or taken as is), serialized as that list.
+        items = handler.generate_schema(list[RerankResult])
+        from_items = core_schema.no_info_after_validator_function(cls, items)
+        return core_schema.json_or_python_schema(
+            json_schema=from_items,
+            python_schema=core_schema.union_schema(
+                [core_schema.is_instance_schema(cls), from_items], mode="left_to_right"
+            ),
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                list, return_schema=items
+            ),
+        )
+
+
+def _ranked(
+    indices: array[int], scores: array[float], documents: list[RerankDocument | None] | None
+) -> RankedResults:
+    results = RankedResults.__new__(RankedResults)
+    results._indices = indices
+    results._scores = scores
+    results._documents = documents
+    return results
+
+
+def _echoed(documents: list[RerankDocument | None]) -> list[RerankDocument | None] | None:
+    return documents if any(document is not None for document in documents) else None
+
+
+def _result(index: int, score: float, document: RerankDocument | None = None) -> RerankResult:
+    # Each value was checked when the answer was parsed: built as `model_copy` builds a model.
+    state: dict[str, Any] = {"index": index, "relevance_score": score, "document": document}
+    if document is None:
+        return assembled(RerankResult, state, {"index", "relevance_score"})
+    return assembled(RerankResult, state, {"index", "relevance_score", "document"})
 
 
 class BilledUnits(BaseModel):
@@ -111,8 +230,8 @@ class RerankResponse(BaseModel):
 
     id: str | None = None
     """The server's response id."""
-    results: list[RerankResult]
-    """The ranked documents, best first, at most `top_n` of them."""
+    results: RankedResults
+    """The ranked documents, best first, at most `top_n` of them (a read-only sequence)."""
     usage: Usage | None = None
     """Token usage, or None when the server sent none."""
     trace_id: str | None = None
@@ -121,20 +240,31 @@ class RerankResponse(BaseModel):
     """The model that answered, when the server says (vLLM does)."""
 
 
-class _WireResponse(BaseModel):
-    """The body as any of the compatible servers send it."""
+class _WireResult(TypedDict):
+    index: Annotated[StrictInt, Field(ge=0, lt=2**32)]
+    relevance_score: Annotated[StrictFloat, Field(allow_inf_nan=False)]
+    document: NotRequired[RerankDocument | None]
 
-    id: str | None = None
-    model: str | None = None
-    results: list[RerankResult]
-    meta: dict[str, Any] | None = None
-    tokens: dict[str, Any] | None = None
-    usage: dict[str, Any] | None = None
+
+class _WireResponse(TypedDict, total=False):
+    """The body as any of the compatible servers send it (results as dicts: a model per
+    result cost three times as much to build)."""
+
+    id: str | None
+    model: str | None
+    results: Required[list[_WireResult]]
+    meta: dict[str, Any] | None
+    tokens: dict[str, Any] | None
+    usage: dict[str, Any] | None
+
+
+_read_wire = TypeAdapter(_WireResponse).validate_json
 
 
 def _usage(wire: _WireResponse) -> Usage | None:
-    meta = wire.meta or {}
-    return usage_from(meta.get("tokens") or wire.tokens or wire.usage, meta.get("billed_units"))
+    meta = wire.get("meta") or {}
+    tokens = meta.get("tokens") or wire.get("tokens") or wire.get("usage")
+    return usage_from(tokens, meta.get("billed_units"))
 
 
 def usage_from(tokens: Any, billed: Any = None) -> Usage | None:
@@ -164,7 +294,7 @@ def usage_from(tokens: Any, billed: Any = None) -> Usage | None:
     return Usage.model_validate({**counts, "billed_units": billed})
 
 
-_Wire = TypeVar("_Wire", bound=BaseModel)
+_Wire = TypeVar("_Wire")
 
 
 def invalid_answer(problem: str, content: bytes, trace_id: str | None) -> ResponseValidationError:
@@ -172,14 +302,16 @@ def invalid_answer(problem: str, content: bytes, trace_id: str | None) -> Respon
     return ResponseValidationError(problem, trace_id=trace_id, body_excerpt=excerpt(content))
 
 
-def read_answer(model: type[_Wire], content: bytes, trace_id: str | None) -> _Wire:
-    """Parse an answer body into its wire model.
+def read_answer(
+    validate_json: Callable[[bytes], _Wire], content: bytes, trace_id: str | None
+) -> _Wire:
+    """Parse an answer body with a pydantic `validate_json` (of a model or a type adapter).
 
     Raises:
         ResponseValidationError: The body is not JSON, or names the first field that is wrong.
     """
     try:
-        return model.model_validate_json(content)
+        return validate_json(content)
     except ValidationError as error:
         first = error.errors()[0]
         if first["type"] == "json_invalid":
@@ -190,6 +322,11 @@ def read_answer(model: type[_Wire], content: bytes, trace_id: str | None) -> _Wi
         raise invalid_answer(problem, content, trace_id) from None
 
 
+_INDEX = itemgetter("index")
+_SCORE = itemgetter("relevance_score")
+_DOCUMENT = operator.methodcaller("get", "document")
+
+
 def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> RerankResponse:
     """Parse and check a 2xx answer body against the request it answers.
 
@@ -198,13 +335,22 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
             index out of range or repeated, a non-finite score, or (when every document was
             asked for) not every document.
     """
-    wire = read_answer(_WireResponse, content, trace_id)
+    wire = read_answer(_read_wire, content, trace_id)
+    results = wire["results"]
+    # Best first, ties in index order: sorted by score (stable, keyed in C); only when scores
+    # tie is it sorted by index first (reverse keeps equal scores in that order).
+    results.sort(key=_SCORE, reverse=True)
+    scores = array("d", map(_SCORE, results))
+    if len(set(scores)) != len(scores):
+        results.sort(key=_INDEX)
+        results.sort(key=_SCORE, reverse=True)
+        scores = array("d", map(_SCORE, results))
+    indices = array(_INDEX_CODE, map(_INDEX, results))
 
     count = len(request.documents)
-    indices = list(map(_BY_INDEX, wire.results))
     seen = set(indices)
     if len(seen) != len(indices) or (indices and max(indices) >= count):
-        _find_bad_index(indices, count, content, trace_id)
+        _find_bad_index(list(indices), count, content, trace_id)
     if request.top_n is None and len(seen) != count:
         # Asked for every document: one missing would shift nothing but silently lose a document.
         raise invalid_answer(
@@ -219,12 +365,16 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
         raise invalid_answer(
             "the response has an invalid usage report", content, trace_id
         ) from None
+    # A bare result is a dict of two keys: the documents are looked for only when one has more.
+    echoed = max(map(len, results), default=0) > 2
+    documents = _echoed(list(map(_DOCUMENT, results))) if echoed else None
+    ranked = _ranked(indices, scores, documents)
     return RerankResponse(
-        id=wire.id,
-        results=rank(wire.results, request),
+        id=wire.get("id"),
+        results=_finished(ranked, request),
         usage=usage,
         trace_id=trace_id,
-        model=wire.model,
+        model=wire.get("model"),
     )
 
 
@@ -242,31 +392,70 @@ def _find_bad_index(indices: list[int], count: int, content: bytes, trace_id: st
         seen.add(index)
 
 
-_BY_INDEX = attrgetter("index")
-_BY_SCORE = attrgetter("relevance_score")
+def from_scores(scores: dict[int, float]) -> RankedResults:
+    """Known scores by document index, ranked."""
+    order = sorted(scores)
+    order.sort(key=scores.__getitem__, reverse=True)
+    return _ranked(array(_INDEX_CODE, order), array("d", map(scores.__getitem__, order)), None)
 
 
-def rank(results: list[RerankResult], request: RerankRequest) -> list[RerankResult]:
-    """Order results as every answer is returned: best first, ties by index, cut to `top_n`,
-    with each document filled in when the caller asked for documents."""
-    # Two stable C-keyed sorts: by index, then by score (reverse keeps equal scores in index order).
-    ranked = sorted(sorted(results, key=_BY_INDEX), key=_BY_SCORE, reverse=True)
+def merged(
+    parts: Sequence[tuple[RankedResults, Sequence[int]]], request: RerankRequest
+) -> RankedResults:
+    """One ranking of the call from rankings of disjoint sets of its documents, cut to `top_n`,
+    with documents filled in when the caller asked for them.
+
+    Each part is a batch's results with the call's position of each of the batch's documents
+    (ascending, so that each part stays best first with ties in index order). A k-way merge: it
+    holds one entry per part at a time, where sorting the whole again built a key per result
+    (about 7 MB more at the peak for 100,000 results).
+    """
+    echoed = any(part._documents is not None for part, _ in parts)
+    streams: list[Iterator[tuple[Any, ...]]] = [
+        zip(
+            map(neg, part._scores),
+            map(positions.__getitem__, part._indices),
+            part._documents or [None] * len(part),
+            strict=True,
+        )
+        if echoed
+        else zip(map(neg, part._scores), map(positions.__getitem__, part._indices), strict=True)
+        for part, positions in parts
+    ]
+    best: Iterator[tuple[Any, ...]] = heapq.merge(*streams)
     if request.top_n is not None:
+        best = islice(best, request.top_n)
+    indices: array[int] = array(_INDEX_CODE)
+    scores: array[float] = array("d")
+    documents: list[RerankDocument | None] = []
+    for entry in best:  # (-score, index) pairs are unique: a document is never compared
+        scores.append(-entry[0])
+        indices.append(entry[1])
+        if echoed:
+            documents.append(entry[2])
+    return _finished(_ranked(indices, scores, documents if echoed else None), request)
+
+
+def _finished(ranked: RankedResults, request: RerankRequest) -> RankedResults:
+    """`ranked` cut to `top_n`, with each document filled in when the caller asked for them."""
+    if request.top_n is not None and len(ranked) > request.top_n:
         ranked = ranked[: request.top_n]
-    if request.return_documents:
-        ranked = [_with_document(result, request) for result in ranked]
-    return ranked
-
-
-def _with_document(result: RerankResult, request: RerankRequest) -> RerankResult:
+    if not request.return_documents:
+        return ranked
     # Some servers drop documents for media or ignore the flag; the caller asked, and we have them.
-    if result.document is not None:
-        return result
-    item = request.documents[result.index]
+    given = ranked._documents or [None] * len(ranked)
+    documents: list[RerankDocument | None] = [
+        _document(request, index) if document is None else document
+        for index, document in zip(ranked._indices, given, strict=True)
+    ]
+    return _ranked(ranked._indices, ranked._scores, documents)
+
+
+def _document(request: RerankRequest, index: int) -> RerankDocument:
+    item = request.documents[index]
     if isinstance(item, dict):
         item = {kind: v if isinstance(v, str) else v.data_uri() for kind, v in item.items()}
-    document = RerankDocument.model_validate(item)
-    return result.model_copy(update={"document": document})
+    return RerankDocument.model_validate(item)
 
 
 _M = TypeVar("_M", bound=BaseModel)

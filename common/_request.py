@@ -19,6 +19,7 @@ __all__ = [
     "RerankRequest",
     "StreamedBody",
     "build_request",
+    "check_sendable",
     "encode_body",
     "subset",
     "validate_options",
@@ -81,7 +82,7 @@ class RerankRequest:
     @functools.cached_property
     def content(self) -> bytes | StreamedBody:
         """The body as sent, encoded when first needed: a call split into batches sends (and so
-        encodes) only the batches' bodies, each checked when the batches are planned."""
+        encodes) only the batches' bodies, each when it is sent."""
         return encode_body(self.body)
 
     @property
@@ -289,8 +290,38 @@ def subset(
     fitted = None
     if top_n and request.top_n is not None:
         fitted = body["top_n"] = min(request.top_n, len(documents))
-    batch = RerankRequest(
+    return RerankRequest(
         body=body, documents=documents, top_n=fitted, return_documents=request.return_documents
     )
-    batch.content  # noqa: B018  # encoded now: text that cannot be sent fails before any request
-    return batch
+
+
+_CHECKED_AT_ONCE = 1024
+
+
+def check_sendable(request: RerankRequest) -> None:
+    """Check that each document can be encoded, as a call split in batches must before sending
+    the first: its batches' bodies are encoded only as they are sent.
+
+    Raises:
+        InvalidRequestError: A document holds text that is not valid text (lone surrogates).
+    """
+    documents = request.documents
+    for start in range(0, len(documents), _CHECKED_AT_ONCE):
+        chunk = documents[start : start + _CHECKED_AT_ONCE]
+        texts = [item for item in chunk if type(item) is str]
+        if len(texts) == len(chunk) and _utf8(texts):
+            continue  # the common case: text only, checked in one pass in C
+        for position, item in enumerate(chunk, start):
+            try:
+                encode_body({"document": item})
+            except InvalidRequestError as error:
+                raise InvalidRequestError(f"documents[{position}]: {error}") from None
+    encode_body({**request.body, "documents": []})  # the query and the other fields
+
+
+def _utf8(texts: list[str]) -> bool:
+    try:
+        "".join(texts).encode()
+    except UnicodeEncodeError:
+        return False
+    return True

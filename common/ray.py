@@ -77,9 +77,9 @@ class RerankBatches:
         )
         scores = [0.0] * len(candidates)
         ranks = [0] * len(candidates)
-        for rank, result in enumerate(response.results, start=1):
-            scores[result.index] = result.relevance_score
-            ranks[result.index] = rank
+        for rank, (index, score) in enumerate(response.results.pairs(), start=1):
+            scores[index] = score
+            ranks[index] = rank
         return scores, ranks
 
     def __call__(self, batch: dict[str, Any]) -> Any:

@@ -156,7 +156,7 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
     @staticmethod
     def _results(response: RerankResponse) -> RerankResults:
         results = RerankResults(
-            {"index": r.index, "relevance_score": r.relevance_score} for r in response.results
+            {"index": index, "relevance_score": score} for index, score in response.results.pairs()
         )
         results.usage = response.usage
         results.trace_id = response.trace_id
@@ -166,10 +166,10 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
     def _scored(documents: Sequence[Document], response: RerankResponse) -> list[Document]:
         return [
             copied(
-                documents[r.index],
-                metadata={**documents[r.index].metadata, "relevance_score": r.relevance_score},
+                documents[index],
+                metadata={**documents[index].metadata, "relevance_score": score},
             )
-            for r in response.results
+            for index, score in response.results.pairs()
         ]
 
     def _passed_through(

@@ -221,11 +221,10 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
                     model_name=report["model"], usage=report["usage"], trace_id=report["trace_id"]
                 )
             )
-        ranked = []
-        for result in response.results:
-            score = result.relevance_score
-            ranked.append(_scored(_marked_copy(nodes[result.index].node, SCORE_KEY, score), score))
-        return ranked
+        return [
+            _scored(_marked_copy(nodes[index].node, SCORE_KEY, score), score)
+            for index, score in response.results.pairs()
+        ]
 
     def _passed_through(
         self, nodes: list[NodeWithScore], error: SiliconFlowError

@@ -53,6 +53,7 @@ EXPECTED_CORE = [
     "NotFoundError",
     "PermissionDeniedError",
     "QueryItem",
+    "RankedResults",
     "RateLimitError",
     "RedisEmbeddingCache",
     "RedisRateLimit",

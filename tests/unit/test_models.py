@@ -1,0 +1,161 @@
+"""The compact results of a call and the merge of a split call's answers, without a transport."""
+
+from __future__ import annotations
+
+import gc
+import json
+import pickle
+import random
+import weakref
+
+import pytest
+from pydantic import ValidationError
+
+from siliconflow_rerank import RankedResults, RerankDocument, RerankResponse, RerankResult
+from siliconflow_rerank._batching import Assembly, plan
+from siliconflow_rerank._models import merged, parse
+from siliconflow_rerank._request import build_request
+
+MODEL = "BAAI/bge-reranker-v2-m3"
+
+
+def some_results() -> list[RerankResult]:
+    return [
+        RerankResult(index=2, relevance_score=0.9),
+        RerankResult(index=0, relevance_score=0.5, document=RerankDocument(text="a")),
+        RerankResult(index=1, relevance_score=0.1),
+    ]
+
+
+def test_ranked_results_read_as_the_list_of_results_they_hold():
+    given = some_results()
+    results = RankedResults(given)
+    assert len(results) == 3
+    assert results == given
+    assert given == results
+    assert list(results) == given
+    assert results[0] == given[0]
+    assert results[-1] == given[-1]
+    assert results[1].document == RerankDocument(text="a")
+    assert isinstance(results[1:], RankedResults)
+    assert results[1:] == given[1:]
+    assert list(results.pairs()) == [(2, 0.9), (0, 0.5), (1, 0.1)]
+    assert results != given[:2]
+    assert results != [
+        *given[:2],
+        RerankResult(index=1, relevance_score=0.2),
+    ]
+    assert "RerankResult(index=2, relevance_score=0.9" in repr(results)
+    with pytest.raises(IndexError):
+        results[3]
+
+
+def test_ranked_results_are_read_only_and_unhashable():
+    results = RankedResults(some_results())
+    assert not hasattr(results, "append")
+    assert not hasattr(results, "__setitem__")
+    with pytest.raises(TypeError):
+        hash(results)
+
+
+def test_a_response_round_trips_through_pickle_and_json():
+    response = RerankResponse(results=some_results(), trace_id="t")
+    assert pickle.loads(pickle.dumps(response)) == response
+    dumped = response.model_dump()
+    assert dumped["results"][0] == {"index": 2, "relevance_score": 0.9, "document": None}
+    assert dumped["results"][1]["document"]["text"] == "a"
+    assert RerankResponse.model_validate_json(response.model_dump_json()) == response
+    schema = RerankResponse.model_json_schema()["properties"]["results"]
+    assert schema["type"] == "array"
+    assert schema["items"] == {"$ref": "#/$defs/RerankResult"}
+
+
+def test_a_response_validates_results_given_as_dicts():
+    response = RerankResponse(results=[{"index": 1, "relevance_score": 0.5}])
+    assert response.results == [RerankResult(index=1, relevance_score=0.5)]
+    with pytest.raises(ValidationError):
+        RerankResponse(results=[{"index": -1, "relevance_score": 0.5}])
+
+
+def answer(results: list[tuple[int, float]], **extra: object) -> bytes:
+    body = {"results": [{"index": i, "relevance_score": s} for i, s in results], **extra}
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("top_n", [None, 1, 7, 40])
+def test_merged_batches_rank_as_one_sort_would(top_n):
+    # Scores drawn from a few values: many ties, which must fall in index order across batches.
+    chance = random.Random(7)
+    documents = [f"doc {i}" for i in range(40)]
+    scores = [chance.choice([0.1, 0.5, 0.9]) for _ in documents]
+    request = build_request("q", documents, model=MODEL, top_n=top_n)
+    the_plan = plan(request, batch_size=6, cache=None, base_url="http://x/v1")
+    parts = []
+    for batch in reversed(the_plan.batches):  # merged in any order
+        sent = batch.request
+        mine = [(i, scores[p]) for i, p in enumerate(batch.positions)]
+        chance.shuffle(mine)  # the server's order does not matter either
+        parts.append((parse(answer(mine), sent, trace_id=None).results, batch.positions))
+    expected = sorted(range(40), key=lambda i: (-scores[i], i))[:top_n]
+    ranked = merged(parts, request)
+    assert [i for i, _ in ranked.pairs()] == expected
+    assert [s for _, s in ranked.pairs()] == [scores[i] for i in expected]
+
+
+def test_merged_batches_keep_each_document_with_its_result():
+    documents = ["a", "b", "c", "d"]
+    request = build_request("q", documents, model=MODEL, return_documents=True)
+    the_plan = plan(request, batch_size=2, cache=None, base_url="http://x/v1")
+    parts = []
+    for batch in the_plan.batches:
+        local = [(0, 0.2 + batch.number / 10), (1, 0.9 - batch.number / 10)]
+        # The server echoes the first batch's documents and drops the second's.
+        echo = batch.number == 0
+        results = [
+            {
+                "index": i,
+                "relevance_score": s,
+                **({"document": {"text": documents[batch.positions[i]]}} if echo else {}),
+            }
+            for i, s in local
+        ]
+        content = json.dumps({"results": results}).encode()
+        parts.append((parse(content, batch.request, trace_id=None).results, batch.positions))
+    ranked = merged(parts, request)
+    assert [(r.index, r.document.text if r.document else None) for r in ranked] == [
+        (1, "b"),
+        (3, "d"),
+        (2, "c"),
+        (0, "a"),
+    ]
+
+
+def test_an_assembly_keeps_each_answers_results_but_not_the_answer():
+    request = build_request("q", [f"doc {i}" for i in range(6)], model=MODEL)
+    the_plan = plan(request, batch_size=2, cache=None, base_url="http://x/v1")
+    assembly = Assembly(the_plan, None)
+    gone = []
+    for batch in the_plan.batches:
+        usage = {"input_tokens": 5}
+        content = answer([(0, 0.5), (1, 0.25 * batch.number)], id=f"r{batch.number}", usage=usage)
+        response = parse(content, batch.request, trace_id=f"t{batch.number}")
+        gone.append(weakref.ref(response))
+        assembly.add(batch.number, response)
+        del response
+    gc.collect()
+    assert all(ref() is None for ref in gone)  # only the compact results were kept
+    whole = assembly.answer()
+    assert [i for i, _ in whole.results.pairs()] == [0, 2, 4, 5, 3, 1]
+    assert whole.id == "r0"
+    assert whole.trace_id == "t0,t1,t2"
+    assert whole.usage is not None
+    assert whole.usage.input_tokens == 15
+
+
+def test_an_assembly_refuses_to_answer_before_every_batch_is_in():
+    request = build_request("q", ["a", "b", "c"], model=MODEL)
+    the_plan = plan(request, batch_size=2, cache=None, base_url="http://x/v1")
+    assembly = Assembly(the_plan, None)
+    assembly.add(0, parse(answer([(0, 0.5), (1, 0.4)]), the_plan.batches[0].request, trace_id=None))
+    with pytest.raises(ValueError, match="missing"):
+        assembly.answer()
