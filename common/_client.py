@@ -16,6 +16,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Iterable,
     Mapping,
     Sequence,
 )
@@ -71,6 +72,7 @@ from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._settings import CLIENT_SETTINGS, ClientSettings, check_client_settings, derived_deadline
 from ._transport import (
     AsyncPool,
+    SyncPool,
     is_deadline,
     open_async_pool,
     open_sync_pool,
@@ -364,6 +366,13 @@ class _Body:
     def content(self) -> bytes:
         return self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
 
+    def read(self, headers: Mapping[str, str], pieces: Iterable[bytes]) -> bytes:
+        """The whole body from its (decoded) `pieces`, checked as they come."""
+        self.expect(headers)
+        for piece in pieces:
+            self.add(piece)
+        return self.content()
+
 
 def _closed_in_flight(error: SiliconFlowError) -> APIConnectionError:
     """A call whose pool was closed under it: not retried (that would open a new pool)."""
@@ -470,7 +479,7 @@ class SiliconFlowClient(_BaseClient):
         # Every argument but http_client is a setting, checked in one place.
         super().__init__(check_client_settings(**_settings_among(locals())))
         self._borrowed = http_client
-        self._owned: httpx.Client | None = None
+        self._owned: httpx.Client | SyncPool | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -479,7 +488,7 @@ class SiliconFlowClient(_BaseClient):
         "Create a client. No connection is opened until the first call.\n" + _CLIENT_ARGS
     )
 
-    def _http(self) -> httpx.Client:
+    def _http(self) -> httpx.Client | SyncPool:
         if self._borrowed is not None:
             return self._borrowed
         owned = self._owned
@@ -487,7 +496,9 @@ class SiliconFlowClient(_BaseClient):
             return owned
         with self._lock:
             if self._owned is None:
-                self._owned = open_sync_pool(self._url, self.timeout, self._limits())
+                self._owned = open_sync_pool(
+                    self._url, self._plain_headers, self.timeout, self._limits()
+                )
                 # Framework objects that hold a client are rarely closed by their users: close the
                 # pool when this client is garbage-collected instead of leaking its sockets.
                 self._finalizer = weakref.finalize(self, self._owned.close)
@@ -524,19 +535,24 @@ class SiliconFlowClient(_BaseClient):
                 attempt += 1
 
     def _exchange(
-        self, http: httpx.Client, url: httpx.URL, request: _Request
+        self, http: httpx.Client | SyncPool, url: httpx.URL, request: _Request
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One attempt: the answer's status, headers and body, within the attempt deadline."""
-        kwargs = self._send_kwargs(url, request, asynchronous=False)
         # httpx bounds each phase, not their sum (a server trickling its answer a byte at a time
         # would keep the call alive for ever), nor the size of an answer: it is read in pieces,
         # against the deadline and the size cap.
-        body = _Body(self.max_response_bytes, self.attempt_deadline)
+        answer = _Body(self.max_response_bytes, self.attempt_deadline)
+        if isinstance(http, SyncPool):
+            body, length = self._body(request, asynchronous=False)
+            with http.post(url, body, length) as (status, headers, pieces):
+                return status, headers, answer.read(headers, pieces)
+        kwargs = self._send_kwargs(url, request, asynchronous=False)
         with http.stream("POST", **kwargs) as response:
-            body.expect(response.headers)
-            for piece in response.iter_bytes():
-                body.add(piece)
-            return response.status_code, response.headers, body.content()
+            return (
+                response.status_code,
+                response.headers,
+                answer.read(response.headers, response.iter_bytes()),
+            )
 
     def rerank(
         self,

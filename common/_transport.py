@@ -1,10 +1,11 @@
 """What the client modules need from their transports: error translation, and both pools.
 
-The async client's own pool is aiohttp under the httpx API (see the README's benchmark); its quirks
-live here: a dropped connection reported as a timeout, errors of a streamed body wrapped, proxy
-variables unread, and a pool that must close on the loop that opened it. Both pools refuse to
-reuse a kept-alive connection that holds bytes nobody asked for, and the sync pool's `close()`
-wakes the threads still reading from it.
+Each client's own pool skips httpx's client layer (see `benchmarks/results.md`): the sync pool is
+httpcore's, the async pool aiohttp's, both used directly; a caller's own httpx client, and a
+proxy on the sync side, still go through httpx. Their quirks live here: errors of a streamed body
+wrapped, proxy variables unread, compressed answers, and an async pool that must close on the
+loop that opened it. Both pools refuse to reuse a kept-alive connection that holds bytes nobody
+asked for, and the sync pool's `close()` wakes the threads still reading from it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import socket
 import threading
 import urllib.request
 import weakref
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -27,6 +29,7 @@ from ._exceptions import APIConnectionError, APITimeoutError, InvalidRequestErro
 
 __all__ = [
     "AsyncPool",
+    "SyncPool",
     "is_deadline",
     "open_async_pool",
     "open_sync_pool",
@@ -44,6 +47,16 @@ def translate_transport_errors() -> Iterator[None]:
         if own is not None:
             raise own from None
         raise _transport_error(error) from error
+    except _HTTPCORE_ERRORS as error:
+        # The sync pool's errors (httpcore's, used directly), mapped as httpx maps them.
+        own = _raised_by_the_body(error)
+        if own is not None:
+            raise own from None
+        if isinstance(error, httpcore.TimeoutException):
+            raise APITimeoutError(f"request timed out ({type(error).__name__}): {error}") from error
+        raise APIConnectionError(
+            f"connection failed ({type(error).__name__}): {error or 'no details'}"
+        ) from error
     except aiohttp.ClientError as error:
         # The async pool's errors, malformed answers among them (a bad status line or chunk size,
         # conflicting lengths, oversized headers).
@@ -55,6 +68,15 @@ def translate_transport_errors() -> Iterator[None]:
         raise APIConnectionError(
             f"connection failed ({type(error).__name__}): {error or 'no details'}"
         ) from error
+
+
+_HTTPCORE_ERRORS = (
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.ProxyError,
+    httpcore.UnsupportedProtocol,
+)
 
 
 def is_deadline(error: BaseException) -> bool:
@@ -96,26 +118,34 @@ def _transport_error(error: httpx.RequestError) -> SiliconFlowError:
     )
 
 
-def open_sync_pool(url: httpx.URL, timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.Client:
-    """Open httpx's own pool for requests to `url`, made safe to share."""
+def open_sync_pool(
+    url: httpx.URL, headers: Mapping[str, str], timeout: httpx.Timeout, limits: httpx.Limits
+) -> httpx.Client | SyncPool:
+    """Open the sync client's own pool for requests to `url`, made safe to share."""
     with _proxy_settings_checked():
         proxy = _environment_proxy(url)
         if proxy is not None:  # httpx's own proxy transport, as it would choose it
             return httpx.Client(timeout=timeout, limits=limits, proxy=proxy)
-        return httpx.Client(timeout=timeout, limits=limits, transport=_SyncTransport(limits))
+        return SyncPool(headers, timeout, limits)
 
 
-class _SyncTransport(httpx.HTTPTransport):
-    """httpx's transport on a pool that drops tainted connections and can wake its readers.
+class SyncPool:
+    """The sync client's own pool: httpcore's, used directly.
 
-    Two gaps in httpcore's pool, both found over real sockets: bytes that arrive after an answer
-    in the same read (an answer nobody asked for) stay buffered and are taken as the next call's
-    answer; and closing a socket that another thread reads from does not wake that thread, so a
-    call in flight during `close()` waited for its read timeout.
+    httpx's client layer (its request and response models, header merging, cookies, event hooks)
+    cost about 300 µs of CPU per call on top of httpcore's (see `benchmarks/results.md`); the
+    client needs none of it. Two gaps in httpcore's pool are closed here, both found over real
+    sockets: bytes that arrive after an answer in the same read (an answer nobody asked for) stay
+    buffered and are taken as the next call's answer; and closing a socket that another thread
+    reads from does not wake that thread, so a call in flight during `close()` waited for its
+    read timeout. A caller's own `httpx.Client`, and a proxy, go through httpx.
     """
 
-    def __init__(self, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits)
+    __slots__ = ("__weakref__", "_headers", "_pool", "_streams", "_timeouts", "_urls", "is_closed")
+
+    def __init__(
+        self, headers: Mapping[str, str], timeout: httpx.Timeout, limits: httpx.Limits
+    ) -> None:
         self._streams = _OpenStreams()
         self._pool = _CheckedPool(
             ssl_context=httpx.create_ssl_context(),
@@ -124,10 +154,62 @@ class _SyncTransport(httpx.HTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=self._streams,
         )
+        self._headers = [
+            *((name.encode("ascii"), value.encode("latin-1")) for name, value in headers.items()),
+            (b"Accept-Encoding", b"gzip, deflate"),
+        ]
+        self._timeouts = {"timeout": timeout.as_dict()}
+        self._urls: dict[httpx.URL, httpcore.URL] = {}
+        self.is_closed = False
+
+    @contextlib.contextmanager
+    def post(
+        self, url: httpx.URL, body: bytes | Iterator[bytes], length: int | None
+    ) -> Iterator[tuple[int, httpx.Headers, Iterator[bytes]]]:
+        """Send `body` (its `length` stated when it goes in pieces, not chunked); yield the
+        answer's status, headers and its body's pieces, decoded."""
+        target = self._urls.get(url)
+        if target is None:
+            target = self._urls[url] = httpcore.URL(
+                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+            )
+        headers = self._headers
+        if length is not None:
+            headers = [*headers, (b"Content-Length", str(length).encode())]
+        with self._pool.stream(
+            "POST", target, headers=headers, content=body, extensions=self._timeouts
+        ) as response:
+            answer_headers = httpx.Headers(response.headers)
+            pieces = _decoded(response.iter_stream(), answer_headers.get("content-encoding"))
+            yield response.status, answer_headers, pieces
 
     def close(self) -> None:
+        self.is_closed = True
         self._streams.shut_down()  # calls blocked in a read end now, not at their timeout
-        super().close()
+        self._pool.close()
+
+
+_DECODED_PIECE = 1 << 16
+"""A compressed answer is inflated this many bytes at a time, each counted against the cap."""
+
+
+def _decoded(pieces: Iterator[bytes], encoding: str | None) -> Iterator[bytes]:
+    """The body's pieces, inflated when the server compressed them (gzip or deflate, which is
+    what the pool asks for; any other encoding is passed on as sent)."""
+    if encoding is None or encoding.strip().lower() not in ("gzip", "x-gzip", "deflate"):
+        yield from pieces
+        return
+    inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or a zlib header, either
+    try:
+        for piece in pieces:
+            yield inflate.decompress(piece, _DECODED_PIECE)
+            while inflate.unconsumed_tail:  # bounded pieces: a small bomb never inflates whole
+                yield inflate.decompress(inflate.unconsumed_tail, _DECODED_PIECE)
+        yield inflate.flush()
+    except zlib.error as error:
+        raise APIConnectionError(
+            f"the answer could not be decompressed ({encoding}): {error}"
+        ) from None
 
 
 class _CheckedPool(httpcore.ConnectionPool):

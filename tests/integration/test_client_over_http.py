@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import json
 import socket
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from siliconflow_rerank import (
 )
 from siliconflow_rerank.emulator import Fault
 
-from ..helpers import ScriptedServer, png_file, read_request_head
+from ..helpers import ScriptedServer, ok_body, png_file, read_request_head
 
 DOCUMENTS = ["a red car", "apple pie", "green apple", "a bicycle"]
 
@@ -409,6 +411,50 @@ def test_an_answer_that_inflates_past_the_cap_is_refused(make_runner):
         with pytest.raises(ResponseValidationError, match="max_response_bytes"):
             runner.rerank("apple", ["apple pie"])
         assert len(server.connections) == 1  # not retried
+
+
+def _asks_for_compression(head: bytes, body: bytes) -> ScriptedServer:
+    def script(connection: socket.socket) -> None:
+        request = read_request_head(connection)
+        if b"gzip" not in request.lower().split(b"accept-encoding:")[-1].split(b"\r\n")[0]:
+            head_sent = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+            connection.sendall(head_sent)
+            return
+        connection.sendall(head + body)
+        time.sleep(1)
+
+    return ScriptedServer(script)
+
+
+ANSWER = json.dumps(ok_body(0.25, 0.75)).encode()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        ("gzip", gzip.compress(ANSWER)),
+        ("deflate", zlib.compress(ANSWER)),
+        ("GZIP", gzip.compress(ANSWER)),
+    ],
+)
+def test_a_compressed_answer_is_asked_for_and_inflated(make_runner, encoding, body):
+    head = b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n" % (
+        encoding.encode(),
+        len(body),
+    )
+    with _asks_for_compression(head, body) as server:
+        runner = make_runner(base_url=server.base_url, max_retries=0)
+        response = runner.rerank("apple", ["apple pie", "car"])
+    assert list(response.results.pairs()) == [(1, 0.75), (0, 0.25)]
+
+
+def test_a_corrupt_compressed_answer_is_a_connection_error(make_runner):
+    body = gzip.compress(ANSWER)[:-12] + b"not gzip at all"
+    head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
+    with _answer_with(head, body) as server:
+        runner = make_runner(base_url=server.base_url, max_retries=0)
+        with pytest.raises(APIConnectionError, match=r"decompress|decod"):
+            runner.rerank("apple", ["apple pie", "car"])
 
 
 def test_a_stated_length_past_the_cap_is_refused_before_reading(make_runner):
