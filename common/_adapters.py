@@ -201,20 +201,24 @@ class RerankerSettings(ClientOwner):
         return self
 
     def _usage_report(self, response: RerankResponse) -> dict[str, Any]:
-        """What a call reports to the framework's observers (and logs at DEBUG): `usage`,
-        `trace_id`, and `model` (the configured one when the server names none)."""
-        usage = response.usage.model_dump(exclude_none=True) if response.usage else None
-        logger.debug(
-            "SiliconFlow rerank: %d results, usage %s, trace id %s",
-            len(response.results),
-            usage,
-            response.trace_id,
-        )
+        """What a call reports to the framework's observers: `usage`, `trace_id`, and `model`
+        (the configured one when the server names none)."""
         return {
-            "usage": usage,
+            "usage": response.usage.model_dump(exclude_none=True) if response.usage else None,
             "trace_id": response.trace_id,
             "model": response.model or self.model,
         }
+
+    def _log_usage(self, response: RerankResponse) -> None:
+        """Log a call's usage at DEBUG (nothing is built when DEBUG is off)."""
+        if logger.isEnabledFor(logging.DEBUG):
+            report = self._usage_report(response)
+            logger.debug(
+                "SiliconFlow rerank: %d results, usage %s, trace id %s",
+                len(response.results),
+                report["usage"],
+                response.trace_id,
+            )
 
     def _kept_on_failure(
         self, inputs: Sequence[_Input], error: SiliconFlowError

@@ -52,6 +52,12 @@ class Plan:
     cache_keys: list[bytes] | None = None
     """The cache key of each of the call's documents, when a cache is used."""
 
+    @property
+    def whole(self) -> bool:
+        """Whether the call is one request, its own, whose answer is the call's (the common
+        case: no cache, a list within one batch)."""
+        return not self.known and len(self.batches) == 1 and not self.batches[0].split
+
 
 def plan(
     request: RerankRequest,
@@ -134,7 +140,7 @@ class Assembly:
 
     def add(self, number: int, response: RerankResponse) -> None:
         """Take the answer to batch `number`; fresh scores go into the cache."""
-        if self._one_request():
+        if self._plan.whole:
             self._whole = response  # the call's own request: its answer is the call's
             return
         the_plan = self._plan
@@ -159,7 +165,7 @@ class Assembly:
         if self._whole is not None:
             return self._whole
         parts = [part for part in self._parts if part is not None]
-        if len(parts) != len(self._parts) or self._one_request():
+        if len(parts) != len(self._parts) or self._plan.whole:
             raise ValueError("an answer to one of the call's requests is missing")
         request = self._plan.request
         if self._plan.known:
@@ -172,10 +178,6 @@ class Assembly:
             trace_id=",".join(trace_ids) or None,
             model=self._model,
         )
-
-    def _one_request(self) -> bool:
-        batches = self._plan.batches
-        return not self._plan.known and len(batches) == 1 and not batches[0].split
 
 
 def name_batch(

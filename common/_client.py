@@ -593,6 +593,11 @@ class SiliconFlowClient(_BaseClient):
             model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
         )
         the_plan = self._plan(query, documents, options)
+        if the_plan.whole:  # one request, no thread hop, nothing to merge
+            response = self._send(self._url, the_plan.request, _rerank_reader(the_plan.request))
+            if on_progress is not None:
+                on_progress(1, 1)
+            return response
         batches, total = the_plan.batches, len(the_plan.batches)
         jobs = [functools.partial(self._send_batch, batch, total) for batch in batches]
         assembly = self._assembly(the_plan)
@@ -849,7 +854,7 @@ class AsyncSiliconFlowClient(_BaseClient):
     ) -> tuple[int, Mapping[str, str], bytes]:
         body, length = self._body(request, asynchronous=True)
         answer = _Body(self.max_response_bytes, None)
-        async with pool.post(str(url), body, length) as response:
+        async with pool.post(url, body, length) as response:
             answer.expect(response.headers)
             if answer.whole(response.headers):  # stated, within the cap, not compressed
                 return response.status, response.headers, await response.read()
@@ -887,6 +892,12 @@ class AsyncSiliconFlowClient(_BaseClient):
             model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
         )
         the_plan = self._plan(query, documents, options)
+        if the_plan.whole:  # one request, no task, nothing to merge
+            request = the_plan.request
+            response = await self._send(self._url, request, _rerank_reader(request))
+            if on_progress is not None:
+                on_progress(1, 1)
+            return response
         batches, total = the_plan.batches, len(the_plan.batches)
         jobs = [functools.partial(self._send_batch, batch, total) for batch in batches]
         assembly = self._assembly(the_plan)

@@ -6,7 +6,7 @@ import heapq
 import operator
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import islice
+from itertools import chain, islice
 from operator import itemgetter, neg
 from typing import Annotated, Any, TypeVar, overload
 
@@ -177,12 +177,19 @@ def _echoed(documents: list[RerankDocument | None]) -> list[RerankDocument | Non
     return documents if any(document is not None for document in documents) else None
 
 
+_BARE = {"index", "relevance_score"}
+_WITH_DOCUMENT = {"index", "relevance_score", "document"}
+
+
 def _result(index: int, score: float, document: RerankDocument | None = None) -> RerankResult:
-    # Each value was checked when the answer was parsed: built as `model_copy` builds a model.
-    state: dict[str, Any] = {"index": index, "relevance_score": score, "document": document}
-    if document is None:
-        return assembled(RerankResult, state, {"index", "relevance_score"})
-    return assembled(RerankResult, state, {"index", "relevance_score", "document"})
+    # Each value was checked when the answer was parsed: the model is built as `model_copy`
+    # builds one. The fields-set is shared: a frozen model never changes it, and copies copy it.
+    result = _new(RerankResult)
+    _set(result, "__dict__", {"index": index, "relevance_score": score, "document": document})
+    _set(result, "__pydantic_fields_set__", _BARE if document is None else _WITH_DOCUMENT)
+    _set(result, "__pydantic_extra__", None)
+    _set(result, "__pydantic_private__", None)
+    return result
 
 
 class BilledUnits(BaseModel):
@@ -324,7 +331,9 @@ def read_answer(
 
 _INDEX = itemgetter("index")
 _SCORE = itemgetter("relevance_score")
-_DOCUMENT = operator.methodcaller("get", "document")
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
+_THIRD = itemgetter(2)
 
 
 def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> RerankResponse:
@@ -337,15 +346,10 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
     """
     wire = read_answer(_read_wire, content, trace_id)
     results = wire["results"]
-    # Best first, ties in index order: sorted by score (stable, keyed in C); only when scores
-    # tie is it sorted by index first (reverse keeps equal scores in that order).
-    results.sort(key=_SCORE, reverse=True)
-    scores = array("d", map(_SCORE, results))
-    if len(set(scores)) != len(scores):
-        results.sort(key=_INDEX)
-        results.sort(key=_SCORE, reverse=True)
-        scores = array("d", map(_SCORE, results))
-    indices = array(_INDEX_CODE, map(_INDEX, results))
+    # Best first, ties in index order: one sort of (-score, index) pairs, about one pass when
+    # the server sent them ranked (servers do); half the cost of sorting the dicts twice.
+    order = sorted(zip(map(neg, map(_SCORE, results)), map(_INDEX, results), strict=True))
+    indices = array(_INDEX_CODE, map(_SECOND, order))
 
     count = len(request.documents)
     seen = set(indices)
@@ -365,9 +369,12 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
         raise invalid_answer(
             "the response has an invalid usage report", content, trace_id
         ) from None
+    scores = array("d", map(neg, map(_FIRST, order)))
     # A bare result is a dict of two keys: the documents are looked for only when one has more.
-    echoed = max(map(len, results), default=0) > 2
-    documents = _echoed(list(map(_DOCUMENT, results))) if echoed else None
+    documents = None
+    if max(map(len, results), default=0) > 2:
+        by_index = {result["index"]: result.get("document") for result in results}
+        documents = _echoed([by_index[index] for index in indices])
     ranked = _ranked(indices, scores, documents)
     return RerankResponse(
         id=wire.get("id"),
@@ -399,6 +406,12 @@ def from_scores(scores: dict[int, float]) -> RankedResults:
     return _ranked(array(_INDEX_CODE, order), array("d", map(scores.__getitem__, order)), None)
 
 
+_SORTED_AT_ONCE = 1 << 15
+"""Every result of a merged answer, up to this many, is sorted at once (4 MB of keys at most):
+10,000 results in 79 parts took 9 ms so, 17 ms through the k-way merge."""
+_MERGED_AT_ONCE = 4096
+
+
 def merged(
     parts: Sequence[tuple[RankedResults, Sequence[int]]], request: RerankRequest
 ) -> RankedResults:
@@ -408,7 +421,7 @@ def merged(
     Each part is a batch's results with the call's position of each of the batch's documents
     (ascending, so that each part stays best first with ties in index order). A k-way merge: it
     holds one entry per part at a time, where sorting the whole again built a key per result
-    (about 7 MB more at the peak for 100,000 results).
+    (about 7 MB more at the peak for 100,000 results); fewer results are sorted at once.
     """
     echoed = any(part._documents is not None for part, _ in parts)
     streams: list[Iterator[tuple[Any, ...]]] = [
@@ -422,17 +435,25 @@ def merged(
         else zip(map(neg, part._scores), map(positions.__getitem__, part._indices), strict=True)
         for part, positions in parts
     ]
-    best: Iterator[tuple[Any, ...]] = heapq.merge(*streams)
+    best: Iterator[tuple[Any, ...]]
+    if request.top_n is None and sum(len(part) for part, _ in parts) <= _SORTED_AT_ONCE:
+        # Every result, few enough to sort at once, in C (the sort merges the parts as the runs
+        # they are); a merge cut to top_n stops after top_n.
+        best = iter(sorted(chain.from_iterable(streams)))
+    else:
+        best = heapq.merge(*streams)
     if request.top_n is not None:
         best = islice(best, request.top_n)
     indices: array[int] = array(_INDEX_CODE)
     scores: array[float] = array("d")
     documents: list[RerankDocument | None] = []
-    for entry in best:  # (-score, index) pairs are unique: a document is never compared
-        scores.append(-entry[0])
-        indices.append(entry[1])
+    # (-score, index) pairs are unique: a document is never compared. Copied out in chunks,
+    # each in a few passes in C.
+    while chunk := list(islice(best, _MERGED_AT_ONCE)):
+        scores.extend(map(neg, map(_FIRST, chunk)))
+        indices.extend(map(_SECOND, chunk))
         if echoed:
-            documents.append(entry[2])
+            documents.extend(map(_THIRD, chunk))
     return _finished(_ranked(indices, scores, documents if echoed else None), request)
 
 
@@ -473,7 +494,8 @@ def assembled(
     """An instance of pydantic model `cls` from state that is already valid, as `model_copy`
     builds one: for the framework objects an adapter returns on every call (one per document),
     where validating again or `model_copy`'s generic copying is most of the adapter's own cost.
-    `fields_set` becomes the instance's own: pass a fresh set."""
+    `fields_set` becomes the instance's own: pass a fresh set, or one that already names every
+    field (pydantic adds a field's name on assignment, which then changes nothing)."""
     instance = _new(cls)
     _set(instance, "__dict__", state)
     _set(instance, "__pydantic_fields_set__", fields_set)
@@ -484,13 +506,11 @@ def assembled(
 
 def copied(model: _M, **updates: Any) -> _M:
     """`model.model_copy(update=updates)` (a shallow copy with some fields replaced), cheaper."""
-    state = model.__dict__.copy()
-    state.update(updates)
+    # `assembled`, inlined: adapters copy one object per document of every call.
+    instance = _new(type(model))
+    _set(instance, "__dict__", {**model.__dict__, **updates})
+    _set(instance, "__pydantic_fields_set__", model.__pydantic_fields_set__ | updates.keys())
     extra, private = model.__pydantic_extra__, model.__pydantic_private__
-    return assembled(
-        type(model),
-        state,
-        model.__pydantic_fields_set__ | updates.keys(),
-        None if extra is None else extra.copy(),
-        None if private is None else private.copy(),
-    )
+    _set(instance, "__pydantic_extra__", None if extra is None else extra.copy())
+    _set(instance, "__pydantic_private__", None if private is None else private.copy())
+    return instance

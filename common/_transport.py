@@ -298,7 +298,7 @@ class AsyncPool:
     `httpx.AsyncClient` is still used through httpx.
     """
 
-    __slots__ = ("_proxy", "_proxy_auth", "session")
+    __slots__ = ("_proxy", "_proxy_auth", "_targets", "session")
 
     def __init__(
         self,
@@ -309,6 +309,7 @@ class AsyncPool:
         limits: httpx.Limits,
     ) -> None:
         proxy = _environment_proxy(url)
+        self._targets: dict[httpx.URL, str] = {}
         self._proxy = None if proxy is None else str(proxy.url)
         self._proxy_auth = (
             None if proxy is None or proxy.auth is None else aiohttp.BasicAuth(*proxy.auth)
@@ -334,11 +335,14 @@ class AsyncPool:
         return self.session.closed
 
     def post(
-        self, url: str, body: bytes | AsyncIterator[bytes], length: int | None
+        self, url: httpx.URL, body: bytes | AsyncIterator[bytes], length: int | None
     ) -> aiohttp.client._RequestContextManager:
         """Send `body` (its `length` stated when it goes in pieces, not chunked)."""
+        target = self._targets.get(url)
+        if target is None:
+            target = self._targets[url] = str(url)
         return self.session.post(
-            url,
+            target,
             data=body,
             headers=None if length is None else {"Content-Length": str(length)},
             proxy=self._proxy,

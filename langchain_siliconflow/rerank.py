@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 from langchain_core.callbacks import (
@@ -113,8 +114,10 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
             raise InvalidRequestError(
                 f"documents must be a sequence of Documents, got {type(documents).__name__}"
             )
-        items: list[DocumentItem] = []
         plain = self.document_to_item is None
+        if plain and _plain(documents):
+            return list(map(_PAGE_CONTENT, documents))  # the common case, in a few passes in C
+        items: list[DocumentItem] = []
         for position, document in enumerate(documents):
             if plain and type(document) is Document and not _MEDIA_KEYS & document.metadata.keys():
                 items.append(document.page_content)  # the common case, in one step
@@ -206,7 +209,7 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
         response = self._sync().rerank(
             query, items, **self._rerank_options(self.top_n if top_n == -1 else top_n)
         )
-        self._usage_report(response)
+        self._log_usage(response)
         return self._results(response)
 
     def compress_documents(
@@ -229,9 +232,10 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
             response = self._sync().rerank(query, items, **self._rerank_options(self.top_n))
         except SERVICE_ERRORS as error:
             return self._passed_through(documents, error)
-        report = self._usage_report(response)
+        self._log_usage(response)
         manager = _callback_manager(callbacks)
         if manager.handlers:
+            report = self._usage_report(response)
             manager.on_custom_event(USAGE_EVENT, report, run_id=manager.parent_run_id)
         return self._scored(documents, response)
 
@@ -251,7 +255,7 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
         response = await self._async().rerank(
             query, items, **self._rerank_options(self.top_n if top_n == -1 else top_n)
         )
-        self._usage_report(response)
+        self._log_usage(response)
         return self._results(response)
 
     async def acompress_documents(
@@ -268,9 +272,10 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
             response = await self._async().rerank(query, items, **self._rerank_options(self.top_n))
         except SERVICE_ERRORS as error:
             return self._passed_through(documents, error)
-        report = self._usage_report(response)
+        self._log_usage(response)
         async_manager = _async_callback_manager(callbacks)
         if async_manager.handlers:
+            report = self._usage_report(response)
             await async_manager.on_custom_event(
                 USAGE_EVENT, report, run_id=async_manager.parent_run_id
             )
@@ -278,6 +283,15 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
 
 
 _MEDIA_KEYS = frozenset({"image", "video"})
+_PAGE_CONTENT = attrgetter("page_content")
+_METADATA = attrgetter("metadata")
+
+
+def _plain(documents: Sequence[object]) -> bool:
+    """Whether every document is a plain `Document` whose metadata names no media."""
+    return set(map(type, documents)) == {Document} and all(
+        map(_MEDIA_KEYS.isdisjoint, map(_METADATA, documents))
+    )
 
 
 def _callback_manager(callbacks: Callbacks | None) -> CallbackManager:

@@ -8,6 +8,7 @@ import contextlib
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -160,6 +161,9 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
             raise InvalidRequestError("query_bundle must be a QueryBundle with a string query_str")
         if not isinstance(nodes, list):
             raise InvalidRequestError(f"nodes must be a list, got {type(nodes).__name__}")
+        texts = _plain_texts(nodes)
+        if texts is not None:
+            return self._query_item(query_bundle), texts
         items = []
         for position, node in enumerate(nodes):
             if type(node) is not NodeWithScore and not isinstance(node, NodeWithScore):
@@ -214,6 +218,7 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
     def _finish(
         self, nodes: list[NodeWithScore], response: RerankResponse, outcome: _Outcome
     ) -> list[NodeWithScore]:
+        self._log_usage(response)
         if outcome.observed:
             report = self._usage_report(response)
             dispatcher.event(
@@ -346,6 +351,28 @@ def _marked_copy(node: BaseNode, key: str, value: Any) -> BaseNode:
     )
 
 
+_INNER = attrgetter("node")
+_METADATA = attrgetter("metadata")
+_TEXT = attrgetter("text")
+
+
+def _plain_texts(nodes: list[NodeWithScore]) -> list[DocumentItem] | None:
+    """The texts of `nodes` when each is a plain `TextNode` without metadata (what
+    `get_content()` returns for it), checked in a few passes in C; else None."""
+    if set(map(type, nodes)) != {NodeWithScore}:
+        return None
+    inner = list(map(_INNER, nodes))
+    if set(map(type, inner)) != {TextNode} or any(map(_METADATA, inner)):
+        return None
+    return list(map(_TEXT, inner))
+
+
+_EVERY_FIELD = {"node", "score"}
+
+
 def _scored(node: BaseNode, score: float | None) -> NodeWithScore:
-    """`NodeWithScore(node=node, score=score)` without re-validating a node we just built."""
-    return assembled(NodeWithScore, {"node": node, "score": score}, {"node", "score"})
+    """`NodeWithScore(node=node, score=score)` without re-validating a node we just built.
+
+    Its fields-set is one set shared by every result: it names both fields, so setting either
+    (which adds the name) leaves it as it is; one object less per node for the collector."""
+    return assembled(NodeWithScore, {"node": node, "score": score}, _EVERY_FIELD)

@@ -120,6 +120,25 @@ def test_deepcopy_works_and_keeps_working():
 # -- postprocessing -----------------------------------------------------------------------------
 
 
+def test_each_result_can_be_changed_alone(postprocess):
+    # Results share nothing a caller can change: rescoring or editing one leaves the others,
+    # and the input, as they were.
+    nodes = text_nodes("a", "b", "c")
+    plain = [NodeWithScore(node=TextNode(text=t, id_=f"p{i}")) for i, t in enumerate("xyz")]
+    for given in (nodes, plain):
+        scores = [n.score for n in given]
+        out = postprocess(mocked(Recorder(0.3, 0.2, 0.1)), given, "query")
+        out[0].score = 5.0
+        out[0].node.metadata["mine"] = True
+        out[0].node.excluded_llm_metadata_keys.append("mine")
+        assert [n.score for n in out] == [5.0, 0.2, 0.1]
+        assert all("mine" not in n.node.metadata for n in [*out[1:], *given])
+        assert all("mine" not in n.node.excluded_llm_metadata_keys for n in [*out[1:], *given])
+        assert out[1].model_fields_set == {"node", "score"}
+        assert out[1].node.model_fields_set >= {"metadata"}
+        assert [n.score for n in given] == scores
+
+
 def test_nodes_are_scored_copies_best_first(postprocess):
     recorder = Recorder(0.2, 0.9, 0.5, 0.9)
     reranker = mocked(recorder, top_n=3)

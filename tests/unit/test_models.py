@@ -83,7 +83,11 @@ def answer(results: list[tuple[int, float]], **extra: object) -> bytes:
 
 
 @pytest.mark.parametrize("top_n", [None, 1, 7, 40])
-def test_merged_batches_rank_as_one_sort_would(top_n):
+@pytest.mark.parametrize("how", ["sorted at once", "k-way merge"])
+def test_merged_batches_rank_as_one_sort_would(top_n, how, monkeypatch):
+    if how == "k-way merge":  # the path of very long answers
+        monkeypatch.setattr("siliconflow_rerank._models._SORTED_AT_ONCE", 0)
+        monkeypatch.setattr("siliconflow_rerank._models._MERGED_AT_ONCE", 3)
     # Scores drawn from a few values: many ties, which must fall in index order across batches.
     chance = random.Random(7)
     documents = [f"doc {i}" for i in range(40)]
@@ -102,7 +106,10 @@ def test_merged_batches_rank_as_one_sort_would(top_n):
     assert [s for _, s in ranked.pairs()] == [scores[i] for i in expected]
 
 
-def test_merged_batches_keep_each_document_with_its_result():
+@pytest.mark.parametrize("how", ["sorted at once", "k-way merge"])
+def test_merged_batches_keep_each_document_with_its_result(how, monkeypatch):
+    if how == "k-way merge":
+        monkeypatch.setattr("siliconflow_rerank._models._SORTED_AT_ONCE", 0)
     documents = ["a", "b", "c", "d"]
     request = build_request("q", documents, model=MODEL, return_documents=True)
     the_plan = plan(request, batch_size=2, cache=None, base_url="http://x/v1")
