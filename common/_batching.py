@@ -17,7 +17,7 @@ from ._models import (
 )
 from ._request import RerankRequest, check_sendable, subset
 
-__all__ = ["Assembly", "Batch", "Plan", "merge_usage", "name_batch", "plan"]
+__all__ = ["Assembly", "Batch", "Plan", "UsageSum", "merge_usage", "name_batch", "plan"]
 
 
 @dataclass(frozen=True)
@@ -94,29 +94,50 @@ def plan(
     return Plan(request, batches, known, keys)
 
 
-def _sum(values: Sequence[int | None]) -> int | None:
-    present = [v for v in values if v is not None]
-    return sum(present) if present else None
+_COUNTS = ("input_tokens", "output_tokens", "image_tokens", "total_tokens")
+
+
+class UsageSum:
+    """The usage of a call's requests, summed as their answers come in: counts, not models (a
+    `Usage` per answer cost about 10 µs); a field stays None where no answer reported it."""
+
+    def __init__(self) -> None:
+        self._first: Usage | None = None
+        self._counts: dict[str, int] = {}
+        self._billed: dict[str, int] | None = None
+        self._parts = 0
+
+    def add(self, usage: Usage | None) -> None:
+        if usage is None:
+            return
+        self._parts += 1
+        self._first = self._first or usage
+        counts = self._counts
+        for name in _COUNTS:
+            value = getattr(usage, name)
+            if value is not None:
+                counts[name] = counts.get(name, 0) + value
+        if usage.billed_units is not None:
+            billed = self._billed = self._billed or {}
+            for name in BilledUnits.model_fields:
+                value = getattr(usage.billed_units, name)
+                if value is not None:
+                    billed[name] = billed.get(name, 0) + value
+
+    def total(self) -> Usage | None:
+        """The summed usage; one answer's own when only one reported any."""
+        if self._parts <= 1:
+            return self._first
+        billed = None if self._billed is None else BilledUnits(**self._billed)
+        return Usage(**self._counts, billed_units=billed)
 
 
 def merge_usage(usages: Sequence[Usage | None]) -> Usage | None:
     """Sum the usage of a call's requests (None where no request reported any)."""
-    parts = [u for u in usages if u is not None]
-    if not parts:
-        return None
-    if len(parts) == 1:
-        return parts[0]
-    billed = [u.billed_units for u in parts if u.billed_units is not None]
-    billed_units = None
-    if billed:
-        billed_units = BilledUnits(
-            **{name: _sum([getattr(b, name) for b in billed]) for name in BilledUnits.model_fields}
-        )
-    counts = {
-        name: _sum([getattr(u, name) for u in parts])
-        for name in ("input_tokens", "output_tokens", "image_tokens", "total_tokens")
-    }
-    return Usage(**counts, billed_units=billed_units)
+    total = UsageSum()
+    for usage in usages:
+        total.add(usage)
+    return total.total()
 
 
 class Assembly:
@@ -132,7 +153,7 @@ class Assembly:
         self._parts: list[tuple[RankedResults, Sequence[int]] | None] = [None] * len(
             the_plan.batches
         )
-        self._usage: Usage | None = None
+        self._usage = UsageSum()
         self._trace_ids: list[str | None] = [None] * len(the_plan.batches)
         self._whole: RerankResponse | None = None
         self._id: str | None = None
@@ -150,7 +171,7 @@ class Assembly:
             pairs = list(response.results.pairs())
             self._cache._store_keys([keys[positions[i]] for i, _ in pairs], [s for _, s in pairs])
         self._parts[number] = (response.results, positions)
-        self._usage = merge_usage([self._usage, response.usage])
+        self._usage.add(response.usage)
         self._trace_ids[number] = response.trace_id
         if number == 0:
             self._id, self._model = response.id, response.model
@@ -174,7 +195,7 @@ class Assembly:
         return RerankResponse(
             id=self._id,
             results=merged(parts, request),
-            usage=self._usage,
+            usage=self._usage.total(),
             trace_id=",".join(trace_ids) or None,
             model=self._model,
         )

@@ -942,38 +942,43 @@ class AsyncSiliconFlowClient(_BaseClient):
         collect: Callable[[int, _Answer], object],
     ) -> None:
         """Run `jobs` as in `SiliconFlowClient._fan_out`, as tasks."""
-        if len(jobs) <= 1:  # the common case: no tasks, no semaphore
+        if len(jobs) <= 1:  # the common case: no task
             for position, job in enumerate(jobs):
                 collect(position, await job())
                 if on_progress is not None:
                     on_progress(1, 1)
             return
-        gate = asyncio.Semaphore(self.max_concurrency)
+        # A sliding window of tasks, as the sync client keeps one of threads: at most
+        # max_concurrency tasks exist at once, and each is dropped once its answer is collected
+        # (a task per request up front cost O(n) callbacks per completion).
+        waiting = iter(enumerate(jobs))
+        running: dict[asyncio.Future[_Answer], int] = {}
 
-        async def one(job: Callable[[], Awaitable[_Answer]]) -> _Answer:
-            async with gate:
-                return await job()
+        def start_next() -> None:
+            position, job = next(waiting, (-1, None))
+            if job is not None:
+                running[asyncio.ensure_future(job())] = position
 
-        # Each task is dropped once its answer is collected: answers are not held to the end.
-        positions: dict[asyncio.Future[_Answer], int] = {
-            asyncio.ensure_future(one(job)): i for i, job in enumerate(jobs)
-        }
-        pending: set[asyncio.Future[_Answer]] = set(positions)
+        for _ in range(min(self.max_concurrency, len(jobs))):
+            start_next()
         finished = 0
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    answer = task.result()  # the first failure fails the call
-                    collect(positions.pop(task), answer)
+            while running:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                ended = sorted((running.pop(task), task) for task in done)
+                for _, task in ended:
+                    task.exception()  # each failure is seen (the first one is raised below)
+                for position, task in ended:
+                    collect(position, task.result())  # the first failure fails the call
                     finished += 1
                     if on_progress is not None:
                         on_progress(finished, len(jobs))
+                    start_next()
         finally:
-            for task in pending:
+            for task in running:
                 task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Close the connection pool this client created on the running event loop (a borrowed

@@ -7,7 +7,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pydantic_core
 
@@ -166,11 +166,15 @@ def build_request(
         )
     if len(documents) == 0:
         raise InvalidRequestError("documents must hold at least one document")
-    # Plain strings, by far the common case, skip the call and the label it would format.
-    wire_documents = [
-        item if type(item) is str else normalize_item(item, f"documents[{i}]")
-        for i, item in enumerate(documents)
-    ]
+    # Plain strings, by far the common case, are copied in one pass in C; other items are
+    # normalized one by one.
+    if set(map(type, documents)) == {str}:
+        wire_documents = cast("list[WireItem]", list(documents))  # strings: items as they are
+    else:
+        wire_documents = [
+            item if type(item) is str else normalize_item(item, f"documents[{i}]")
+            for i, item in enumerate(documents)
+        ]
 
     options = validate_options(
         model,
@@ -284,7 +288,10 @@ def subset(
         positions: Indices into `request.documents`, in the order to send them.
         top_n: Keep asking for the best `top_n` (fitted to the subset); False asks for every score.
     """
-    documents = [request.documents[i] for i in positions]
+    if isinstance(positions, range) and positions.step == 1:  # a batch of a list: a slice
+        documents = request.documents[positions.start : positions.stop]
+    else:
+        documents = list(map(request.documents.__getitem__, positions))
     body = {**request.body, "documents": documents}
     body.pop("top_n", None)
     fitted = None
