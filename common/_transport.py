@@ -47,35 +47,27 @@ def translate_transport_errors() -> Iterator[None]:
         if own is not None:
             raise own from None
         raise _transport_error(error) from error
-    except _HTTPCORE_ERRORS as error:
-        # The sync pool's errors (httpcore's, used directly), mapped as httpx maps them.
+    except _POOL_ERRORS as error:
+        # The own pools' errors: httpcore's (sync) and aiohttp's (async), malformed answers among
+        # them (a bad status line or chunk size, conflicting lengths, oversized headers).
         own = _raised_by_the_body(error)
         if own is not None:
             raise own from None
-        if isinstance(error, httpcore.TimeoutException):
-            raise APITimeoutError(f"request timed out ({type(error).__name__}): {error}") from error
-        raise APIConnectionError(
-            f"connection failed ({type(error).__name__}): {error or 'no details'}"
-        ) from error
-    except aiohttp.ClientError as error:
-        # The async pool's errors, malformed answers among them (a bad status line or chunk size,
-        # conflicting lengths, oversized headers).
-        own = _raised_by_the_body(error)
-        if own is not None:
-            raise own from None
-        if isinstance(error, aiohttp.ServerTimeoutError):
+        if isinstance(error, _POOL_TIMEOUTS):
             raise APITimeoutError(f"request timed out ({type(error).__name__}): {error}") from error
         raise APIConnectionError(
             f"connection failed ({type(error).__name__}): {error or 'no details'}"
         ) from error
 
 
-_HTTPCORE_ERRORS = (
+_POOL_TIMEOUTS = (httpcore.TimeoutException, aiohttp.ServerTimeoutError)
+_POOL_ERRORS = (
     httpcore.TimeoutException,
     httpcore.NetworkError,
     httpcore.ProtocolError,
     httpcore.ProxyError,
     httpcore.UnsupportedProtocol,
+    aiohttp.ClientError,
 )
 
 
