@@ -33,10 +33,9 @@ class Batch:
     cut: bool = True
     """Whether the batch asks for the call's `top_n` (fitted to it) rather than every score."""
 
-    @property
     def request(self) -> RerankRequest:
-        """The request to send, built anew when asked for: a call split in many batches holds
-        the body of the batches in flight only, never all of them."""
+        """The request to send, built anew at each call (so, once, when the batch is sent): a
+        call split in many batches holds the bodies of the batches in flight only."""
         if not self.split:
             return self.call
         return subset(self.call, self.positions, top_n=self.cut)

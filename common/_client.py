@@ -648,7 +648,8 @@ class SiliconFlowClient(_BaseClient):
 
     def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
         try:
-            return self._send(self._url, batch.request, _rerank_reader(batch.request))
+            request = batch.request()
+            return self._send(self._url, request, _rerank_reader(request))
         except SiliconFlowError as error:
             raise _name_rerank_batch(error, batch, total) from error.__cause__
 
@@ -925,7 +926,8 @@ class AsyncSiliconFlowClient(_BaseClient):
 
     async def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
         try:
-            return await self._send(self._url, batch.request, _rerank_reader(batch.request))
+            request = batch.request()
+            return await self._send(self._url, request, _rerank_reader(request))
         except SiliconFlowError as error:
             raise _name_rerank_batch(error, batch, total) from error.__cause__
 

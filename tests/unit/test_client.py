@@ -702,9 +702,9 @@ def test_a_batched_call_never_encodes_the_whole_list():
     assert [len(b.positions) for b in the_plan.batches] == [128, 128, 44]
     assert "content" not in request.__dict__  # the unbatched body was never built
     for batch in the_plan.batches:
-        content = batch.request.content
+        content = batch.request().content
         assert isinstance(content, bytes)
-        assert json.loads(content)["documents"] == batch.request.body["documents"]
+        assert json.loads(content)["documents"] == batch.request().body["documents"]
 
 
 def test_text_that_cannot_be_sent_fails_a_batched_call_before_any_request(make_runner):

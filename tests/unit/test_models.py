@@ -96,7 +96,7 @@ def test_merged_batches_rank_as_one_sort_would(top_n, how, monkeypatch):
     the_plan = plan(request, batch_size=6, cache=None, base_url="http://x/v1")
     parts = []
     for batch in reversed(the_plan.batches):  # merged in any order
-        sent = batch.request
+        sent = batch.request()
         mine = [(i, scores[p]) for i, p in enumerate(batch.positions)]
         chance.shuffle(mine)  # the server's order does not matter either
         parts.append((parse(answer(mine), sent, trace_id=None).results, batch.positions))
@@ -127,7 +127,7 @@ def test_merged_batches_keep_each_document_with_its_result(how, monkeypatch):
             for i, s in local
         ]
         content = json.dumps({"results": results}).encode()
-        parts.append((parse(content, batch.request, trace_id=None).results, batch.positions))
+        parts.append((parse(content, batch.request(), trace_id=None).results, batch.positions))
     ranked = merged(parts, request)
     assert [(r.index, r.document.text if r.document else None) for r in ranked] == [
         (1, "b"),
@@ -145,7 +145,7 @@ def test_an_assembly_keeps_each_answers_results_but_not_the_answer():
     for batch in the_plan.batches:
         usage = {"input_tokens": 5}
         content = answer([(0, 0.5), (1, 0.25 * batch.number)], id=f"r{batch.number}", usage=usage)
-        response = parse(content, batch.request, trace_id=f"t{batch.number}")
+        response = parse(content, batch.request(), trace_id=f"t{batch.number}")
         gone.append(weakref.ref(response))
         assembly.add(batch.number, response)
         del response
@@ -163,6 +163,8 @@ def test_an_assembly_refuses_to_answer_before_every_batch_is_in():
     request = build_request("q", ["a", "b", "c"], model=MODEL)
     the_plan = plan(request, batch_size=2, cache=None, base_url="http://x/v1")
     assembly = Assembly(the_plan, None)
-    assembly.add(0, parse(answer([(0, 0.5), (1, 0.4)]), the_plan.batches[0].request, trace_id=None))
+    assembly.add(
+        0, parse(answer([(0, 0.5), (1, 0.4)]), the_plan.batches[0].request(), trace_id=None)
+    )
     with pytest.raises(ValueError, match="missing"):
         assembly.answer()
