@@ -168,3 +168,18 @@ def test_an_assembly_refuses_to_answer_before_every_batch_is_in():
     )
     with pytest.raises(ValueError, match="missing"):
         assembly.answer()
+
+
+@pytest.mark.parametrize("how", ["sorted at once", "k-way merge"])
+def test_a_merge_of_fewer_results_than_top_n_holds_just_those(how, monkeypatch):
+    if how == "k-way merge":
+        monkeypatch.setattr("siliconflow_rerank._models._SORTED_AT_ONCE", 0)
+    request = build_request("q", [f"doc {i}" for i in range(6)], model=MODEL, top_n=5)
+    the_plan = plan(request, batch_size=3, cache=None, base_url="http://x/v1")
+    # A server that answers fewer results than each batch's top_n (3) asked for.
+    parts = [
+        (parse(answer([(2, 0.4)]), batch.request(), trace_id=None).results, batch.positions)
+        for batch in the_plan.batches
+    ]
+    ranked = merged(parts, request)
+    assert list(ranked.pairs()) == [(2, 0.4), (5, 0.4)]
