@@ -92,6 +92,9 @@ def clean_heap() -> None:
 
 OVERHEAD_CALLS = 40
 OVERHEAD_ROUNDS = RUNS * 5
+CONCURRENCY_ROUNDS = RUNS * 3
+"""Rounds of the concurrency and large-list CPU sections: this machine's speed drifts by a third
+over tens of seconds, and with 7 rounds one slow stretch could move a median by a fifth."""
 
 Timing = dict[str, float]
 """A contender's medians: `wall` and `cpu` (client process CPU), per call or per run."""
@@ -267,7 +270,7 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
         cpus: dict[str, list[float]] = {name: [] for name in contenders}
         for call in contenders.values():  # warm up: every pool full before anything is timed
             await asyncio.gather(*(call() for _ in range(count)))
-        for _ in range(RUNS):
+        for _ in range(CONCURRENCY_ROUNDS):
             for name, call in contenders.items():  # interleaved, so drift hits everyone alike
                 clean_heap()
                 wall, cpu = time.perf_counter(), time.process_time()
@@ -387,7 +390,7 @@ def bench_batch_cpu(base_url: str, count: int = 10_000) -> dict[str, float]:
         "core, batched": lambda: batched.rerank(QUERY, documents),
         "core async, batched": lambda: loop.run_until_complete(abatched.rerank(QUERY, documents)),
     }
-    walls, cpus = _rounds(contenders, RUNS)
+    walls, cpus = _rounds(contenders, CONCURRENCY_ROUNDS)
     raw.close()
     unbatched.close()
     batched.close()
@@ -772,6 +775,7 @@ def write_report(results: dict[str, Any]) -> None:
     lines += _table(
         "2. Concurrency (200 concurrent reranks of 20 documents, server answers after 100 ms)",
         ["contender", "seconds", "× floor", "client CPU µs per call"],
+        note=f"Median of {CONCURRENCY_ROUNDS} interleaved rounds (the sync rows: {RUNS}).",
     )
     concurrency = results["concurrency"]
     floor = concurrency["raw asyncio sockets (floor)"]["wall"]
@@ -792,6 +796,7 @@ def write_report(results: dict[str, Any]) -> None:
     lines += _table(
         "3b. Large lists, the client's cost (10,000 short documents, instant server)",
         ["measure", "value"],
+        note=f"Median of {CONCURRENCY_ROUNDS} interleaved rounds.",
     )
     lines += [f"| {name} | {v:.2f} |" for name, v in results["batch_cpu"].items()]
 
