@@ -284,20 +284,23 @@ def usage_from(tokens: Any, billed: Any = None) -> Usage | None:
     if not tokens and not billed:
         return None
     counts = dict(tokens or {})
-    for ours, openai_name in (
-        ("input_tokens", "prompt_tokens"),
-        ("output_tokens", "completion_tokens"),
-    ):
-        if ours not in counts and openai_name in counts:
-            counts[ours] = counts[openai_name]
+    if "prompt_tokens" in counts or "completion_tokens" in counts:  # OpenAI's names
+        for ours, openai_name in (
+            ("input_tokens", "prompt_tokens"),
+            ("output_tokens", "completion_tokens"),
+        ):
+            if ours not in counts and openai_name in counts:
+                counts[ours] = counts[openai_name]
     if counts.get("total_tokens") is None:
         # Summed before validation (one model built, not two); a count of the wrong type is
         # left for the validation to name.
-        parts = [counts.get(name) for name in ("input_tokens", "output_tokens", "image_tokens")]
-        if any(part is not None for part in parts) and all(
-            part is None or type(part) is int for part in parts
-        ):
-            counts["total_tokens"] = sum(part or 0 for part in parts)
+        present = [
+            part
+            for part in map(counts.get, ("input_tokens", "output_tokens", "image_tokens"))
+            if part is not None
+        ]
+        if present and all(type(part) is int for part in present):
+            counts["total_tokens"] = sum(present)
     return Usage.model_validate({**counts, "billed_units": billed})
 
 
@@ -329,6 +332,7 @@ def read_answer(
         raise invalid_answer(problem, content, trace_id) from None
 
 
+_EVERY_RESPONSE_FIELD = set(RerankResponse.model_fields)
 _INDEX = itemgetter("index")
 _SCORE = itemgetter("relevance_score")
 _FIRST = itemgetter(0)
@@ -375,14 +379,16 @@ def parse(content: bytes, request: RerankRequest, *, trace_id: str | None) -> Re
     if max(map(len, results), default=0) > 2:
         by_index = {result["index"]: result.get("document") for result in results}
         documents = _echoed([by_index[index] for index in indices])
-    ranked = _ranked(indices, scores, documents)
-    return RerankResponse(
-        id=wire.get("id"),
-        results=_finished(ranked, request),
-        usage=usage,
-        trace_id=trace_id,
-        model=wire.get("model"),
-    )
+    ranked = _finished(_ranked(indices, scores, documents), request)
+    # Every value was checked above: the model is built as `model_copy` builds one.
+    state = {
+        "id": wire.get("id"),
+        "results": ranked,
+        "usage": usage,
+        "trace_id": trace_id,
+        "model": wire.get("model"),
+    }
+    return assembled(RerankResponse, state, _EVERY_RESPONSE_FIELD)
 
 
 def _find_bad_index(indices: list[int], count: int, content: bytes, trace_id: str | None) -> None:
