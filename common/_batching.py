@@ -140,7 +140,8 @@ def merge_usage(usages: Sequence[Usage | None]) -> Usage | None:
 
 
 class Assembly:
-    """The answer to one call, gathered as the answers to its requests come in (in any order).
+    """The answer to a call of several requests (or cached scores), gathered as the answers
+    come in, in any order; a call that is one request of its own needs none.
 
     Each answer's results (compact) and counts are kept, the answer itself dropped: a call of
     100,000 documents in 782 batches held 2.2 MB of response models until the last one came.
@@ -154,15 +155,11 @@ class Assembly:
         )
         self._usage = UsageSum()
         self._trace_ids: list[str | None] = [None] * len(the_plan.batches)
-        self._whole: RerankResponse | None = None
         self._id: str | None = None
         self._model: str | None = None
 
     def add(self, number: int, response: RerankResponse) -> None:
         """Take the answer to batch `number`; fresh scores go into the cache."""
-        if self._plan.whole:
-            self._whole = response  # the call's own request: its answer is the call's
-            return
         the_plan = self._plan
         positions = the_plan.batches[number].positions
         keys = the_plan.cache_keys
@@ -182,10 +179,8 @@ class Assembly:
         Raises:
             ValueError: An answer is missing.
         """
-        if self._whole is not None:
-            return self._whole
         parts = [part for part in self._parts if part is not None]
-        if len(parts) != len(self._parts) or self._plan.whole:
+        if len(parts) != len(self._parts):
             raise ValueError("an answer to one of the call's requests is missing")
         request = self._plan.request
         if self._plan.known:
