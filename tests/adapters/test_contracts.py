@@ -84,7 +84,9 @@ def rank(reranker: Any, texts: list[str], query: str, asynchronous: bool) -> lis
 
 @pytest.mark.parametrize("adapter_class", RERANKERS)
 async def test_hundred_concurrent_calls_overlap(adapter_class, emulator):
-    emulator.latency = 0.3
+    # Each answer waits long enough for all 100 requests to arrive, even on a loaded machine
+    # (with 0.3 s, one run with two suites on two cores saw 95 at once).
+    emulator.latency = 1.0
     reranker = adapter_class(api_key=KEY, base_url=emulator.base_url)
     results = await asyncio.gather(*(arank(reranker, CORPUS, f"apple {i}") for i in range(100)))
     await reranker.aclose()
