@@ -307,7 +307,11 @@ class _InRedis:
     _arguments: dict[str, Any]
     _redis: _RedisValues
 
-    def _keep_in_redis(self, url: str, ttl: float | None, name: str, timeout: float) -> None:
+    def __init__(
+        self, url: str, *, ttl: float | None = 86_400.0, name: str = "default", timeout: float = 0.5
+    ) -> None:
+        """Describe the cache; Redis is first asked on the first call."""
+        super().__init__()  # the in-memory cache's own state (its counters)
         self._arguments = {"url": url, "ttl": ttl, "name": name, "timeout": timeout}
         self._redis = _RedisValues(url, ttl, name, self._kind, timeout)
 
@@ -321,13 +325,6 @@ class RedisRerankCache(_InRedis, RerankCache):
     Unreachable Redis means no cache (a WARNING per outage), never a failed call."""
 
     _kind = "scores"
-
-    def __init__(
-        self, url: str, *, ttl: float | None = 86_400.0, name: str = "default", timeout: float = 0.5
-    ) -> None:
-        """Describe the cache; Redis is first asked on the first call."""
-        super().__init__()
-        self._keep_in_redis(url, ttl, name, timeout)
 
     def _lookup_keys(self, keys: Sequence[bytes]) -> list[float | None]:
         found: list[float | None] = []
@@ -348,13 +345,6 @@ class RedisEmbeddingCache(_InRedis, EmbeddingCache):
     cache (a WARNING per outage), never a failed call."""
 
     _kind = "vectors"
-
-    def __init__(
-        self, url: str, *, ttl: float | None = 86_400.0, name: str = "default", timeout: float = 0.5
-    ) -> None:
-        """Describe the cache; Redis is first asked on the first call."""
-        super().__init__()
-        self._keep_in_redis(url, ttl, name, timeout)
 
     def _lookup_keys(self, keys: Sequence[bytes]) -> list[bytes | None]:
         # A packed vector is a whole number of 8-byte floats; anything else is no vector.
