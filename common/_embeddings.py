@@ -36,7 +36,6 @@ __all__ = [
     "EmbeddingResponse",
     "EncodingFormat",
     "assemble_embeddings",
-    "build_embedding_requests",
     "float32_base64",
     "float32_values",
     "merge_embeddings",
@@ -141,25 +140,6 @@ def _check_model(model: str, wire: list[WireItem], dimensions: int | None) -> No
                 )
 
 
-def build_embedding_requests(
-    inputs: str | Sequence[EmbeddingInput],
-    *,
-    model: str,
-    dimensions: int | None = None,
-    encoding_format: EncodingFormat = "base64",
-    batch_size: int,
-) -> list[EmbeddingRequest]:
-    """Check the inputs and options, and cut the call into requests of at most `batch_size`.
-
-    Raises:
-        InvalidRequestError: Any input the API would reject, or an option the (known) model does
-            not take; the message names the input or the option, and the model.
-    """
-    wire = _wire_inputs(inputs)
-    _check_call(wire, model, dimensions, encoding_format, batch_size)
-    return _requests(wire, model, dimensions, encoding_format, batch_size)
-
-
 def _check_call(
     wire: list[WireItem],
     model: str,
@@ -218,10 +198,13 @@ def plan_embeddings(
     cache: EmbeddingCache | None,
     base_url: str,
 ) -> EmbeddingPlan:
-    """Check the call, look up cached vectors, and cut the rest into requests.
+    """Check the inputs and options, look up cached vectors, and cut the rest into requests of
+    at most `batch_size`.
 
     Raises:
-        InvalidRequestError: As `build_embedding_requests`, before any lookup.
+        InvalidRequestError: Any input the API would reject, or an option the (known) model does
+            not take (the message names the input or the option, and the model); before any
+            lookup.
     """
     wire = _wire_inputs(inputs)
     _check_call(wire, model, dimensions, encoding_format, batch_size)
