@@ -8,10 +8,18 @@ import pickle
 import random
 import weakref
 
+import msgspec
 import pytest
 from pydantic import ValidationError
 
-from siliconflow_rerank import RankedResults, RerankDocument, RerankResponse, RerankResult
+from siliconflow_rerank import (
+    RankedResults,
+    RerankDocument,
+    RerankResponse,
+    RerankResult,
+    ResponseValidationError,
+    _models,
+)
 from siliconflow_rerank._batching import Assembly, plan
 from siliconflow_rerank._models import merged, parse
 from siliconflow_rerank._request import build_request
@@ -183,3 +191,109 @@ def test_a_merge_of_fewer_results_than_top_n_holds_just_those(how, monkeypatch):
     ]
     ranked = merged(parts, request)
     assert list(ranked.pairs()) == [(2, 0.4), (5, 0.4)]
+
+
+# -- reading an answer: msgspec for the usual answer, pydantic for the rest ---------------------
+
+
+def _answer(results: list[dict[str, object]], **fields: object) -> bytes:
+    return json.dumps({"id": "a-1", "results": results, **fields}).encode()
+
+
+READ_BOTH_WAYS = {
+    "ranked": _answer([{"index": 1, "relevance_score": 0.9}, {"index": 0, "relevance_score": 0.2}]),
+    "unranked": _answer(
+        [
+            {"index": 0, "relevance_score": 0.2},
+            {"index": 2, "relevance_score": 0.7},
+            {"index": 1, "relevance_score": 0.9},
+        ]
+    ),
+    "tied, out of index order": _answer(
+        [
+            {"index": 2, "relevance_score": 0.5},
+            {"index": 0, "relevance_score": 0.5},
+            {"index": 1, "relevance_score": 0.5},
+        ]
+    ),
+    "integer scores": _answer(
+        [{"index": 0, "relevance_score": 1}, {"index": 1, "relevance_score": 0}]
+    ),
+    "documents echoed": _answer(
+        [
+            {"index": 1, "relevance_score": 0.1, "document": {"text": "b"}},
+            {"index": 0, "relevance_score": 0.3, "document": "a"},
+        ]
+    ),
+    "usage, SiliconFlow's shape": _answer(
+        [{"index": 0, "relevance_score": 0.5}],
+        meta={"tokens": {"input_tokens": 7, "output_tokens": 0}},
+        model="m",
+    ),
+    "usage, OpenAI's names": _answer(
+        [{"index": 0, "relevance_score": 0.5}], usage={"prompt_tokens": 4, "total_tokens": 4}
+    ),
+    "usage, billed units": _answer(
+        [{"index": 0, "relevance_score": 0.5}],
+        meta={"tokens": {"input_tokens": 3}, "billed_units": {"search_units": 1}},
+    ),
+    "usage, an extra count": _answer(
+        [{"index": 0, "relevance_score": 0.5}], tokens={"input_tokens": 3, "cached_tokens": 1}
+    ),
+    "usage, a null count": _answer(
+        [{"index": 0, "relevance_score": 0.5}], tokens={"input_tokens": None, "total_tokens": 2}
+    ),
+    "huge finite scores": _answer(
+        [{"index": 0, "relevance_score": 1.7e308}, {"index": 1, "relevance_score": 1.6e308}]
+    ),
+}
+
+
+@pytest.mark.parametrize("top_n", [None, 1])
+@pytest.mark.parametrize("name", READ_BOTH_WAYS)
+def test_an_answer_reads_the_same_with_or_without_the_fast_reader(name, top_n, monkeypatch):
+    content = READ_BOTH_WAYS[name]
+    count = len(json.loads(content)["results"])  # as many documents as results
+    request = build_request("q", ["a", "b", "c"][:count], model=MODEL, top_n=top_n)
+    fast = parse(content, request, trace_id="t")
+
+    def refuse(content: bytes) -> None:
+        raise msgspec.DecodeError("refused")
+
+    monkeypatch.setattr(_models, "_read_plain", refuse)
+    exact = parse(content, request, trace_id="t")
+    assert fast == exact
+    assert fast.model_dump() == exact.model_dump()
+    assert fast.model_dump(exclude_unset=True) == exact.model_dump(exclude_unset=True)
+    assert fast.usage == exact.usage
+    if fast.usage is not None and exact.usage is not None:
+        assert fast.usage.model_fields_set == exact.usage.model_fields_set
+        assert fast.usage.model_extra == exact.usage.model_extra
+
+
+def test_a_score_past_the_float_range_is_refused_by_name():
+    content = b'{"results": [{"index": 0, "relevance_score": 1e999}]}'
+    with pytest.raises(ResponseValidationError, match=r"results\.0\.relevance_score"):
+        parse(content, build_request("q", ["a"], model=MODEL), trace_id=None)
+
+
+def test_the_fast_reader_reads_the_usual_answer(monkeypatch):
+    # The equivalence above would hold with the fast reader never used; this says it is used.
+    calls: list[bytes] = []
+    reader = _models._read_plain
+
+    def counted(content: bytes) -> object:
+        calls.append(content)
+        return reader(content)
+
+    monkeypatch.setattr(_models, "_read_plain", counted)
+    monkeypatch.setattr(_models, "_read_wire", None)  # the exact reader is not reached
+    response = parse(
+        READ_BOTH_WAYS["usage, SiliconFlow's shape"],
+        build_request("q", ["a"], model=MODEL),
+        trace_id=None,
+    )
+    assert len(calls) == 1
+    assert [(r.index, r.relevance_score) for r in response.results] == [(0, 0.5)]
+    assert response.usage is not None
+    assert response.usage.total_tokens == 7

@@ -107,7 +107,7 @@ def test_installed_core_is_this_package():
     requires = distribution.requires or []
     runtime = [r for r in requires if "extra ==" not in r]
     names = sorted(r.split(">")[0].split("<")[0].strip() for r in runtime)
-    assert names == ["aiohttp", "httpx", "pydantic"]
+    assert names == ["aiohttp", "httpx", "msgspec", "pydantic"]
 
 
 def _python_sources() -> list[Path]:
