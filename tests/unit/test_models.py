@@ -18,10 +18,11 @@ from siliconflow_rerank import (
     RerankResponse,
     RerankResult,
     ResponseValidationError,
+    Usage,
     _models,
 )
 from siliconflow_rerank._batching import Assembly, plan
-from siliconflow_rerank._models import merged, parse
+from siliconflow_rerank._models import merged, parse, usage_from
 from siliconflow_rerank._request import build_request
 
 MODEL = "BAAI/bge-reranker-v2-m3"
@@ -297,3 +298,33 @@ def test_the_fast_reader_reads_the_usual_answer(monkeypatch):
     assert [(r.index, r.relevance_score) for r in response.results] == [(0, 0.5)]
     assert response.usage is not None
     assert response.usage.total_tokens == 7
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        {"input_tokens": 5, "output_tokens": 0},
+        {"input_tokens": 5},
+        {"total_tokens": 9},
+        {"input_tokens": 2, "image_tokens": 3, "total_tokens": 6},
+    ],
+)
+def test_plain_counts_make_the_usage_validation_would(tokens):
+    # Built without validation: the same model, fields-set and extras as validation gives.
+    total = tokens.get("total_tokens", sum(tokens.values()))
+    expected = Usage.model_validate({**tokens, "total_tokens": total, "billed_units": None})
+    got = usage_from(tokens)
+    assert got == expected
+    assert got is not None
+    assert got.model_fields_set == expected.model_fields_set
+    assert got.model_extra == expected.model_extra == {}
+    with pytest.raises(ValidationError):
+        got.input_tokens = 1  # type: ignore[misc]  # frozen, as a validated one is
+
+
+@pytest.mark.parametrize(
+    "tokens", [{"input_tokens": True}, {"input_tokens": 1.5}, {"input_tokens": "3"}]
+)
+def test_counts_of_another_type_are_still_refused(tokens):
+    with pytest.raises(ValidationError):
+        usage_from(tokens)
