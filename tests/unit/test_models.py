@@ -328,3 +328,11 @@ def test_plain_counts_make_the_usage_validation_would(tokens):
 def test_counts_of_another_type_are_still_refused(tokens):
     with pytest.raises(ValidationError):
         usage_from(tokens)
+
+
+def test_a_document_echoed_under_an_escaped_key_is_still_read():
+    content = (
+        b'{"results": [{"index": 0, "relevance_score": 0.5, "\\u0064ocument": {"text": "a"}}]}'
+    )
+    response = parse(content, build_request("q", ["a"], model=MODEL), trace_id=None)
+    assert response.results[0].document == RerankDocument(text="a")
