@@ -20,7 +20,7 @@ from ._request import RerankRequest, check_sendable, subset
 __all__ = ["Assembly", "Batch", "Plan", "UsageSum", "merge_usage", "name_batch", "plan"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Batch:
     """One request of a call: which of the call's documents it carries."""
 
@@ -41,7 +41,7 @@ class Batch:
         return subset(self.call, self.positions, top_n=self.cut)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     """How a call is served: scores already known (cached), and the batches still to send."""
 

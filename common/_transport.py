@@ -37,27 +37,44 @@ __all__ = [
 ]
 
 
-@contextlib.contextmanager
-def translate_transport_errors() -> Iterator[None]:
-    """The one place where transport exceptions become ours."""
-    try:
-        yield
-    except httpx.RequestError as error:
-        own = _raised_by_the_body(error)
-        if own is not None:
-            raise own from None
-        raise _transport_error(error) from error
-    except _POOL_ERRORS as error:
-        # The own pools' errors: httpcore's (sync) and aiohttp's (async), malformed answers among
-        # them (a bad status line or chunk size, conflicting lengths, oversized headers).
-        own = _raised_by_the_body(error)
-        if own is not None:
-            raise own from None
-        if isinstance(error, _POOL_TIMEOUTS):
-            raise APITimeoutError(f"request timed out ({type(error).__name__}): {error}") from error
-        raise APIConnectionError(
-            f"connection failed ({type(error).__name__}): {error or 'no details'}"
-        ) from error
+class _TranslatedErrors:
+    """The one place where transport exceptions become ours (a plain context manager: every
+    attempt enters one, and a generator-based one cost a generator and a wrapper per attempt)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: Any
+    ) -> None:
+        if isinstance(error, httpx.RequestError):
+            own = _raised_by_the_body(error)
+            if own is not None:
+                raise own from None
+            raise _transport_error(error) from error
+        if isinstance(error, _POOL_ERRORS):
+            # The own pools' errors: httpcore's (sync) and aiohttp's (async), malformed answers
+            # among them (a bad status line or chunk size, conflicting lengths, large headers).
+            own = _raised_by_the_body(error)
+            if own is not None:
+                raise own from None
+            if isinstance(error, _POOL_TIMEOUTS):
+                raise APITimeoutError(
+                    f"request timed out ({type(error).__name__}): {error}"
+                ) from error
+            raise APIConnectionError(
+                f"connection failed ({type(error).__name__}): {error or 'no details'}"
+            ) from error
+
+
+_TRANSLATED = _TranslatedErrors()
+
+
+def translate_transport_errors() -> _TranslatedErrors:
+    """A context manager that raises our error for a transport exception raised in it."""
+    return _TRANSLATED
 
 
 _POOL_TIMEOUTS = (httpcore.TimeoutException, aiohttp.ServerTimeoutError)
