@@ -7,6 +7,7 @@ import json
 import pickle
 import random
 import weakref
+from unittest.mock import Mock
 
 import msgspec
 import pytest
@@ -280,21 +281,15 @@ def test_a_score_past_the_float_range_is_refused_by_name():
 
 def test_the_fast_reader_reads_the_usual_answer(monkeypatch):
     # The equivalence above would hold with the fast reader never used; this says it is used.
-    calls: list[bytes] = []
-    reader = _models._read_plain
-
-    def counted(content: bytes) -> object:
-        calls.append(content)
-        return reader(content)
-
-    monkeypatch.setattr(_models, "_read_plain", counted)
+    reader = Mock(wraps=_models._read_plain)
+    monkeypatch.setattr(_models, "_read_plain", reader)
     monkeypatch.setattr(_models, "_read_wire", None)  # the exact reader is not reached
     response = parse(
         READ_BOTH_WAYS["usage, SiliconFlow's shape"],
         build_request("q", ["a"], model=MODEL),
         trace_id=None,
     )
-    assert len(calls) == 1
+    reader.assert_called_once()
     assert [(r.index, r.relevance_score) for r in response.results] == [(0, 0.5)]
     assert response.usage is not None
     assert response.usage.total_tokens == 7
