@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from ._cache import RerankCache, score_key_prefix
 from ._exceptions import SiliconFlowError
@@ -47,7 +47,8 @@ class Plan:
 
     request: RerankRequest
     batches: list[Batch]
-    known: dict[int, float] = field(default_factory=dict)
+    known: Mapping[int, float] | None = None
+    """Scores already known (cached), by document position; None when there are none."""
     cache_keys: list[bytes] | None = None
     """The cache key of each of the call's documents, when a cache is used."""
 

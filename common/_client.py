@@ -92,16 +92,19 @@ ProgressCallback = Callable[[int, int], object]
 
 _Answer = TypeVar("_Answer", RerankResponse, EmbeddingResponse)
 _Request = RerankRequest | EmbeddingRequest
-_Reader = Callable[[bytes, str | None], _Answer]
-"""Parses a 2xx answer body (given its trace id) into the call's answer type."""
+_Sent = TypeVar("_Sent", RerankRequest, EmbeddingRequest)
+_Reader = Callable[[bytes, _Sent, str | None], _Answer]
+"""Parses a 2xx answer body to a request (given its trace id) into the call's answer type."""
 
 
-def _rerank_reader(request: RerankRequest) -> _Reader[RerankResponse]:
-    return lambda content, trace_id: parse(content, request, trace_id=trace_id)
+def _read_rerank(content: bytes, request: RerankRequest, trace_id: str | None) -> RerankResponse:
+    return parse(content, request, trace_id=trace_id)
 
 
-def _embedding_reader(request: EmbeddingRequest) -> _Reader[EmbeddingResponse]:
-    return lambda content, trace_id: parse_embeddings(content, request, trace_id=trace_id)
+def _read_embeddings(
+    content: bytes, request: EmbeddingRequest, trace_id: str | None
+) -> EmbeddingResponse:
+    return parse_embeddings(content, request, trace_id=trace_id)
 
 
 def _name_rerank_batch(error: SiliconFlowError, batch: Batch, total: int) -> SiliconFlowError:
@@ -255,7 +258,8 @@ class _BaseClient:
         status_code: int,
         headers: Mapping[str, str],
         content: bytes,
-        read: _Reader[_Answer],
+        request: _Sent,
+        read: _Reader[_Sent, _Answer],
         booked: Any,
     ) -> _Answer:
         # A server or proxy that echoes the request must not put the key into an error, a log line
@@ -271,7 +275,7 @@ class _BaseClient:
                 base_url=self.base_url,
                 secret=self._api_key.get_secret_value(),
             )
-        parsed = read(content, trace_id)
+        parsed = read(content, request, trace_id)
         if self._limiter is not None and parsed.usage is not None:
             used = parsed.usage.total_tokens or parsed.usage.input_tokens
             if used is not None:
@@ -514,7 +518,7 @@ class SiliconFlowClient(_BaseClient):
         self._owned = self._finalizer = None
         self._threads = None  # the parent's threads do not exist here
 
-    def _send(self, url: httpx.URL, request: _Request, read: _Reader[_Answer]) -> _Answer:
+    def _send(self, url: httpx.URL, request: _Sent, read: _Reader[_Sent, _Answer]) -> _Answer:
         attempt = 0
         while True:
             wait_for, booked = self._reserve(request)
@@ -524,7 +528,7 @@ class SiliconFlowClient(_BaseClient):
             try:
                 with translate_transport_errors():
                     status, headers, content = self._exchange(http, url, request)
-                return self._handle(status, headers, content, read, booked)
+                return self._handle(status, headers, content, request, read, booked)
             except SiliconFlowError as error:
                 if http.is_closed:
                     raise _closed_in_flight(error) from error
@@ -594,7 +598,7 @@ class SiliconFlowClient(_BaseClient):
         )
         the_plan = self._plan(query, documents, options)
         if the_plan.whole:  # one request, no thread hop, nothing to merge
-            response = self._send(self._url, the_plan.request, _rerank_reader(the_plan.request))
+            response = self._send(self._url, the_plan.request, _read_rerank)
             if on_progress is not None:
                 on_progress(1, 1)
             return response
@@ -649,13 +653,13 @@ class SiliconFlowClient(_BaseClient):
     def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
         try:
             request = batch.request()
-            return self._send(self._url, request, _rerank_reader(request))
+            return self._send(self._url, request, _read_rerank)
         except SiliconFlowError as error:
             raise _name_rerank_batch(error, batch, total) from error.__cause__
 
     def _send_embedding(self, request: EmbeddingRequest, total: int) -> EmbeddingResponse:
         try:
-            return self._send(self._embeddings_url, request, _embedding_reader(request))
+            return self._send(self._embeddings_url, request, _read_embeddings)
         except SiliconFlowError as error:
             raise _name_embedding_batch(error, request, total) from error.__cause__
 
@@ -807,7 +811,7 @@ class AsyncSiliconFlowClient(_BaseClient):
         self._pools_lock = threading.Lock()
         self._pools = weakref.WeakKeyDictionary()
 
-    async def _send(self, url: httpx.URL, request: _Request, read: _Reader[_Answer]) -> _Answer:
+    async def _send(self, url: httpx.URL, request: _Sent, read: _Reader[_Sent, _Answer]) -> _Answer:
         attempt = 0
         while True:
             if self._limiter is not None and self._limiter.blocking:  # ask it off the loop
@@ -820,7 +824,7 @@ class AsyncSiliconFlowClient(_BaseClient):
             try:
                 with translate_transport_errors():
                     status, headers, content = await self._exchange(http, url, request)
-                return self._handle(status, headers, content, read, booked)
+                return self._handle(status, headers, content, request, read, booked)
             except SiliconFlowError as error:
                 if http.is_closed:
                     raise _closed_in_flight(error) from error
@@ -836,32 +840,26 @@ class AsyncSiliconFlowClient(_BaseClient):
         """One attempt: the answer's status, headers and body, within the attempt deadline (which
         also bounds an upload the server stopped reading)."""
         deadline = self.attempt_deadline
-        exchange: Awaitable[tuple[int, Mapping[str, str], bytes]]
-        if isinstance(http, AsyncPool):  # the deadline is the pool's own total timeout
-            exchange = self._exchange_on_pool(http, url, request)
-        elif deadline is not None:
-            exchange = _within(deadline, self._exchange_on_httpx(http, url, request))
-        else:
-            exchange = self._exchange_on_httpx(http, url, request)
         try:
-            return await exchange
+            if not isinstance(http, AsyncPool):
+                if deadline is None:
+                    return await self._exchange_on_httpx(http, url, request)
+                return await _within(deadline, self._exchange_on_httpx(http, url, request))
+            # The own pool, here rather than in a coroutine of its own (one object less per call
+            # for the collector): the deadline is the pool's own total timeout.
+            body, length = self._body(request, asynchronous=True)
+            answer = _Body(self.max_response_bytes, None)
+            async with http.post(url, body, length) as response:
+                answer.expect(response.headers)
+                if answer.whole(response.headers):  # stated, within the cap, not compressed
+                    return response.status, response.headers, await response.read()
+                async for piece in response.content.iter_any():
+                    answer.add(piece)
+                return response.status, response.headers, answer.content()
         except (TimeoutError, asyncio.TimeoutError) as error:  # distinct classes before 3.11
             if not is_deadline(error):
                 raise  # one phase's timeout: the caller makes it ours
             raise _past_deadline(deadline or 0.0) from None
-
-    async def _exchange_on_pool(
-        self, pool: AsyncPool, url: httpx.URL, request: _Request
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        body, length = self._body(request, asynchronous=True)
-        answer = _Body(self.max_response_bytes, None)
-        async with pool.post(url, body, length) as response:
-            answer.expect(response.headers)
-            if answer.whole(response.headers):  # stated, within the cap, not compressed
-                return response.status, response.headers, await response.read()
-            async for piece in response.content.iter_any():
-                answer.add(piece)
-            return response.status, response.headers, answer.content()
 
     async def _exchange_on_httpx(
         self, http: httpx.AsyncClient, url: httpx.URL, request: _Request
@@ -895,7 +893,7 @@ class AsyncSiliconFlowClient(_BaseClient):
         the_plan = self._plan(query, documents, options)
         if the_plan.whole:  # one request, no task, nothing to merge
             request = the_plan.request
-            response = await self._send(self._url, request, _rerank_reader(request))
+            response = await self._send(self._url, request, _read_rerank)
             if on_progress is not None:
                 on_progress(1, 1)
             return response
@@ -927,13 +925,13 @@ class AsyncSiliconFlowClient(_BaseClient):
     async def _send_batch(self, batch: Batch, total: int) -> RerankResponse:
         try:
             request = batch.request()
-            return await self._send(self._url, request, _rerank_reader(request))
+            return await self._send(self._url, request, _read_rerank)
         except SiliconFlowError as error:
             raise _name_rerank_batch(error, batch, total) from error.__cause__
 
     async def _send_embedding(self, request: EmbeddingRequest, total: int) -> EmbeddingResponse:
         try:
-            return await self._send(self._embeddings_url, request, _embedding_reader(request))
+            return await self._send(self._embeddings_url, request, _read_embeddings)
         except SiliconFlowError as error:
             raise _name_embedding_batch(error, request, total) from error.__cause__
 

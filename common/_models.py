@@ -488,7 +488,7 @@ def _find_bad_index(indices: list[int], count: int, content: bytes, trace_id: st
         seen.add(index)
 
 
-def from_scores(scores: dict[int, float]) -> RankedResults:
+def from_scores(scores: Mapping[int, float]) -> RankedResults:
     """Known scores by document index, ranked."""
     order = sorted(scores)
     order.sort(key=scores.__getitem__, reverse=True)
