@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ._cache import RerankCache, score_key_prefix
 from ._exceptions import SiliconFlowError
 from ._models import (
+    USAGE_COUNTS,
     BilledUnits,
     RankedResults,
     RerankResponse,
@@ -94,9 +95,6 @@ def plan(
     return Plan(request, batches, known, keys)
 
 
-_COUNTS = ("input_tokens", "output_tokens", "image_tokens", "total_tokens")
-
-
 class UsageSum:
     """The usage of a call's requests, summed as their answers come in: counts, not models (a
     `Usage` per answer cost about 10 µs); a field stays None where no answer reported it."""
@@ -113,7 +111,7 @@ class UsageSum:
         self._parts += 1
         self._first = self._first or usage
         counts = self._counts
-        for name in _COUNTS:
+        for name in USAGE_COUNTS:
             value = getattr(usage, name)
             if value is not None:
                 counts[name] = counts.get(name, 0) + value

@@ -30,6 +30,7 @@ from ._exceptions import ResponseValidationError, excerpt
 from ._request import RerankRequest
 
 __all__ = [
+    "USAGE_COUNTS",
     "BilledUnits",
     "RankedResults",
     "RerankDocument",
@@ -286,12 +287,6 @@ def usage_from(tokens: Any, billed: Any = None) -> Usage | None:
     if not tokens and not billed:
         return None
     counts = dict(tokens or {})
-    if billed is None and counts.keys() <= _COUNTS and set(map(type, counts.values())) <= _INT:
-        # Counts only, each an int, as almost every answer sends them: what validation accepts
-        # unchanged, built without it (it was a fifth of reading a short answer).
-        if "total_tokens" not in counts:
-            counts["total_tokens"] = sum(counts.values())
-        return assembled(Usage, {**_NO_USAGE, **counts}, {*counts, "billed_units"}, extra={})
     if "prompt_tokens" in counts or "completion_tokens" in counts:  # OpenAI's names
         for ours, openai_name in (
             ("input_tokens", "prompt_tokens"),
@@ -302,17 +297,19 @@ def usage_from(tokens: Any, billed: Any = None) -> Usage | None:
     if counts.get("total_tokens") is None:
         # Summed before validation (one model built, not two); a count of the wrong type is
         # left for the validation to name.
-        present = [
-            part
-            for part in map(counts.get, ("input_tokens", "output_tokens", "image_tokens"))
-            if part is not None
-        ]
+        present = [part for part in map(counts.get, USAGE_COUNTS[:-1]) if part is not None]
         if present and all(type(part) is int for part in present):
             counts["total_tokens"] = sum(present)
+    if billed is None and counts.keys() <= _COUNT_NAMES and set(map(type, counts.values())) <= _INT:
+        # Counts only, each an int, as almost every answer sends them: what validation accepts
+        # unchanged, built without it (it was a fifth of reading a short answer).
+        return assembled(Usage, {**_NO_USAGE, **counts}, {*counts, "billed_units"}, extra={})
     return Usage.model_validate({**counts, "billed_units": billed})
 
 
-_COUNTS = {"input_tokens", "output_tokens", "image_tokens", "total_tokens"}
+USAGE_COUNTS = ("input_tokens", "output_tokens", "image_tokens", "total_tokens")
+"""The counts of a `Usage` (the total last), as servers report and calls sum them."""
+_COUNT_NAMES = frozenset(USAGE_COUNTS)
 _INT = {int}
 _NO_USAGE = dict.fromkeys(Usage.model_fields)
 
