@@ -315,8 +315,7 @@ def check_sendable(request: RerankRequest) -> None:
     documents = request.documents
     for start in range(0, len(documents), _CHECKED_AT_ONCE):
         chunk = documents[start : start + _CHECKED_AT_ONCE]
-        texts = [item for item in chunk if type(item) is str]
-        if len(texts) == len(chunk) and _utf8(texts):
+        if _utf8(chunk):
             continue  # the common case: text only, checked in one pass in C
         for position, item in enumerate(chunk, start):
             try:
@@ -326,9 +325,10 @@ def check_sendable(request: RerankRequest) -> None:
     encode_body({**request.body, "documents": []})  # the query and the other fields
 
 
-def _utf8(texts: list[str]) -> bool:
+def _utf8(items: list[WireItem]) -> bool:
+    """Whether `items` are all text that encodes as UTF-8."""
     try:
-        "".join(texts).encode()
-    except UnicodeEncodeError:
+        "".join(items).encode()  # type: ignore[arg-type]  # any item not a string: TypeError
+    except (TypeError, UnicodeEncodeError):
         return False
     return True

@@ -94,7 +94,8 @@ def answer(results: list[tuple[int, float]], **extra: object) -> bytes:
 
 @pytest.mark.parametrize("top_n", [None, 1, 7, 40])
 @pytest.mark.parametrize("how", ["sorted at once", "k-way merge"])
-def test_merged_batches_rank_as_one_sort_would(top_n, how, monkeypatch):
+@pytest.mark.parametrize("arrival", ["in order", "reversed"])
+def test_merged_batches_rank_as_one_sort_would(top_n, how, arrival, monkeypatch):
     if how == "k-way merge":  # the path of very long answers
         monkeypatch.setattr("siliconflow_rerank._models._SORTED_AT_ONCE", 0)
         monkeypatch.setattr("siliconflow_rerank._models._MERGED_AT_ONCE", 3)
@@ -105,7 +106,8 @@ def test_merged_batches_rank_as_one_sort_would(top_n, how, monkeypatch):
     request = build_request("q", documents, model=MODEL, top_n=top_n)
     the_plan = plan(request, batch_size=6, cache=None, base_url="http://x/v1")
     parts = []
-    for batch in reversed(the_plan.batches):  # merged in any order
+    batches = the_plan.batches if arrival == "in order" else the_plan.batches[::-1]
+    for batch in batches:  # merged in any order
         sent = batch.request()
         mine = [(i, scores[p]) for i, p in enumerate(batch.positions)]
         chance.shuffle(mine)  # the server's order does not matter either
