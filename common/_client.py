@@ -7,6 +7,7 @@ import asyncio
 import functools
 import logging
 import os
+import queue
 import sys
 import threading
 import time
@@ -16,11 +17,12 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
     Mapping,
     Sequence,
 )
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -72,6 +74,7 @@ from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._settings import CLIENT_SETTINGS, ClientSettings, check_client_settings, derived_deadline
 from ._transport import (
     AsyncPool,
+    LoopThread,
     SyncPool,
     is_deadline,
     open_async_pool,
@@ -123,6 +126,7 @@ class _BaseClient:
     """Configuration, request building, planning, answer handling and retry decisions, shared."""
 
     def __init__(self, settings: ClientSettings) -> None:
+        self._settings = settings
         self._api_key = resolve_api_key(settings.api_key)
         self.base_url = resolve_base_url(settings.base_url)
         """The API root, without a trailing `/` or `/rerank`."""
@@ -486,6 +490,8 @@ class SiliconFlowClient(_BaseClient):
         self._owned: httpx.Client | SyncPool | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._threads: ThreadPoolExecutor | None = None
+        self._looped: tuple[AsyncSiliconFlowClient, LoopThread] | None = None
+        self._loop_finalizer: weakref.finalize[Any, Any] | None = None
         self._lock = threading.Lock()
 
     __init__.__doc__ = (
@@ -517,6 +523,9 @@ class SiliconFlowClient(_BaseClient):
             self._finalizer.detach()
         self._owned = self._finalizer = None
         self._threads = None  # the parent's threads do not exist here
+        if self._loop_finalizer is not None:
+            self._loop_finalizer.detach()
+        self._looped = self._loop_finalizer = None
 
     def _send(self, url: httpx.URL, request: _Sent, read: _Reader[_Sent, _Answer]) -> _Answer:
         attempt = 0
@@ -602,6 +611,10 @@ class SiliconFlowClient(_BaseClient):
             if on_progress is not None:
                 on_progress(1, 1)
             return response
+        looped = self._on_loop()
+        if looped is not None:
+            twin, loop = looped
+            return self._awaited(loop, functools.partial(twin._assembled, the_plan), on_progress)
         batches, total = the_plan.batches, len(the_plan.batches)
         jobs = [functools.partial(self._send_batch, batch, total) for batch in batches]
         assembly = self._assembly(the_plan)
@@ -644,6 +657,11 @@ class SiliconFlowClient(_BaseClient):
         """
         the_plan = self._embedding_plan(inputs, model, dimensions, encoding_format, batch_size)
         total = len(the_plan.requests)
+        looped = self._on_loop() if total > 1 else None
+        if looped is not None:
+            twin, loop = looped
+            embedded = functools.partial(twin._embedded, the_plan, model)
+            return self._awaited(loop, embedded, on_progress)
         jobs = [functools.partial(self._send_embedding, r, total) for r in the_plan.requests]
         answers: dict[int, EmbeddingResponse] = {}
         self._fan_out(jobs, on_progress, answers.__setitem__)
@@ -705,6 +723,57 @@ class SiliconFlowClient(_BaseClient):
                     on_progress(finished, len(jobs))
                 start_next()
 
+    def _on_loop(self) -> tuple[AsyncSiliconFlowClient, LoopThread] | None:
+        """Where a call of several requests goes when the client's own pool serves it (not a
+        caller's `http_client`, nor a proxy: those stay on httpx, and on threads): an async
+        client of the same settings and rate limiter, and the event loop thread it runs on."""
+        looped = self._looped
+        if looped is not None:  # every call after the first: no lock on the hot path
+            return looped
+        if not isinstance(self._http(), SyncPool):
+            return None
+        with self._lock:
+            if self._looped is None:
+                settings = {name: getattr(self._settings, name) for name in CLIENT_SETTINGS}
+                twin = AsyncSiliconFlowClient(
+                    **{**settings, "api_key": self._api_key, "base_url": self.base_url}
+                )
+                twin._limiter = self._limiter  # one budget for both
+                loop = LoopThread()
+                # Held by the finalizer, the async client's pool stays reachable until the loop
+                # closes it, even when this client is collected as part of a reference cycle.
+                self._loop_finalizer = weakref.finalize(self, loop.close, twin.aclose)
+                self._looped = twin, loop
+            return self._looped
+
+    @staticmethod
+    def _awaited(
+        loop: LoopThread,
+        call: Callable[[ProgressCallback | None], Coroutine[Any, Any, _Answer]],
+        on_progress: ProgressCallback | None,
+    ) -> _Answer:
+        """Run `call` on the loop thread and wait for its answer; progress is reported here, on
+        the caller's thread, as the call goes."""
+        steps: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+
+        def report(done: int, total: int) -> None:
+            steps.put((done, total))
+
+        future = loop.submit(call(None if on_progress is None else report))
+        future.add_done_callback(lambda _: steps.put(None))
+        try:
+            while (step := steps.get()) is not None:
+                if on_progress is not None:
+                    on_progress(*step)
+            return future.result()
+        except CancelledError:  # close() stopped the loop under the call
+            raise APIConnectionError(
+                "the client was closed while this call was in flight"
+            ) from None
+        except BaseException:
+            future.cancel()  # the caller gave up (an interrupt, or on_progress raised)
+            raise
+
     def _executor(self) -> ThreadPoolExecutor:
         executor = self._threads
         if executor is None:
@@ -725,10 +794,14 @@ class SiliconFlowClient(_BaseClient):
             finalizer, self._finalizer = self._finalizer, None
             self._owned = None
             threads, self._threads = self._threads, None
+            loop_finalizer, self._loop_finalizer = self._loop_finalizer, None
+            self._looped = None
         if threads is not None:
             threads.shutdown(wait=False)
         if finalizer is not None:
             finalizer()  # closes the pool, once, and lets it go (a kept finalizer would hold it)
+        if loop_finalizer is not None:
+            loop_finalizer()  # stops the loop thread, and closes the pool opened on it
 
     def __enter__(self) -> SiliconFlowClient:
         return self
@@ -897,6 +970,12 @@ class AsyncSiliconFlowClient(_BaseClient):
             if on_progress is not None:
                 on_progress(1, 1)
             return response
+        return await self._assembled(the_plan, on_progress)
+
+    async def _assembled(
+        self, the_plan: Plan, on_progress: ProgressCallback | None
+    ) -> RerankResponse:
+        """The answer to a call of several requests (or of cached scores), sent as tasks."""
         batches, total = the_plan.batches, len(the_plan.batches)
         jobs = [functools.partial(self._send_batch, batch, total) for batch in batches]
         assembly = self._assembly(the_plan)
@@ -915,6 +994,12 @@ class AsyncSiliconFlowClient(_BaseClient):
     ) -> EmbeddingResponse:
         """Embed `inputs`: one vector per input, in input order; see `SiliconFlowClient.embed`."""
         the_plan = self._embedding_plan(inputs, model, dimensions, encoding_format, batch_size)
+        return await self._embedded(the_plan, model, on_progress)
+
+    async def _embedded(
+        self, the_plan: EmbeddingPlan, model: str, on_progress: ProgressCallback | None
+    ) -> EmbeddingResponse:
+        """The answer to an embeddings call, its requests sent as tasks."""
         total = len(the_plan.requests)
         jobs = [functools.partial(self._send_embedding, r, total) for r in the_plan.requests]
         answers: dict[int, EmbeddingResponse] = {}

@@ -11,6 +11,7 @@ asked for, and the sync pool's `close()` wakes the threads still reading from it
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import select
 import socket
@@ -18,8 +19,15 @@ import threading
 import urllib.request
 import weakref
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
-from typing import Any
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+)
+from typing import Any, TypeVar
 
 import aiohttp
 import httpcore
@@ -29,6 +37,7 @@ from ._exceptions import APIConnectionError, APITimeoutError, InvalidRequestErro
 
 __all__ = [
     "AsyncPool",
+    "LoopThread",
     "SyncPool",
     "is_deadline",
     "open_async_pool",
@@ -446,3 +455,54 @@ async def _close_with_loop(pool: AsyncPool) -> AsyncGenerator[None, None]:
         # Connections aborted mid-request (a deadline, a cancelled task) finish closing on the
         # loop's next turn: give them that turn, so none is left open when the loop closes.
         await asyncio.sleep(0)
+
+
+_T = TypeVar("_T")
+
+
+class LoopThread:
+    """An event loop on a daemon thread of its own, where a sync client sends a call of many
+    requests as tasks over the async pool: eight threads over the sync pool took twice the CPU,
+    most of it in passing the GIL among them (see `benchmarks/results.md`)."""
+
+    __slots__ = ("_last", "_thread", "loop")
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._last: Callable[[], Coroutine[Any, Any, object]] | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="siliconflow-rerank-loop", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            # Stopped, as asyncio.run() ends its loop: what still runs is cancelled, then what was
+            # opened on the loop is closed.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            if self._last is not None:
+                loop.run_until_complete(self._last())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def submit(self, coroutine: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
+        """Run `coroutine` on the loop; its answer comes through the returned future."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def close(self, last: Callable[[], Coroutine[Any, Any, object]] | None = None) -> None:
+        """Stop the loop and wait for its thread: tasks still running are cancelled (their
+        callers get `CancelledError`), then `last()` runs on the loop (to close a pool)."""
+        self._last = last
+        with contextlib.suppress(RuntimeError):  # the loop has closed already
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()

@@ -107,6 +107,23 @@ def test_both_clients_go_through_the_proxy_the_environment_names(
     assert emulator.stats.requests == 1
 
 
+def test_a_batched_sync_call_goes_through_the_proxy_too(emulator, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HTTP_PROXY", emulator.base_url.removesuffix("/v1"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = SiliconFlowClient(
+        api_key="sk-test-key-123456",
+        base_url="http://rerank.example.invalid/v1",
+        max_retries=0,
+        max_documents_per_request=1,
+    )
+    response = client.rerank("apple", DOCUMENTS)
+    assert sorted(r.index for r in response.results) == [0, 1, 2, 3]
+    assert emulator.stats.requests == 4
+    assert client._looped is None  # httpx's proxy transport, on threads: no loop thread
+    client.close()
+
+
 def test_no_proxy_exempts_the_api_host(make_runner, emulator, monkeypatch: pytest.MonkeyPatch):
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))

@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -481,6 +483,140 @@ def test_close_then_reuse_lets_each_closed_pool_go(fresh):
     gc.collect()
     assert [pool() for pool in closed_pools] == [None] * 5  # none kept alive by the client
     assert _ranked(client.rerank("apple", TEXTS)) == _ground_truth(fresh, "apple")
+    client.close()
+
+
+# -- a sync call of many requests: sent from the client's own event loop thread -----------------
+
+
+def _loop_thread(client: SiliconFlowClient) -> threading.Thread:
+    looped = client._looped
+    assert looped is not None  # the call went through the loop thread
+    return looped[1]._thread
+
+
+def test_a_sync_batched_call_runs_on_one_loop_thread_and_reports_progress_here(fresh):
+    client = SiliconFlowClient(api_key=KEY, base_url=fresh.base_url, max_documents_per_request=1)
+    steps: list[tuple[int, int, int]] = []
+
+    def on_progress(done: int, total: int) -> None:
+        steps.append((done, total, threading.get_ident()))
+
+    for query in QUERIES:
+        response = client.rerank(query, TEXTS, on_progress=on_progress)
+        assert _ranked(response) == _ground_truth(fresh, query)
+    thread = _loop_thread(client)
+    assert thread.is_alive()
+    # The same thread served every call; progress came in order, on the caller's thread.
+    assert steps == [(done, 4, threading.get_ident()) for done in range(1, 5)] * len(QUERIES)
+    assert fresh.stats.requests == 4 * len(QUERIES)
+    client.close()
+    assert not thread.is_alive()  # close() stopped it, and closed the pool it opened
+    wait_until(lambda: fresh.stats.open_connections == 0)
+    assert fresh.stats.open_connections == 0
+    assert _ranked(client.rerank("pear", TEXTS)) == _ground_truth(fresh, "pear")  # usable again
+    assert _loop_thread(client) is not thread
+    client.close()
+
+
+@pytest.mark.parametrize("cyclic", [False, True], ids=["dropped", "in-a-cycle"])
+def test_a_sync_client_let_go_stops_its_loop_thread_and_closes_its_pool(fresh, cyclic, monkeypatch):
+    client = SiliconFlowClient(api_key=KEY, base_url=fresh.base_url, max_documents_per_request=2)
+    client.rerank("apple", TEXTS)
+    thread = _loop_thread(client)
+    if cyclic:  # collected by the cycle collector, its pool and loop among the garbage
+        holder: list[Any] = [client]
+        holder.append(holder)
+        del holder
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)  # an unclosed aiohttp session
+        del client
+        gc.collect()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert [str(u.exc_value) for u in unraisable] == []
+    wait_until(lambda: fresh.stats.open_connections == 0)
+    assert fresh.stats.open_connections == 0
+
+
+def test_a_failing_progress_callback_fails_the_call_and_stops_its_requests(fresh):
+    fresh.latency = 0.2
+    client = SiliconFlowClient(
+        api_key=KEY, base_url=fresh.base_url, max_documents_per_request=1, max_concurrency=1
+    )
+
+    def on_progress(done: int, total: int) -> None:
+        raise LookupError(f"stop at {done} of {total}")
+
+    with pytest.raises(LookupError, match="stop at 1 of 4"):
+        client.rerank("apple", TEXTS, on_progress=on_progress)
+    time.sleep(0.5)  # long enough for two more requests, had the call gone on
+    assert fresh.stats.requests <= 2  # the first, and at most the one already sent
+    client.close()
+
+
+def test_a_sync_embedding_call_of_many_requests_goes_through_the_loop_thread(fresh):
+    client = SiliconFlowClient(api_key=KEY, base_url=fresh.base_url)
+    texts = [f"text {i}" for i in range(70)]
+    steps: list[tuple[int, int]] = []
+    many = client.embed(texts, batch_size=32, on_progress=lambda *step: steps.append(step))
+    one_by_one = [client.embed(text).embeddings[0] for text in texts[:3]]
+    assert many.embeddings[:3] == one_by_one
+    assert len(many.embeddings) == 70
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert _loop_thread(client).is_alive()
+    client.close()
+
+
+def test_sync_close_ends_a_batched_call_in_flight_at_once():
+    with ScriptedServer(_reads_then_stalls) as server:
+        client = SiliconFlowClient(
+            api_key=KEY, base_url=server.base_url, timeout=60.0, max_documents_per_request=2
+        )
+        errors: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.rerank("apple", TEXTS)
+            except BaseException as error:
+                errors.append(error)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        wait_until(lambda: len(server.connections) == 2)
+        time.sleep(0.1)  # both requests sent, both tasks waiting for their answers
+        client.close()
+        caller.join(timeout=10)
+        assert not caller.is_alive()
+        assert len(errors) == 1
+        assert isinstance(errors[0], APIConnectionError)
+        assert "closed" in str(errors[0])
+        assert len(server.connections) == 2  # nothing retried on a pool opened after close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads running (3.12+)
+def test_a_forked_child_makes_its_own_loop_thread_for_batched_calls(fresh):
+    client = SiliconFlowClient(api_key=KEY, base_url=fresh.base_url, max_documents_per_request=2)
+    assert _ranked(client.rerank("apple", TEXTS)) == _ground_truth(fresh, "apple")
+    parents = _loop_thread(client)
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's loop thread does not exist here
+        status = 0
+        try:
+            for query in QUERIES:
+                if _ranked(client.rerank(query, TEXTS)) != _ground_truth(fresh, query):
+                    status = 1
+            if _loop_thread(client) is parents:
+                status = 3
+        except BaseException:
+            status = 2
+        os._exit(status)
+    for query in reversed(QUERIES):
+        assert _ranked(client.rerank(query, TEXTS)) == _ground_truth(fresh, query)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
     client.close()
 
 
