@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import json
 import logging
@@ -279,6 +280,58 @@ def test_usage_reported_once_per_call(compress, caplog):
     ]
     assert all(set(d.metadata) == {"n", "relevance_score"} for d in out)
     assert any("input_tokens" in r.getMessage() for r in caplog.records)
+
+
+def _count_managers(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record each callback manager the adapter configures."""
+    import langchain_siliconflow.rerank as module
+
+    configured: list[object] = []
+    for name in ("_callback_manager", "_async_callback_manager"):
+        original = getattr(module, name)
+
+        def spy(callbacks: Any, original: Any = original) -> Any:
+            configured.append(callbacks)
+            return original(callbacks)
+
+        monkeypatch.setattr(module, name, spy)
+    return configured
+
+
+def test_no_callback_manager_is_configured_when_nothing_listens(compress, monkeypatch):
+    configured = _count_managers(monkeypatch)
+    out = compress(mocked(Recorder()), docs("a", "b"), "q")
+    assert [d.page_content for d in out] == ["b", "a"]
+    assert configured == []
+
+
+def test_usage_event_reaches_a_handler_that_a_configure_hook_adds(compress, monkeypatch):
+    from langchain_core.tracers import context
+
+    catcher = EventCatcher()
+    hook: contextvars.ContextVar[EventCatcher | None] = contextvars.ContextVar(
+        "sf_test_hook", default=None
+    )
+    context.register_configure_hook(hook, inheritable=True)
+    token = hook.set(catcher)
+    try:
+        compress(mocked(Recorder()), docs("a", "b"), "q")
+    finally:
+        hook.reset(token)
+        context._configure_hooks[:] = [h for h in context._configure_hooks if h[0] is not hook]
+    assert [name for name, _ in catcher.events] == [USAGE_EVENT]
+
+
+def test_langchain_debug_still_configures_a_manager(compress, monkeypatch):
+    from langchain_core.globals import set_debug
+
+    configured = _count_managers(monkeypatch)
+    set_debug(True)
+    try:
+        compress(mocked(Recorder()), docs("a", "b"), "q")
+    finally:
+        set_debug(False)
+    assert configured == [None]  # configured as LangChain would: its debug handler listens
 
 
 # -- over real sockets --------------------------------------------------------------------------
