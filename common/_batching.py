@@ -23,28 +23,25 @@ __all__ = ["Assembly", "Batch", "Plan", "UsageSum", "merge_usage", "name_batch",
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One request of a call: which of the call's documents it carries."""
+    """One request of a call served in parts: which of the call's documents it carries."""
 
     number: int
     positions: Sequence[int]
     call: RerankRequest
     """The call's own request."""
-    split: bool = False
-    """Whether this batch carries part of the call (else it is the call's request, as built)."""
     cut: bool = True
     """Whether the batch asks for the call's `top_n` (fitted to it) rather than every score."""
 
     def request(self) -> RerankRequest:
         """The request to send, built anew at each call (so, once, when the batch is sent): a
         call split in many batches holds the bodies of the batches in flight only."""
-        if not self.split:
-            return self.call
         return subset(self.call, self.positions, top_n=self.cut)
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """How a call is served: scores already known (cached), and the batches still to send."""
+    """How a call that is more than one request of its own is served: scores already known
+    (cached), and the batches still to send."""
 
     request: RerankRequest
     batches: list[Batch]
@@ -53,12 +50,6 @@ class Plan:
     cache_keys: list[bytes] | None = None
     """The cache key of each of the call's documents, when a cache is used."""
 
-    @property
-    def whole(self) -> bool:
-        """Whether the call is one request, its own, whose answer is the call's (the common
-        case: no cache, a list within one batch)."""
-        return not self.known and len(self.batches) == 1 and not self.batches[0].split
-
 
 def plan(
     request: RerankRequest,
@@ -66,10 +57,12 @@ def plan(
     batch_size: int | None,
     cache: RerankCache | None,
     base_url: str,
-) -> Plan:
+) -> Plan | None:
     """Decide what to send: look up cached scores, then cut the rest into batches.
 
-    The common case (no cache, a list within one batch) sends the request exactly as built.
+    Returns:
+        None in the common case (no cache, a list within one batch): the request is sent as
+        built, and its answer is the call's.
     """
     count = len(request.documents)
     known: dict[int, float] = {}
@@ -83,14 +76,13 @@ def plan(
         pending = [i for i, s in enumerate(scores) if s is None]
     size = batch_size or count
     if cache is None and len(pending) <= size:
-        return Plan(request, [Batch(0, pending, request)])
+        return None
     check_sendable(request)  # every batch's text, before the first batch is sent
     groups = [pending[start : start + size] for start in range(0, len(pending), size)]
     # Each batch asks for at most top_n, which keeps the global top_n exact; with a cache every
     # score is wanted, so that it can be stored.
     batches = [
-        Batch(number, group, request, split=True, cut=cache is None)
-        for number, group in enumerate(groups)
+        Batch(number, group, request, cut=cache is None) for number, group in enumerate(groups)
     ]
     return Plan(request, batches, known, keys)
 

@@ -195,14 +195,17 @@ class _BaseClient:
         query: QueryItem,
         documents: str | Sequence[DocumentItem],
         options: dict[str, Any],
-    ) -> Plan:
+    ) -> RerankRequest | Plan:
+        """The call's one request, to send as built (the common case), or how it is served in
+        parts (batches, cached scores)."""
         request = build_request(query, documents, **options)
-        return plan(
+        the_plan = plan(
             request,
             batch_size=self.max_documents_per_request,
             cache=self.cache,
             base_url=self.base_url,
         )
+        return request if the_plan is None else the_plan
 
     def _assembly(self, the_plan: Plan) -> Assembly:
         return Assembly(the_plan, self.cache)
@@ -606,8 +609,8 @@ class SiliconFlowClient(_BaseClient):
             model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
         )
         the_plan = self._plan(query, documents, options)
-        if the_plan.whole:  # one request, no thread hop, nothing to merge
-            response = self._send(self._url, the_plan.request, _read_rerank)
+        if isinstance(the_plan, RerankRequest):  # one request, no thread hop, nothing to merge
+            response = self._send(self._url, the_plan, _read_rerank)
             if on_progress is not None:
                 on_progress(1, 1)
             return response
@@ -921,8 +924,8 @@ class AsyncSiliconFlowClient(_BaseClient):
             # The own pool, here rather than in a coroutine of its own (one object less per call
             # for the collector): the deadline is the pool's own total timeout.
             body, length = self._body(request, asynchronous=True)
-            answer = _Body(self.max_response_bytes, None)
             async with http.post(url, body, length) as response:
+                answer = _Body(self.max_response_bytes, None)  # not kept while the call waits
                 answer.expect(response.headers)
                 if answer.whole(response.headers):  # stated, within the cap, not compressed
                     return response.status, response.headers, await response.read()
@@ -964,9 +967,8 @@ class AsyncSiliconFlowClient(_BaseClient):
             model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
         )
         the_plan = self._plan(query, documents, options)
-        if the_plan.whole:  # one request, no task, nothing to merge
-            request = the_plan.request
-            response = await self._send(self._url, request, _read_rerank)
+        if isinstance(the_plan, RerankRequest):  # one request, no task, nothing to merge
+            response = await self._send(self._url, the_plan, _read_rerank)
             if on_progress is not None:
                 on_progress(1, 1)
             return response

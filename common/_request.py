@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import re
 import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pydantic_core
@@ -62,7 +61,7 @@ class StreamedBody:
                     yield chunk
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RerankRequest:
     """A validated rerank request, ready to send.
 
@@ -78,12 +77,17 @@ class RerankRequest:
     documents: list[WireItem]
     top_n: int | None
     return_documents: bool
+    _content: bytes | StreamedBody | None = field(default=None, init=False, repr=False)
 
-    @functools.cached_property
+    @property
     def content(self) -> bytes | StreamedBody:
         """The body as sent, encoded when first needed: a call split into batches sends (and so
         encodes) only the batches' bodies, each when it is sent."""
-        return encode_body(self.body)
+        content = self._content
+        if content is None:  # two threads may both encode it: the same bytes either way
+            content = encode_body(self.body)
+            object.__setattr__(self, "_content", content)
+        return content
 
     @property
     def content_length(self) -> int:

@@ -693,14 +693,34 @@ def test_default_timeout_is_explicit_and_generous():
 # -- large lists: what is encoded, and when ------------------------------------------------------
 
 
+def test_only_a_call_of_more_than_its_own_request_gets_a_plan():
+    from siliconflow_rerank import RerankCache
+    from siliconflow_rerank._batching import plan
+    from siliconflow_rerank._request import build_request
+
+    short = build_request("q", ["a", "b"], model="BAAI/bge-reranker-v2-m3")
+    long = build_request("q", ["a", "b", "c"], model="BAAI/bge-reranker-v2-m3")
+    base = "http://x/v1"
+    assert plan(short, batch_size=2, cache=None, base_url=base) is None  # sent as built
+    assert plan(short, batch_size=None, cache=None, base_url=base) is None
+    split = plan(long, batch_size=2, cache=None, base_url=base)
+    assert split is not None
+    assert [list(b.positions) for b in split.batches] == [[0, 1], [2]]
+    cached = plan(short, batch_size=2, cache=RerankCache(), base_url=base)
+    assert cached is not None  # every score is wanted, to be stored
+    assert [list(b.positions) for b in cached.batches] == [[0, 1]]
+    assert cached.batches[0].request().top_n is None
+
+
 def test_a_batched_call_never_encodes_the_whole_list():
     from siliconflow_rerank._batching import plan
     from siliconflow_rerank._request import build_request
 
     request = build_request("q", [f"doc {i}" for i in range(300)], model="BAAI/bge-reranker-v2-m3")
     the_plan = plan(request, batch_size=128, cache=None, base_url="http://x/v1")
+    assert the_plan is not None  # split
     assert [len(b.positions) for b in the_plan.batches] == [128, 128, 44]
-    assert "content" not in request.__dict__  # the unbatched body was never built
+    assert request._content is None  # the unbatched body was never built
     for batch in the_plan.batches:
         content = batch.request().content
         assert isinstance(content, bytes)

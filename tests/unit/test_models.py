@@ -105,6 +105,7 @@ def test_merged_batches_rank_as_one_sort_would(top_n, how, arrival, monkeypatch)
     scores = [chance.choice([0.1, 0.5, 0.9]) for _ in documents]
     request = build_request("q", documents, model=MODEL, top_n=top_n)
     the_plan = plan(request, batch_size=6, cache=None, base_url="http://x/v1")
+    assert the_plan is not None  # split
     parts = []
     batches = the_plan.batches if arrival == "in order" else the_plan.batches[::-1]
     for batch in batches:  # merged in any order
@@ -125,6 +126,7 @@ def test_merged_batches_keep_each_document_with_its_result(how, monkeypatch):
     documents = ["a", "b", "c", "d"]
     request = build_request("q", documents, model=MODEL, return_documents=True)
     the_plan = plan(request, batch_size=2, cache=None, base_url="http://x/v1")
+    assert the_plan is not None  # split
     parts = []
     for batch in the_plan.batches:
         local = [(0, 0.2 + batch.number / 10), (1, 0.9 - batch.number / 10)]
@@ -152,6 +154,7 @@ def test_merged_batches_keep_each_document_with_its_result(how, monkeypatch):
 def test_an_assembly_keeps_each_answers_results_but_not_the_answer():
     request = build_request("q", [f"doc {i}" for i in range(6)], model=MODEL)
     the_plan = plan(request, batch_size=2, cache=None, base_url="http://x/v1")
+    assert the_plan is not None  # split
     assembly = Assembly(the_plan, None)
     gone = []
     for batch in the_plan.batches:
@@ -174,6 +177,7 @@ def test_an_assembly_keeps_each_answers_results_but_not_the_answer():
 def test_an_assembly_refuses_to_answer_before_every_batch_is_in():
     request = build_request("q", ["a", "b", "c"], model=MODEL)
     the_plan = plan(request, batch_size=2, cache=None, base_url="http://x/v1")
+    assert the_plan is not None  # split
     assembly = Assembly(the_plan, None)
     assembly.add(
         0, parse(answer([(0, 0.5), (1, 0.4)]), the_plan.batches[0].request(), trace_id=None)
@@ -188,6 +192,7 @@ def test_a_merge_of_fewer_results_than_top_n_holds_just_those(how, monkeypatch):
         monkeypatch.setattr("siliconflow_rerank._models._SORTED_AT_ONCE", 0)
     request = build_request("q", [f"doc {i}" for i in range(6)], model=MODEL, top_n=5)
     the_plan = plan(request, batch_size=3, cache=None, base_url="http://x/v1")
+    assert the_plan is not None  # split
     # A server that answers fewer results than each batch's top_n (3) asked for.
     parts = [
         (parse(answer([(2, 0.4)]), batch.request(), trace_id=None).results, batch.positions)
