@@ -120,26 +120,36 @@ class ClientOwner(ClientSettings):
     def _client_settings(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in CLIENT_SETTINGS}
 
+    def _private(self, name: str) -> Any:
+        """A private attribute, read from pydantic's dict of them: read as an attribute, it goes
+        through the model's `__getattr__` (about 2 µs), and this is read on every call."""
+        private = self.__pydantic_private__
+        return None if private is None else private.get(name)
+
     def _sync(self) -> SiliconFlowClient:
         """The sync client: the one passed in, else the one built from the settings."""
         if self.client is not None:
             return self.client
-        if self._owned_client is None:
+        owned: SiliconFlowClient | None = self._private("_owned_client")
+        if owned is None:
             with _BUILDING:
                 if self._owned_client is None:
                     self._owned_client = SiliconFlowClient(**self._client_settings())
-        return self._owned_client
+                owned = self._owned_client
+        return owned
 
     def _async(self) -> AsyncSiliconFlowClient:
         """The async client: the one passed in, else the one built from the settings."""
         if self.async_client is not None:
             return self.async_client
-        if self._owned_async_client is None:
+        owned: AsyncSiliconFlowClient | None = self._private("_owned_async_client")
+        if owned is None:
             with _BUILDING:
                 if self._owned_async_client is None:
                     client = AsyncSiliconFlowClient(**self._client_settings())
                     self._owned_async_client = client
-        return self._owned_async_client
+                owned = self._owned_async_client
+        return owned
 
     def close(self) -> None:
         """Close the connection pool of the sync client built here (never a passed-in one)."""
