@@ -717,7 +717,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
             "×",
         ),
         (
-            "batched: client CPU per batch ≤ 0.4 ms (sync client, 8 threads)",
+            "batched: client CPU per batch ≤ 0.4 ms (sync client)",
             batch["core, batched: CPU per batch (ms)"],
             0.4,
             " ms",

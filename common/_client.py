@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -406,6 +407,15 @@ async def _within(
     return await asyncio.wait_for(work, seconds)
 
 
+def _off_the_loop(sleep: Callable[[float], None]) -> Callable[[float], Awaitable[None]]:
+    """`sleep` for a coroutine: run in a worker thread, so that the loop's other tasks go on."""
+
+    async def waits(seconds: float) -> None:
+        await asyncio.to_thread(sleep, seconds)
+
+    return waits
+
+
 def _settings_among(arguments: dict[str, Any]) -> dict[str, Any]:
     return {name: arguments[name] for name in CLIENT_SETTINGS}
 
@@ -738,8 +748,16 @@ class SiliconFlowClient(_BaseClient):
         with self._lock:
             if self._looped is None:
                 settings = {name: getattr(self._settings, name) for name in CLIENT_SETTINGS}
+                policy = self.retry_policy
+                if policy.sleep is not time.sleep:  # the caller's own way for sync calls to wait
+                    policy = dataclasses.replace(policy, async_sleep=_off_the_loop(policy.sleep))
                 twin = AsyncSiliconFlowClient(
-                    **{**settings, "api_key": self._api_key, "base_url": self.base_url}
+                    **{
+                        **settings,
+                        "api_key": self._api_key,
+                        "base_url": self.base_url,
+                        "retry_policy": policy,
+                    }
                 )
                 twin._limiter = self._limiter  # one budget for both
                 loop = LoopThread()

@@ -37,6 +37,7 @@ from siliconflow_rerank import (
     InvalidRequestError,
     RateLimitError,
     ResponseValidationError,
+    RetryPolicy,
     ServiceUnavailableError,
     SiliconFlowClient,
     SiliconFlowError,
@@ -567,6 +568,26 @@ def test_a_sync_embedding_call_of_many_requests_goes_through_the_loop_thread(fre
     assert len(many.embeddings) == 70
     assert steps == [(1, 3), (2, 3), (3, 3)]
     assert _loop_thread(client).is_alive()
+    client.close()
+
+
+def test_a_sync_batched_call_waits_with_the_sync_sleep_it_was_given(fresh):
+    waited: list[tuple[float, str]] = []
+
+    async def never(seconds: float) -> None:
+        raise AssertionError("the async client's sleep was used for a sync call")
+
+    policy = RetryPolicy(
+        sleep=lambda seconds: waited.append((seconds, threading.current_thread().name)),
+        async_sleep=never,
+    )
+    client = SiliconFlowClient(
+        api_key=KEY, base_url=fresh.base_url, max_documents_per_request=2, retry_policy=policy
+    )
+    fresh.enqueue(Fault.rate_limited(retry_after="0.25"))
+    assert _ranked(client.rerank("apple", TEXTS)) == _ground_truth(fresh, "apple")
+    assert [seconds for seconds, _ in waited] == [0.25]
+    assert waited[0][1] != _loop_thread(client).name  # not on the loop: its other tasks go on
     client.close()
 
 
