@@ -471,6 +471,10 @@ _CLIENT_ARGS = """
 class SiliconFlowClient(_BaseClient):
     """Synchronous SiliconFlow rerank client; thread-safe, one connection pool per client.
 
+    A call split into several requests (a long list, an embeddings call over `batch_size`)
+    runs its requests as tasks on an event loop thread the client starts when first needed,
+    over a second pool of its own (up to `max_connections` more); `close()` stops both.
+
     Example:
         >>> with SiliconFlowClient() as client:  # doctest: +SKIP
         ...     response = client.rerank("apple", ["apple pie", "banana bread"], top_n=1)

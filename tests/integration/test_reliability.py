@@ -591,32 +591,6 @@ def test_a_sync_batched_call_waits_with_the_sync_sleep_it_was_given(fresh):
     client.close()
 
 
-def test_sync_close_ends_a_batched_call_in_flight_at_once():
-    with ScriptedServer(_reads_then_stalls) as server:
-        client = SiliconFlowClient(
-            api_key=KEY, base_url=server.base_url, timeout=60.0, max_documents_per_request=2
-        )
-        errors: list[BaseException] = []
-
-        def call() -> None:
-            try:
-                client.rerank("apple", TEXTS)
-            except BaseException as error:
-                errors.append(error)
-
-        caller = threading.Thread(target=call)
-        caller.start()
-        wait_until(lambda: len(server.connections) == 2)
-        time.sleep(0.1)  # both requests sent, both tasks waiting for their answers
-        client.close()
-        caller.join(timeout=10)
-        assert not caller.is_alive()
-        assert len(errors) == 1
-        assert isinstance(errors[0], APIConnectionError)
-        assert "closed" in str(errors[0])
-        assert len(server.connections) == 2  # nothing retried on a pool opened after close()
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads running (3.12+)
 def test_a_forked_child_makes_its_own_loop_thread_for_batched_calls(fresh):
     client = SiliconFlowClient(api_key=KEY, base_url=fresh.base_url, max_documents_per_request=2)
@@ -726,10 +700,20 @@ def _reads_then_stalls(connection: socket.socket) -> None:
     time.sleep(30)
 
 
-def test_sync_close_ends_the_calls_in_flight_at_once():
+@pytest.mark.parametrize(
+    ("batch_size", "callers", "requests"),
+    [(None, 3, 3), (2, 1, 2)],
+    ids=["whole-calls-on-threads", "a-batched-call-on-the-loop-thread"],
+)
+def test_sync_close_ends_the_calls_in_flight_at_once(batch_size, callers, requests):
     with ScriptedServer(_reads_then_stalls) as server:
         # A read timeout far beyond the test's patience: only close() can end these calls.
-        client = SiliconFlowClient(api_key=KEY, base_url=server.base_url, timeout=60.0)
+        client = SiliconFlowClient(
+            api_key=KEY,
+            base_url=server.base_url,
+            timeout=60.0,
+            max_documents_per_request=batch_size,
+        )
         errors: list[BaseException] = []
 
         def call() -> None:
@@ -738,21 +722,21 @@ def test_sync_close_ends_the_calls_in_flight_at_once():
             except BaseException as error:
                 errors.append(error)
 
-        threads = [threading.Thread(target=call) for _ in range(3)]
+        threads = [threading.Thread(target=call) for _ in range(callers)]
         for thread in threads:
             thread.start()
-        wait_until(lambda: len(server.connections) == 3)
-        time.sleep(0.1)  # each request sent, each thread blocked reading
+        wait_until(lambda: len(server.connections) == requests)
+        time.sleep(0.1)  # each request sent, each caller waiting for its answer
         client.close()
         for thread in threads:
             thread.join(timeout=10)
         assert not any(thread.is_alive() for thread in threads)
-        assert len(errors) == 3
+        assert len(errors) == callers
         for error in errors:
             assert isinstance(error, APIConnectionError)
             assert not isinstance(error, APITimeoutError)
             assert "closed" in str(error)
-        assert len(server.connections) == 3  # none retried on a pool opened after close()
+        assert len(server.connections) == requests  # none retried on a pool opened after close()
 
 
 def test_async_close_ends_the_calls_in_flight_at_once():
