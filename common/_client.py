@@ -622,19 +622,19 @@ class SiliconFlowClient(_BaseClient):
         options = _options(
             model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
         )
-        the_plan = self._plan(query, documents, options)
-        if isinstance(the_plan, RerankRequest):  # one request, no thread hop, nothing to merge
-            response = self._send(self._url, the_plan, _read_rerank)
+        planned = self._plan(query, documents, options)
+        if isinstance(planned, RerankRequest):  # one request, no thread hop, nothing to merge
+            response = self._send(self._url, planned, _read_rerank)
             if on_progress is not None:
                 on_progress(1, 1)
             return response
         looped = self._on_loop()
         if looped is not None:
             twin, loop = looped
-            return self._awaited(loop, functools.partial(twin._assembled, the_plan), on_progress)
-        batches, total = the_plan.batches, len(the_plan.batches)
+            return self._awaited(loop, functools.partial(twin._assembled, planned), on_progress)
+        batches, total = planned.batches, len(planned.batches)
         jobs = [functools.partial(self._send_batch, batch, total) for batch in batches]
-        assembly = self._assembly(the_plan)
+        assembly = self._assembly(planned)
         self._fan_out(jobs, on_progress, assembly.add)
         return assembly.answer()
 
@@ -988,13 +988,13 @@ class AsyncSiliconFlowClient(_BaseClient):
         options = _options(
             model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
         )
-        the_plan = self._plan(query, documents, options)
-        if isinstance(the_plan, RerankRequest):  # one request, no task, nothing to merge
-            response = await self._send(self._url, the_plan, _read_rerank)
+        planned = self._plan(query, documents, options)
+        if isinstance(planned, RerankRequest):  # one request, no task, nothing to merge
+            response = await self._send(self._url, planned, _read_rerank)
             if on_progress is not None:
                 on_progress(1, 1)
             return response
-        return await self._assembled(the_plan, on_progress)
+        return await self._assembled(planned, on_progress)
 
     async def _assembled(
         self, the_plan: Plan, on_progress: ProgressCallback | None

@@ -502,9 +502,10 @@ def from_scores(scores: Mapping[int, float]) -> RankedResults:
 
 
 _SORTED_AT_ONCE = 1 << 15
-"""Every result of a merged answer, up to this many, is sorted at once (a float key and an
-index per result, 1.3 MB at most): 10,000 results in 79 parts took 9 ms so, 17 ms through the
-k-way merge, and a sort of the scores alone, 3 ms."""
+"""Every result of a merged answer, up to this many, is sorted at once (about 4 MB of lists at
+most). 10,000 results in 79 parts: a sort of (-score, index) tuples took 9 ms where the k-way
+merge took 17; the sort of the scores alone takes 19.5M instructions where the tuples took
+47.8M (callgrind)."""
 _MERGED_AT_ONCE = 1024
 
 
