@@ -55,6 +55,7 @@ _NOT_PICKLED = (
 
 _BUILDING = threading.Lock()
 _Input = TypeVar("_Input")
+_Client = TypeVar("_Client", SiliconFlowClient, AsyncSiliconFlowClient)
 
 logger = logging.getLogger("siliconflow_rerank")
 
@@ -126,30 +127,28 @@ class ClientOwner(ClientSettings):
         private = self.__pydantic_private__
         return None if private is None else private.get(name)
 
+    def _built(self, name: str, kind: type[_Client]) -> _Client:
+        """The client this adapter built (private attribute `name`), built on first use."""
+        owned: _Client | None = self._private(name)
+        if owned is None:
+            with _BUILDING:
+                owned = self._private(name)
+                if owned is None:
+                    owned = kind(**self._client_settings())
+                    setattr(self, name, owned)
+        return owned
+
     def _sync(self) -> SiliconFlowClient:
         """The sync client: the one passed in, else the one built from the settings."""
         if self.client is not None:
             return self.client
-        owned: SiliconFlowClient | None = self._private("_owned_client")
-        if owned is None:
-            with _BUILDING:
-                if self._owned_client is None:
-                    self._owned_client = SiliconFlowClient(**self._client_settings())
-                owned = self._owned_client
-        return owned
+        return self._built("_owned_client", SiliconFlowClient)
 
     def _async(self) -> AsyncSiliconFlowClient:
         """The async client: the one passed in, else the one built from the settings."""
         if self.async_client is not None:
             return self.async_client
-        owned: AsyncSiliconFlowClient | None = self._private("_owned_async_client")
-        if owned is None:
-            with _BUILDING:
-                if self._owned_async_client is None:
-                    client = AsyncSiliconFlowClient(**self._client_settings())
-                    self._owned_async_client = client
-                owned = self._owned_async_client
-        return owned
+        return self._built("_owned_async_client", AsyncSiliconFlowClient)
 
     def close(self) -> None:
         """Close the connection pool of the sync client built here (never a passed-in one)."""

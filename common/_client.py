@@ -751,13 +751,12 @@ class SiliconFlowClient(_BaseClient):
             return None
         with self._lock:
             if self._looped is None:
-                settings = {name: getattr(self._settings, name) for name in CLIENT_SETTINGS}
                 policy = self.retry_policy
                 if policy.sleep is not time.sleep:  # the caller's own way for sync calls to wait
                     policy = dataclasses.replace(policy, async_sleep=_off_the_loop(policy.sleep))
                 twin = AsyncSiliconFlowClient(
                     **{
-                        **settings,
+                        **dict(self._settings),
                         "api_key": self._api_key,
                         "base_url": self.base_url,
                         "retry_policy": policy,

@@ -536,7 +536,6 @@ def merged(
         else zip(map(neg, part._scores), map(positions.__getitem__, part._indices), strict=True)
         for part, positions in parts
     ]
-    total = sum(len(part) for part, _ in parts)
     best: Iterator[tuple[Any, ...]] = heapq.merge(*streams)
     if request.top_n is not None:
         best = islice(best, request.top_n)

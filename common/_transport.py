@@ -484,44 +484,45 @@ class LoopThread:
     requests as tasks over the async pool: eight threads over the sync pool took twice the CPU,
     most of it in passing the GIL among them (see `benchmarks/results.md`)."""
 
-    __slots__ = ("_last", "_thread", "loop")
+    __slots__ = ("_last", "_stop", "_thread", "loop")
+
+    loop: asyncio.AbstractEventLoop
+    _stop: asyncio.Future[None]
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
         self._last: Callable[[], Coroutine[Any, Any, object]] | None = None
+        started = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, name="siliconflow-rerank-loop", daemon=True
+            target=asyncio.run, args=(self._serve(started),), name="siliconflow-rerank-loop"
         )
+        self._thread.daemon = True
         self._thread.start()
+        started.wait()
 
-    def _run(self) -> None:
-        loop = self.loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-            # Stopped, as asyncio.run() ends its loop: what still runs is cancelled, then what was
-            # opened on the loop is closed.
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            if self._last is not None:
-                loop.run_until_complete(self._last())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
+    async def _serve(self, started: threading.Event) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stop = self.loop.create_future()
+        started.set()
+        await self._stop
+        if self._last is not None:
+            await self._last()
+        # asyncio.run() then cancels what still runs, and closes the loop's async generators
+        # (each pool's guard is one), its executor and the loop.
 
     def submit(self, coroutine: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
         """Run `coroutine` on the loop; its answer comes through the returned future."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
     def close(self, last: Callable[[], Coroutine[Any, Any, object]] | None = None) -> None:
-        """Stop the loop and wait for its thread: tasks still running are cancelled (their
-        callers get `CancelledError`), then `last()` runs on the loop (to close a pool)."""
+        """Stop the loop and wait for its thread: `last()` runs on the loop first (to close a
+        pool: calls in flight on it fail as closed), then tasks still running are cancelled."""
         self._last = last
         with contextlib.suppress(RuntimeError):  # the loop has closed already
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.loop.call_soon_threadsafe(_settle, self._stop)
         if threading.current_thread() is not self._thread:
             self._thread.join()
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
