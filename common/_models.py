@@ -192,14 +192,10 @@ _WITH_DOCUMENT = {"index", "relevance_score", "document"}
 
 
 def _result(index: int, score: float, document: RerankDocument | None = None) -> RerankResult:
-    # Each value was checked when the answer was parsed: the model is built as `model_copy`
-    # builds one. The fields-set is shared: a frozen model never changes it, and copies copy it.
-    result = _new(RerankResult)
-    _set(result, "__dict__", {"index": index, "relevance_score": score, "document": document})
-    _set(result, "__pydantic_fields_set__", _BARE if document is None else _WITH_DOCUMENT)
-    _set(result, "__pydantic_extra__", None)
-    _set(result, "__pydantic_private__", None)
-    return result
+    # Each value was checked when the answer was parsed. The fields-set is shared: a frozen
+    # model never changes it, and copies copy it.
+    state = {"index": index, "relevance_score": score, "document": document}
+    return assembled(RerankResult, state, _BARE if document is None else _WITH_DOCUMENT)
 
 
 class BilledUnits(BaseModel):
@@ -613,6 +609,21 @@ _new = object.__new__
 _set = object.__setattr__
 
 
+def _slot_setter(name: str) -> Callable[[Any, Any], None]:
+    """What sets pydantic's slot `name` of a model: the slot's own `__set__`, called directly
+    (`object.__setattr__` looks the slot up and checks the call each time: about 500
+    instructions more per set), or `object.__setattr__` if this pydantic keeps it elsewhere."""
+    setter: Callable[[Any, Any], None] | None = getattr(
+        BaseModel.__dict__.get(name), "__set__", None
+    )
+    return setter or (lambda instance, value: _set(instance, name, value))
+
+
+_set_fields_set = _slot_setter("__pydantic_fields_set__")
+_set_extra = _slot_setter("__pydantic_extra__")
+_set_private = _slot_setter("__pydantic_private__")
+
+
 def assembled(
     cls: type[_M],
     state: dict[str, Any],
@@ -627,9 +638,9 @@ def assembled(
     field (pydantic adds a field's name on assignment, which then changes nothing)."""
     instance = _new(cls)
     _set(instance, "__dict__", state)
-    _set(instance, "__pydantic_fields_set__", fields_set)
-    _set(instance, "__pydantic_extra__", extra)
-    _set(instance, "__pydantic_private__", private)
+    _set_fields_set(instance, fields_set)
+    _set_extra(instance, extra)
+    _set_private(instance, private)
     return instance
 
 
@@ -638,8 +649,8 @@ def copied(model: _M, **updates: Any) -> _M:
     # `assembled`, inlined: adapters copy one object per document of every call.
     instance = _new(type(model))
     _set(instance, "__dict__", {**model.__dict__, **updates})
-    _set(instance, "__pydantic_fields_set__", model.__pydantic_fields_set__ | updates.keys())
+    _set_fields_set(instance, {*model.__pydantic_fields_set__, *updates})
     extra, private = model.__pydantic_extra__, model.__pydantic_private__
-    _set(instance, "__pydantic_extra__", None if extra is None else extra.copy())
-    _set(instance, "__pydantic_private__", None if private is None else private.copy())
+    _set_extra(instance, None if extra is None else extra.copy())
+    _set_private(instance, None if private is None else private.copy())
     return instance

@@ -11,7 +11,7 @@ from unittest.mock import Mock
 
 import msgspec
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from siliconflow_rerank import (
     RankedResults,
@@ -338,3 +338,45 @@ def test_a_document_echoed_under_an_escaped_key_is_still_read():
     )
     response = parse(content, build_request("q", ["a"], model=MODEL), trace_id=None)
     assert response.results[0].document == RerankDocument(text="a")
+
+
+class _Note(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    text: str
+    tags: list[str] = []
+    _seen: int = PrivateAttr(default=0)
+
+
+@pytest.mark.parametrize("updates", [{}, {"tags": ["b"]}, {"text": "y", "tags": []}])
+def test_a_copy_is_what_model_copy_makes(updates):
+    original = _Note(text="x", colour="red")
+    original._seen = 3
+    fields_set = set(original.model_fields_set)
+    copy = _models.copied(original, **updates)
+    expected = original.model_copy(update=updates)
+    assert type(copy) is _Note
+    assert copy.__dict__ == expected.__dict__
+    assert copy.model_fields_set == expected.model_fields_set
+    assert copy.model_extra == {"colour": "red"}
+    assert copy._seen == 3
+    # Its own fields-set, extras and private values: changing the copy leaves the original alone.
+    copy.tags = ["c"]
+    copy.model_extra["colour"] = "blue"
+    copy._seen = 4
+    assert original.model_fields_set == fields_set
+    assert original.model_extra == {"colour": "red"}
+    assert original._seen == 3
+
+
+def test_a_slot_pydantic_keeps_elsewhere_is_still_set():
+    # The slot's own setter where pydantic has the slot; where a later pydantic keeps it
+    # elsewhere, object.__setattr__ instead of a failure at import.
+    note = _Note(text="x")
+    set_extra = _models._slot_setter("__pydantic_extra__")
+    assert set_extra == BaseModel.__dict__["__pydantic_extra__"].__set__
+    set_extra(note, {"colour": "red"})
+    assert note.model_extra == {"colour": "red"}
+    set_elsewhere = _models._slot_setter("__no_such_slot__")
+    set_elsewhere(note, 5)
+    assert note.__dict__["__no_such_slot__"] == 5
