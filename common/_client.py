@@ -64,6 +64,7 @@ from ._exceptions import (
     ResponseValidationError,
     SiliconFlowError,
     redact_answer,
+    redact_in_logs,
     status_error,
 )
 from ._media import DocumentItem, QueryItem
@@ -129,6 +130,7 @@ class _BaseClient:
     def __init__(self, settings: ClientSettings) -> None:
         self._settings = settings
         self._api_key = resolve_api_key(settings.api_key)
+        redact_in_logs(self, self._api_key.get_secret_value())
         self.base_url = resolve_base_url(settings.base_url)
         """The API root, without a trailing `/` or `/rerank`."""
         self.timeout = settings.timeout or httpx.Timeout(None)

@@ -25,7 +25,9 @@ that the adapters' `on_error="passthrough"` absorbs, while bad input always rais
 from __future__ import annotations
 
 import json
+import logging
 import re
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +51,7 @@ __all__ = [
     "SiliconFlowError",
     "excerpt",
     "redact_answer",
+    "redact_in_logs",
     "status_error",
 ]
 
@@ -257,6 +260,45 @@ def redact_answer(
             ]
         )
     return content, headers
+
+
+_LOGGED_SECRETS: dict[int, str] = {}
+"""The keys of live clients, by the client's id: read in one step (no lock, which a log line
+written while a collection finalizes a client would wait on forever)."""
+_HTTP_LIBRARY_LOGGERS = (
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.connection",
+)
+"""httpcore's loggers: at DEBUG, the first two show each answer's headers, the proxy's too."""
+
+
+def redact_in_logs(owner: object, secret: str) -> None:
+    """Keep `secret` out of the HTTP libraries' log lines for as long as `owner` lives.
+
+    httpcore logs every answer's headers at DEBUG: a server or proxy that echoes the request
+    back in a header would put the key into an application's log.
+    """
+    if len(secret) >= 8:  # as redact_answer: shorter is too short to tell from ordinary text
+        _LOGGED_SECRETS[id(owner)] = secret
+        weakref.finalize(owner, _LOGGED_SECRETS.pop, id(owner), None)
+
+
+class _SecretsRedacted(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = set(_LOGGED_SECRETS.values())
+        message = original = record.getMessage()
+        for secret in secrets:
+            message = message.replace(secret, _REDACTED)
+        if message != original:
+            record.msg, record.args = message, ()
+        return True
+
+
+_SECRETS_REDACTED = _SecretsRedacted()
+for _name in _HTTP_LIBRARY_LOGGERS:
+    logging.getLogger(_name).addFilter(_SECRETS_REDACTED)
 
 
 def _redact(value: Any, secret: str) -> Any:

@@ -83,6 +83,8 @@ FAILURES = [
     # Echoes of the request: in a 200 that is no answer, and as a JSON key.
     Fault.http_status(200, {"echo": f"Authorization: Bearer {CANARY}", "results": "none"}),
     Fault.http_status(400, {CANARY: "the key as a JSON key", "message": "bad request"}),
+    # ... and in a response header, which httpcore's own DEBUG line of the answer shows.
+    Fault.http_status(400, "bad", headers={"x-echo": f"Bearer {CANARY}"}),
 ]
 
 
