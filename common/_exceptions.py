@@ -263,15 +263,17 @@ def redact_answer(
 
 
 _LOGGED_SECRETS: dict[int, str] = {}
-"""The keys of live clients, by the client's id: read in one step (no lock, which a log line
-written while a collection finalizes a client would wait on forever)."""
+"""The keys of live clients, by the client's id. No lock: read and written in single steps. (A
+first version locked it, and the secrets suite hung: a log line can be written while the lock
+is held, as a collection finalizes a client that closes its pool.)"""
 _HTTP_LIBRARY_LOGGERS = (
     "httpcore.http11",
     "httpcore.http2",
     "httpcore.proxy",
     "httpcore.connection",
 )
-"""httpcore's loggers: at DEBUG, the first two show each answer's headers, the proxy's too."""
+"""httpcore's loggers: at DEBUG, HTTP/1.1 and HTTP/2 show each answer's headers, and the proxy
+a proxy's."""
 
 
 def redact_in_logs(owner: object, secret: str) -> None:
