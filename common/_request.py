@@ -77,7 +77,9 @@ class RerankRequest:
     documents: list[WireItem]
     top_n: int | None
     return_documents: bool
-    _content: bytes | StreamedBody | None = field(default=None, init=False, repr=False)
+    _content: bytes | StreamedBody | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def content(self) -> bytes | StreamedBody:

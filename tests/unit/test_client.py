@@ -790,3 +790,15 @@ def test_a_sync_client_keeps_its_threads_across_calls_and_bounds_each_call():
     assert client._threads is None
     assert executor is not None
     assert executor._shutdown
+
+
+def test_a_request_equals_its_twin_whether_or_not_its_body_was_encoded():
+    from siliconflow_rerank._request import build_request
+
+    encoded = build_request("q", ["a", "b"], model="BAAI/bge-reranker-v2-m3")
+    fresh = build_request("q", ["a", "b"], model="BAAI/bge-reranker-v2-m3")
+    content = encoded.content  # encoded, and kept
+    assert isinstance(content, bytes)
+    assert json.loads(content)["documents"] == ["a", "b"]
+    assert encoded == fresh
+    assert "content" not in repr(encoded)
