@@ -310,7 +310,7 @@ class _BaseClient:
         return delay
 
 
-_AsyncPool = tuple[AsyncPool, AsyncGenerator[None, None]]
+_AsyncPool = tuple[AsyncPool | httpx.AsyncClient, AsyncGenerator[None, None]]
 
 _POOL_OWNERS: weakref.WeakSet[SiliconFlowClient | AsyncSiliconFlowClient] = weakref.WeakSet()
 """Clients that opened a pool: a forked child makes each of them start afresh."""

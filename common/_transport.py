@@ -1,11 +1,12 @@
 """What the client modules need from their transports: error translation, and both pools.
 
 Each client's own pool skips httpx's client layer (see `benchmarks/results.md`): the sync pool is
-httpcore's, the async pool aiohttp's, both used directly; a caller's own httpx client, and a
-proxy on the sync side, still go through httpx. Their quirks live here: errors of a streamed body
-wrapped, proxy variables unread, compressed answers, and an async pool that must close on the
-loop that opened it. Both pools refuse to reuse a kept-alive connection that holds bytes nobody
-asked for, and the sync pool's `close()` wakes the threads still reading from it.
+httpcore's, the async pool aiohttp's, both used directly; a caller's own httpx client, a proxy on
+the sync side and a SOCKS proxy on the async side still go through httpx. Their quirks live here:
+errors of a streamed body wrapped, proxy variables unread, compressed answers, and an async pool
+that must close on the loop that opened it. Both pools refuse to reuse a kept-alive connection that
+holds bytes nobody asked for, and the sync pool's `close()` wakes the threads still reading from
+it.
 """
 
 from __future__ import annotations
@@ -341,13 +342,12 @@ class AsyncPool:
 
     def __init__(
         self,
-        url: httpx.URL,
+        proxy: httpx.Proxy | None,
         headers: Mapping[str, str],
         timeout: httpx.Timeout,
         deadline: float | None,
         limits: httpx.Limits,
     ) -> None:
-        proxy = _environment_proxy(url)
         self._targets: dict[int, tuple[httpx.URL, str]] = {}
         self._proxy = None if proxy is None else str(proxy.url)
         self._proxy_auth = (
@@ -396,15 +396,22 @@ async def open_async_pool(
     timeout: httpx.Timeout,
     deadline: float | None,
     limits: httpx.Limits,
-) -> tuple[AsyncPool, AsyncGenerator[None, None]]:
-    """Open an aiohttp pool for requests to `url`, on the running loop.
+) -> tuple[AsyncPool | httpx.AsyncClient, AsyncGenerator[None, None]]:
+    """Open a pool for requests to `url`, on the running loop: aiohttp's, or httpx's when the
+    environment names a SOCKS proxy (aiohttp speaks only HTTP to a proxy; httpx speaks SOCKS5
+    with its `socks` extra, as on the sync side).
 
     Returns:
         The pool, and a guard to `aclose()` that closes it; left open, the guard closes the pool
         when the event loop shuts down.
     """
+    pool: AsyncPool | httpx.AsyncClient
     with _proxy_settings_checked():
-        pool = AsyncPool(url, headers, timeout, deadline, limits)
+        proxy = _environment_proxy(url)
+        if proxy is not None and proxy.url.scheme not in _HTTP_SCHEMES:
+            pool = httpx.AsyncClient(timeout=timeout, limits=limits, proxy=proxy)
+        else:
+            pool = AsyncPool(proxy, headers, timeout, deadline, limits)
     guard = _close_with_loop(pool)
     await guard.__anext__()
     return pool, guard
@@ -448,6 +455,9 @@ def _readable(transport: asyncio.BaseTransport | None) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
+_HTTP_SCHEMES = frozenset({"http", "https"})
+
+
 def _environment_proxy(url: httpx.URL) -> httpx.Proxy | None:
     """The proxy that HTTP(S)_PROXY / ALL_PROXY name for `url`, unless NO_PROXY exempts its host.
 
@@ -461,7 +471,7 @@ def _environment_proxy(url: httpx.URL) -> httpx.Proxy | None:
     return httpx.Proxy(chosen) if chosen else None
 
 
-async def _close_with_loop(pool: AsyncPool) -> AsyncGenerator[None, None]:
+async def _close_with_loop(pool: AsyncPool | httpx.AsyncClient) -> AsyncGenerator[None, None]:
     """Hold `pool` open until closed, or until its event loop shuts down.
 
     `asyncio.run()` finalizes every live async generator before closing its loop, which runs this

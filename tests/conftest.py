@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from siliconflow_rerank.emulator import RerankEmulator
 
-from .helpers import Handler, RedisServer, Runner
+from .helpers import Handler, RedisServer, Runner, SocksProxy
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +73,11 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def socks_proxy(tmp_path: Path) -> Iterator[SocksProxy]:
+    """A real SOCKS5 proxy of this test's own, on a free loopback port."""
+    proxy = SocksProxy(tmp_path / "socks.log")
+    yield proxy
+    proxy.stop()

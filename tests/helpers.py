@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -241,6 +242,45 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+class SocksProxy:
+    """A real SOCKS5 proxy (pproxy) on a free loopback port, in a process of its own, that logs
+    each connection it relays to `log`: `relayed()` lists their targets ("127.0.0.1:8000")."""
+
+    def __init__(self, log: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.log = log
+        with log.open("wb") as output:  # the process keeps its own copy of the descriptor
+            listen = f"socks5://127.0.0.1:{self.port}"
+            self.process = subprocess.Popen(
+                [sys.executable, "-u", "-m", "pproxy", "-v", "-l", listen],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+
+        def listens() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
+
+        wait_until(listens, timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"socks5://127.0.0.1:{self.port}"
+
+    def relayed(self) -> list[str]:
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [line.rpartition(" -> ")[2] for line in lines if " -> " in line]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
 
 
 def _redis_binary() -> str:

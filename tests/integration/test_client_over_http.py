@@ -7,6 +7,7 @@ import base64
 import gzip
 import json
 import socket
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -391,24 +392,57 @@ def test_malformed_http_is_a_connection_error_and_retried(make_runner, answer):
         assert len(runner.sleeps.delays) == 1
 
 
-@pytest.mark.parametrize("proxy", ["ftp://proxy.invalid:1", "socks5://127.0.0.1:1"])
-def test_an_unusable_proxy_variable_is_a_configuration_error(
-    make_runner, client_kind, monkeypatch, proxy
-):
-    # The async transport tries a SOCKS URL as an HTTP proxy: typed too, as a connection error.
-    expected: type[Exception] = InvalidRequestError
-    if proxy.startswith("socks") and client_kind == "async":
-        expected = APIConnectionError
+def _name_proxy(monkeypatch: pytest.MonkeyPatch, proxy: str) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.setenv(name, proxy)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
+
+
+def _unused_port() -> int:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    runner = make_runner(base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
-    with pytest.raises(expected, match=r"proxy settings|connection failed"):
+        return int(unused.getsockname()[1])
+
+
+@pytest.mark.parametrize("proxy", ["ftp://proxy.invalid:1", "socks4://127.0.0.1:1"])
+def test_an_unusable_proxy_variable_is_a_configuration_error(
+    make_runner, monkeypatch, proxy, emulator
+):
+    _name_proxy(monkeypatch, proxy)
+    runner = make_runner(base_url=f"http://127.0.0.1:{_unused_port()}/v1", max_retries=0)
+    with pytest.raises(InvalidRequestError, match=r"proxy settings .*cannot be used"):
         runner.rerank("apple", ["apple pie"])
+    assert emulator.stats.requests == 0
+
+
+def test_a_socks_proxy_without_its_package_is_a_configuration_error(make_runner, monkeypatch):
+    monkeypatch.setitem(sys.modules, "socksio", None)  # as if httpx's `socks` extra were missing
+    _name_proxy(monkeypatch, "socks5://127.0.0.1:1")
+    runner = make_runner(base_url=f"http://127.0.0.1:{_unused_port()}/v1", max_retries=0)
+    with pytest.raises(InvalidRequestError, match=r"proxy settings .*socksio"):
+        runner.rerank("apple", ["apple pie"])
+
+
+def test_both_clients_go_through_a_socks_proxy(make_runner, emulator, socks_proxy, monkeypatch):
+    # aiohttp speaks only HTTP to a proxy: the async client sends through httpx here, as the sync
+    # client does, rather than speak HTTP to a SOCKS server.
+    _name_proxy(monkeypatch, socks_proxy.url)
+    runner = make_runner(base_url=emulator.base_url, max_retries=0)
+    for _ in range(2):
+        response = runner.rerank("apple", DOCUMENTS, top_n=2)
+        assert response.results[0].index in (1, 2)
+    assert emulator.stats.requests == 2
+    target = emulator.base_url.removeprefix("http://").removesuffix("/v1")
+    assert socks_proxy.relayed() == [target]  # one kept-alive connection, through the proxy
+
+
+def test_a_socks_proxy_that_refuses_is_a_connection_error(make_runner, monkeypatch, emulator):
+    _name_proxy(monkeypatch, f"socks5://127.0.0.1:{_unused_port()}")
+    runner = make_runner(base_url=emulator.base_url, max_retries=0)
+    with pytest.raises(APIConnectionError):
+        runner.rerank("apple", ["apple pie"])
+    assert emulator.stats.requests == 0
 
 
 def _answer_with(head: bytes, body: bytes) -> ScriptedServer:
