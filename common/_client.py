@@ -120,8 +120,7 @@ def _name_rerank_batch(error: SiliconFlowError, batch: Batch, total: int) -> Sil
 def _name_embedding_batch(
     error: SiliconFlowError, request: EmbeddingRequest, total: int
 ) -> SiliconFlowError:
-    last = request.first + request.count - 1
-    return name_batch(error, request.number, request.first, last, total, "inputs")
+    return name_batch(error, request.number, request.first, request.last, total, "inputs")
 
 
 class _BaseClient:

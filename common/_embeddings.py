@@ -73,6 +73,8 @@ class EmbeddingRequest:
         content: The same body as UTF-8 JSON bytes, or streamed when it holds `InlineMedia`.
         number: Its place among the call's requests, from 0.
         first: The position, in the call's inputs, of its first input.
+        last: The position, in the call's inputs, of its last input (cached inputs between the
+            two are not sent).
         count: How many inputs it carries.
         dimensions: The vector length asked for, or None for the model's own.
     """
@@ -81,6 +83,7 @@ class EmbeddingRequest:
     content: bytes | StreamedBody
     number: int
     first: int
+    last: int
     count: int
     dimensions: int | None
 
@@ -158,20 +161,23 @@ def _check_call(
 
 def _requests(
     wire: list[WireItem],
+    positions: Sequence[int],
     model: str,
     dimensions: int | None,
     encoding_format: EncodingFormat,
     batch_size: int,
 ) -> list[EmbeddingRequest]:
+    """Requests for `wire`, the inputs at `positions` of the call, `batch_size` at a time."""
     options: dict[str, Any] = {"encoding_format": encoding_format}
     if dimensions is not None:
         options["dimensions"] = dimensions
     requests = []
-    for number, first in enumerate(range(0, len(wire), batch_size)):
-        group = wire[first : first + batch_size]
+    for number, start in enumerate(range(0, len(wire), batch_size)):
+        group = wire[start : start + batch_size]
         body = {"model": model, "input": group, **options}
+        first, last = positions[start], positions[start + len(group) - 1]
         requests.append(
-            EmbeddingRequest(body, encode_body(body), number, first, len(group), dimensions)
+            EmbeddingRequest(body, encode_body(body), number, first, last, len(group), dimensions)
         )
     return requests
 
@@ -209,8 +215,9 @@ def plan_embeddings(
     wire = _wire_inputs(inputs)
     _check_call(wire, model, dimensions, encoding_format, batch_size)
     if cache is None:
-        requests = _requests(wire, model, dimensions, encoding_format, batch_size)
-        return EmbeddingPlan(requests, len(wire), range(len(wire)), {})
+        every = range(len(wire))
+        requests = _requests(wire, every, model, dimensions, encoding_format, batch_size)
+        return EmbeddingPlan(requests, len(wire), every, {})
     prefix = embedding_key_prefix(
         base_url, {"model": model, "dimensions": dimensions, "encoding_format": encoding_format}
     )
@@ -221,7 +228,7 @@ def plan_embeddings(
     }
     pending = [i for i, vector in enumerate(found) if vector is None]
     pending_inputs = [wire[i] for i in pending]
-    requests = _requests(pending_inputs, model, dimensions, encoding_format, batch_size)
+    requests = _requests(pending_inputs, pending, model, dimensions, encoding_format, batch_size)
     return EmbeddingPlan(requests, len(wire), pending, known, keys)
 
 

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from siliconflow_rerank import (
+    BadRequestError,
     EmbeddingCache,
     ResponseValidationError,
     ServiceUnavailableError,
@@ -122,6 +123,25 @@ def test_cache_serves_repeats_and_sends_only_misses(make_runner, emulator):
     )
     assert mixed.embeddings == uncached.embeddings  # in input order, equal to an uncached call
     assert (cache.hits, cache.misses) == (5, 5)
+
+
+def test_a_failing_batch_is_named_by_the_calls_own_positions(make_runner, emulator):
+    # With some inputs cached, the batches hold the others: the error names where they stand
+    # in the call, not in the list of inputs sent.
+    inputs = [f"fruit number {i}" for i in range(10)]
+    runner = make_runner(
+        base_url=emulator.base_url, embedding_cache=EmbeddingCache(), max_retries=0
+    )
+    runner.embed([inputs[i] for i in (0, 1, 2, 5)])
+    emulator.reset()
+    emulator.enqueue(Fault.http_status(400, {"code": 20015, "message": "no"}))
+    with pytest.raises(BadRequestError) as info:
+        runner.embed(inputs, batch_size=3)  # sent: inputs 3, 4, 6 and inputs 7, 8, 9
+    ranges = {0: "inputs 3..6", 1: "inputs 7..9"}
+    assert info.value.batch in ranges
+    assert f"batch {info.value.batch + 1} of 2 ({ranges[info.value.batch]}) failed" in str(
+        info.value
+    )
 
 
 @pytest.mark.parametrize(
