@@ -511,6 +511,7 @@ class LoopThread:
 
     async def _serve(self, started: threading.Event) -> None:
         self.loop = asyncio.get_running_loop()
+        self.loop.set_default_executor(_Unawaited(thread_name_prefix="siliconflow-rerank-worker"))
         self._stop = self.loop.create_future()
         started.set()
         await self._stop
@@ -531,6 +532,15 @@ class LoopThread:
             self.loop.call_soon_threadsafe(_settle, self._stop)
         if threading.current_thread() is not self._thread:
             self._thread.join()
+
+
+class _Unawaited(concurrent.futures.ThreadPoolExecutor):
+    """The loop thread's executor, where a blocking rate limiter and a caller's own sleep run:
+    stopping the loop does not wait for them (a sleep of a minute, or a Redis call until its
+    timeout, held up `close()` as long), as the sync client's own threads are not waited for."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=True)
 
 
 def _settle(future: asyncio.Future[None]) -> None:

@@ -739,6 +739,49 @@ def test_sync_close_ends_the_calls_in_flight_at_once(batch_size, callers, reques
         assert len(server.connections) == requests  # none retried on a pool opened after close()
 
 
+def test_sync_close_does_not_wait_for_a_callers_sleep_on_the_loop_thread(emulator):
+    # A batched call waits out its retry delay in the caller's own sleep, run off the loop
+    # thread: close() stops the loop without waiting for that sleep to end.
+    sleeping, release = threading.Event(), threading.Event()
+
+    def blocking_sleep(seconds: float) -> None:
+        sleeping.set()
+        release.wait(30)
+
+    client = SiliconFlowClient(
+        api_key=KEY,
+        base_url=emulator.base_url,
+        max_documents_per_request=2,
+        max_concurrency=1,
+        retry_policy=RetryPolicy(sleep=blocking_sleep),
+    )
+    emulator.enqueue(Fault.overloaded())
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.rerank("apple", TEXTS)
+        except BaseException as error:
+            errors.append(error)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        assert sleeping.wait(10)
+        closing = threading.Thread(target=client.close)
+        closing.start()
+        closing.join(timeout=10)
+        assert not closing.is_alive()  # returned while the sleep still blocks
+        caller.join(timeout=10)
+        assert not caller.is_alive()
+        assert len(errors) == 1
+        assert isinstance(errors[0], APIConnectionError)
+        assert "closed" in str(errors[0])
+    finally:
+        release.set()
+        caller.join(timeout=10)
+
+
 def test_async_close_ends_the_calls_in_flight_at_once():
     async def scenario(base_url: str) -> list[BaseException]:
         client = AsyncSiliconFlowClient(api_key=KEY, base_url=base_url, timeout=60.0)
