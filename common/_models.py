@@ -610,15 +610,17 @@ _set = object.__setattr__
 
 
 def _slot_setter(name: str) -> Callable[[Any, Any], None]:
-    """What sets pydantic's slot `name` of a model: the slot's own `__set__`, called directly
-    (`object.__setattr__` looks the slot up and checks the call each time: about 500
-    instructions more per set), or `object.__setattr__` if this pydantic keeps it elsewhere."""
+    """What sets pydantic's slot `name` of a model (its `__dict__` included): the slot's own
+    `__set__`, called directly (`object.__setattr__` looks the slot up and checks the call each
+    time: about 500 instructions more per set), or `object.__setattr__` if this pydantic keeps it
+    elsewhere."""
     setter: Callable[[Any, Any], None] | None = getattr(
         BaseModel.__dict__.get(name), "__set__", None
     )
     return setter or (lambda instance, value: _set(instance, name, value))
 
 
+_set_dict = _slot_setter("__dict__")
 _set_fields_set = _slot_setter("__pydantic_fields_set__")
 _set_extra = _slot_setter("__pydantic_extra__")
 _set_private = _slot_setter("__pydantic_private__")
@@ -637,7 +639,7 @@ def assembled(
     `fields_set` becomes the instance's own: pass a fresh set, or one that already names every
     field (pydantic adds a field's name on assignment, which then changes nothing)."""
     instance = _new(cls)
-    _set(instance, "__dict__", state)
+    _set_dict(instance, state)
     _set_fields_set(instance, fields_set)
     _set_extra(instance, extra)
     _set_private(instance, private)
@@ -648,7 +650,7 @@ def copied(model: _M, **updates: Any) -> _M:
     """`model.model_copy(update=updates)` (a shallow copy with some fields replaced), cheaper."""
     # `assembled`, inlined: adapters copy one object per document of every call.
     instance = _new(type(model))
-    _set(instance, "__dict__", {**model.__dict__, **updates})
+    _set_dict(instance, {**model.__dict__, **updates})
     _set_fields_set(instance, {*model.__pydantic_fields_set__, *updates})
     extra, private = model.__pydantic_extra__, model.__pydantic_private__
     _set_extra(instance, None if extra is None else extra.copy())

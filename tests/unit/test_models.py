@@ -377,6 +377,10 @@ def test_a_slot_pydantic_keeps_elsewhere_is_still_set():
     assert set_extra == BaseModel.__dict__["__pydantic_extra__"].__set__
     set_extra(note, {"colour": "red"})
     assert note.model_extra == {"colour": "red"}
+    set_dict = _models._slot_setter("__dict__")  # the instance dict's own setter, likewise
+    assert set_dict == BaseModel.__dict__["__dict__"].__set__
+    set_dict(note, {**note.__dict__, "text": "y"})
+    assert note.text == "y"
     set_elsewhere = _models._slot_setter("__no_such_slot__")
     set_elsewhere(note, 5)
     assert note.__dict__["__no_such_slot__"] == 5
