@@ -5,8 +5,7 @@ httpcore's, the async pool aiohttp's, both used directly; a caller's own httpx c
 the sync side and a SOCKS proxy on the async side still go through httpx. Their quirks live here:
 errors of a streamed body wrapped, proxy variables unread, compressed answers, and an async pool
 that must close on the loop that opened it. Both pools refuse to reuse a kept-alive connection that
-holds bytes nobody asked for, and the sync pool's `close()` wakes the threads still reading from
-it.
+holds bytes nobody asked for, and the sync pool's `close()` wakes the threads still reading from it.
 """
 
 from __future__ import annotations
