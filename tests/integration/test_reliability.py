@@ -700,6 +700,20 @@ def _reads_then_stalls(connection: socket.socket) -> None:
     time.sleep(30)
 
 
+def _rerank_on_thread(client: SiliconFlowClient, errors: list[BaseException]) -> threading.Thread:
+    """A started thread that makes one call of `client`, keeping what it raises in `errors`."""
+
+    def call() -> None:
+        try:
+            client.rerank("apple", TEXTS)
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
 @pytest.mark.parametrize(
     ("batch_size", "callers", "requests"),
     [(None, 3, 3), (2, 1, 2)],
@@ -715,16 +729,7 @@ def test_sync_close_ends_the_calls_in_flight_at_once(batch_size, callers, reques
             max_documents_per_request=batch_size,
         )
         errors: list[BaseException] = []
-
-        def call() -> None:
-            try:
-                client.rerank("apple", TEXTS)
-            except BaseException as error:
-                errors.append(error)
-
-        threads = [threading.Thread(target=call) for _ in range(callers)]
-        for thread in threads:
-            thread.start()
+        threads = [_rerank_on_thread(client, errors) for _ in range(callers)]
         wait_until(lambda: len(server.connections) == requests)
         time.sleep(0.1)  # each request sent, each caller waiting for its answer
         client.close()
@@ -757,15 +762,7 @@ def test_sync_close_does_not_wait_for_a_callers_sleep_on_the_loop_thread(emulato
     )
     emulator.enqueue(Fault.overloaded())
     errors: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            client.rerank("apple", TEXTS)
-        except BaseException as error:
-            errors.append(error)
-
-    caller = threading.Thread(target=call)
-    caller.start()
+    caller = _rerank_on_thread(client, errors)
     try:
         assert sleeping.wait(10)
         closing = threading.Thread(target=client.close)
