@@ -230,7 +230,12 @@ def test_broken_answer_fails_loudly_without_retry(fresh, name, label, fault, mes
         with pytest.raises(ResponseValidationError, match=message) as info:
             path.call()
         assert info.value.trace_id
-        assert fresh.stats.requests == (2 if name == "batched" else 1)
+        if name == "batched":
+            # The other batch runs beside the broken one and is cancelled when the call fails:
+            # sent and counted, or not, by then. Neither is sent twice, and nothing waited.
+            assert fresh.stats.requests in (1, 2)
+        else:
+            assert fresh.stats.requests == 1
         assert path.sleeps.delays == []
 
     run_path(name, fresh, check)
