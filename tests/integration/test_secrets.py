@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-import socket
 
 import pytest
 from langchain_core.documents import Document
@@ -17,7 +16,7 @@ from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
 from siliconflow_rerank import AsyncSiliconFlowClient, SiliconFlowClient, SiliconFlowError
 from siliconflow_rerank.emulator import Fault, RerankEmulator
 
-from ..helpers import SleepRecorder
+from ..helpers import SleepRecorder, free_port
 
 CANARY = "sk-canary-7f3a9c2e5b1d4f60"
 
@@ -128,12 +127,9 @@ def test_no_canary_in_errors_or_debug_logs(server, fault, caplog):
 
 
 def test_no_canary_when_the_connection_is_refused(caplog):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     client = SiliconFlowClient(
         api_key=CANARY,
-        base_url=f"http://127.0.0.1:{port}/v1",
+        base_url=f"http://127.0.0.1:{free_port()}/v1",
         retry_policy=SleepRecorder().policy(),
     )
     with caplog.at_level(logging.DEBUG), pytest.raises(SiliconFlowError) as info:
