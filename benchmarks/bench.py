@@ -212,13 +212,12 @@ async def _raw_socket_call(host: str, port: int, path: str, body: bytes, pool: l
 def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
     """Seconds for `count` concurrent reranks of 20 documents against a 100 ms server, and the
     client's CPU per call in microseconds."""
-    import aiohttp
     from langchain_core.documents import Document
     from llama_index.core.schema import NodeWithScore, TextNode
 
     from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
     from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
-    from siliconflow_rerank import DEFAULT_MAX_CONNECTIONS, AsyncSiliconFlowClient
+    from siliconflow_rerank import AsyncSiliconFlowClient
 
     documents = short_documents(20)
     payload = {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": documents}
@@ -233,9 +232,7 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
         sockets: list[Any] = []
         plain = httpx.AsyncClient(limits=httpx.Limits(max_connections=count))
         default_httpx = httpx.AsyncClient()
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=DEFAULT_MAX_CONNECTIONS)
-        )
+        session = await _aiohttp_session()
         core = AsyncSiliconFlowClient(api_key=KEY, base_url=base_url)
         langchain = LangChainRerank(api_key=KEY, base_url=base_url, top_n=None)
         llama = LlamaRerank(api_key=KEY, base_url=base_url, top_n=None)
@@ -430,6 +427,7 @@ def bench_batch_cpu(base_url: str, count: int = 10_000) -> dict[str, float]:
 
 
 async def _aiohttp_session() -> Any:
+    """A session for the "aiohttp directly" rows, sized as the client's own pool."""
     import aiohttp
 
     from siliconflow_rerank import DEFAULT_MAX_CONNECTIONS
