@@ -10,7 +10,6 @@ is the median of several runs, client CPU beside wall time. Writes `benchmarks/r
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import json
 import os
@@ -270,7 +269,7 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
             # contract: inputs untouched, the score in each copy's metadata), made by the
             # adapter's own code after a core call; the rest of an adapter's cost is above this.
             COPIES_LANGCHAIN: lambda: core_and_copies(
-                functools.partial(LangChainRerank._scored, lc_documents)
+                lambda response: LangChainRerank._scored(lc_documents, response)
             ),
             COPIES_LLAMA_INDEX: lambda: core_and_copies(
                 lambda response: llama._finish(nodes, response, _Outcome(observed=False))
