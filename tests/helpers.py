@@ -258,9 +258,8 @@ class SocksProxy:
         self.port = free_port()
         self.log = log
         with log.open("wb") as output:  # the process keeps its own copy of the descriptor
-            listen = f"socks5://127.0.0.1:{self.port}"
             self.process = subprocess.Popen(
-                [sys.executable, "-u", "-m", "pproxy", "-v", "-l", listen],
+                [sys.executable, "-u", "-m", "pproxy", "-v", "-l", self.url],
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
