@@ -97,7 +97,34 @@ CONCURRENCY_ROUNDS = RUNS * 3
 over tens of seconds, and with 7 rounds one slow stretch could move a median by a fifth."""
 
 Timing = dict[str, float]
-"""A contender's medians: `wall` and `cpu` (client process CPU), per call or per run."""
+"""A contender's medians: `wall` and `cpu` (client process CPU), per call or per run; in section
+2 also `gc`, the collector's share of that CPU."""
+
+
+class _Collections:
+    """Seconds the garbage collector ran while registered, timed by its start and stop callbacks."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+
+@contextmanager
+def collections_timed() -> Iterator[_Collections]:
+    """Time the garbage collector's runs within the block (entered after `clean_heap`, so that
+    its full collection is not counted)."""
+    timed = _Collections()
+    gc.callbacks.append(timed)
+    try:
+        yield timed
+    finally:
+        gc.callbacks.remove(timed)
 
 
 def _rounds(
@@ -120,8 +147,17 @@ def _rounds(
     return walls, cpus
 
 
-def _medians(walls: dict[str, list[float]], cpus: dict[str, list[float]]) -> dict[str, Timing]:
-    return {name: {"wall": median_of(walls[name]), "cpu": median_of(cpus[name])} for name in walls}
+def _medians(
+    walls: dict[str, list[float]],
+    cpus: dict[str, list[float]],
+    collected: dict[str, list[float]] | None = None,
+) -> dict[str, Timing]:
+    medians = {
+        name: {"wall": median_of(walls[name]), "cpu": median_of(cpus[name])} for name in walls
+    }
+    for name, runs in (collected or {}).items():
+        medians[name]["gc"] = median_of(runs)
+    return medians
 
 
 def bench_overhead(base_url: str, count: int = 50) -> dict[str, Timing]:
@@ -281,15 +317,18 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
             )
         walls: dict[str, list[float]] = {name: [] for name in contenders}
         cpus: dict[str, list[float]] = {name: [] for name in contenders}
+        collected: dict[str, list[float]] = {name: [] for name in contenders}
         for call in contenders.values():  # warm up: every pool full before anything is timed
             await asyncio.gather(*(call() for _ in range(count)))
         for _ in range(CONCURRENCY_ROUNDS):
             for name, call in contenders.items():  # interleaved, so drift hits everyone alike
                 clean_heap()
-                wall, cpu = time.perf_counter(), time.process_time()
-                await asyncio.gather(*(call() for _ in range(count)))
+                with collections_timed() as collections:
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    await asyncio.gather(*(call() for _ in range(count)))
                 walls[name].append(time.perf_counter() - wall)
                 cpus[name].append((time.process_time() - cpu) / count * 1e6)
+                collected[name].append(collections.seconds / count * 1e6)
         for _, writer in sockets:
             writer.close()
         await session.close()
@@ -298,7 +337,7 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
         await core.aclose()
         await langchain.aclose()
         await llama.aclose()
-        return _medians(walls, cpus)
+        return _medians(walls, cpus, collected)
 
     results = asyncio.run(run_all())
     results.update(_sync_concurrency(base_url, count, documents, body))
@@ -325,6 +364,7 @@ def _sync_concurrency(
     }
     walls: dict[str, list[float]] = {name: [] for name in contenders}
     cpus: dict[str, list[float]] = {name: [] for name in contenders}
+    collected: dict[str, list[float]] = {name: [] for name in contenders}
     with ThreadPoolExecutor(50) as pool:
 
         def hammer(call: Callable[[], object]) -> None:
@@ -335,13 +375,15 @@ def _sync_concurrency(
         for _ in range(RUNS):
             for name, call in contenders.items():
                 clean_heap()
-                wall, cpu = time.perf_counter(), time.process_time()
-                hammer(call)
+                with collections_timed() as collections:
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    hammer(call)
                 walls[name].append(time.perf_counter() - wall)
                 cpus[name].append((time.process_time() - cpu) / count * 1e6)
+                collected[name].append(collections.seconds / count * 1e6)
     raw.close()
     core.close()
-    return _medians(walls, cpus)
+    return _medians(walls, cpus, collected)
 
 
 # -- 3. large lists -----------------------------------------------------------------------------
@@ -795,11 +837,14 @@ def _targets(results: dict[str, Any]) -> list[str]:
     ]
     lc_copies = concurrency[COPIES_LANGCHAIN]["cpu"] - core["cpu"]
     li_copies = concurrency[COPIES_LLAMA_INDEX]["cpu"] - core["cpu"]
+    lc_collector = lc["gc"] - core["gc"]
+    li_collector = li["gc"] - core["gc"]
     lines += [
         "",
         "Of each adapter's CPU over the core at 200 concurrent calls, the copies of the 20 "
         f"documents it returns take {lc_copies:.0f} µs (LangChain) and {li_copies:.0f} µs "
-        "(LlamaIndex) per call (section 2's rows with copies only).",
+        "(LlamaIndex) per call (section 2's rows with copies only); the garbage collector's "
+        f"extra time, {lc_collector:.0f} µs and {li_collector:.0f} µs.",
     ]
     return lines
 
@@ -829,7 +874,7 @@ def write_report(results: dict[str, Any]) -> None:
 
     lines += _table(
         "2. Concurrency (200 concurrent reranks of 20 documents, server answers after 100 ms)",
-        ["contender", "seconds", "× floor", "client CPU µs per call"],
+        ["contender", "seconds", "× floor", "client CPU µs per call", "of which collector"],
         note=f"Median of {CONCURRENCY_ROUNDS} interleaved rounds (the sync rows: {RUNS}).",
     )
     concurrency = results["concurrency"]
@@ -837,8 +882,15 @@ def write_report(results: dict[str, Any]) -> None:
     sync_floor = concurrency["sync: raw httpx.Client, 50 threads (floor)"]["wall"]
     for name, t in concurrency.items():
         base = sync_floor if name.startswith("sync") else floor
-        lines.append(f"| {name} | {t['wall']:.3f} | {t['wall'] / base:.2f} | {t['cpu']:.0f} |")
-    lines += ["", "(Sync rows are compared with the sync floor, the others with raw sockets.)"]
+        lines.append(
+            f"| {name} | {t['wall']:.3f} | {t['wall'] / base:.2f} | {t['cpu']:.0f} | {t['gc']:.0f} |"
+        )
+    lines += [
+        "",
+        "(Sync rows are compared with the sync floor, the others with raw sockets. The collector "
+        "column is the time the garbage collector ran during a round, per call: its collections "
+        "walk the objects of the calls in flight and the results held until the round ends.)",
+    ]
 
     lines += _table(
         "3. Large lists (10,000 documents, emulator latency 0.2 ms per document)",
