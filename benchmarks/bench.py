@@ -291,9 +291,9 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
             "raw asyncio sockets (floor)": lambda: _raw_socket_call(
                 url.host, url.port or 80, url.path, body, sockets
             ),
+            # The rows the targets compare run next to each other in a round (the slow ones last),
+            # so that the machine's drift over a round moves them alike.
             "aiohttp directly": aiohttp_call,
-            "plain httpx.AsyncClient (default pool)": lambda: httpx_call(default_httpx),
-            f"plain httpx.AsyncClient (pool of {count})": lambda: httpx_call(plain),
             "core AsyncSiliconFlowClient": lambda: core.rerank(QUERY, documents),
             "LangChain adapter (acompress_documents)": lambda: langchain.acompress_documents(
                 lc_documents, QUERY
@@ -310,6 +310,8 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
             COPIES_LLAMA_INDEX: lambda: core_and_copies(
                 lambda response: llama._finish(nodes, response, _Outcome(observed=False))
             ),
+            "plain httpx.AsyncClient (default pool)": lambda: httpx_call(default_httpx),
+            f"plain httpx.AsyncClient (pool of {count})": lambda: httpx_call(plain),
         }
         if peer is not None:
             contenders["peer (apostprocess_nodes)"] = lambda: peer.apostprocess_nodes(
