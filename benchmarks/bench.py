@@ -876,7 +876,7 @@ def write_report(results: dict[str, Any]) -> None:
 
     lines += _table(
         "2. Concurrency (200 concurrent reranks of 20 documents, server answers after 100 ms)",
-        ["contender", "seconds", "× floor", "client CPU µs per call", "of which collector"],
+        ["contender", "seconds", "× floor", "client CPU µs per call", "of which the collector"],
         note=f"Median of {CONCURRENCY_ROUNDS} interleaved rounds (the sync rows: {RUNS}).",
     )
     concurrency = results["concurrency"]
