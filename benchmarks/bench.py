@@ -95,6 +95,9 @@ OVERHEAD_ROUNDS = RUNS * 5
 CONCURRENCY_ROUNDS = RUNS * 3
 """Rounds of the concurrency and large-list CPU sections: this machine's speed drifts by a third
 over tens of seconds, and with 7 rounds one slow stretch could move a median by a fifth."""
+TARGET_ROUNDS = CONCURRENCY_ROUNDS * 2
+"""Rounds of section 2's rows that the targets compare (a round of them takes about 2 s): their
+differences are tens of microseconds a call, within one round's drift."""
 
 Timing = dict[str, float]
 """A contender's medians: `wall` and `cpu` (client process CPU), per call or per run; in section
@@ -291,8 +294,6 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
             "raw asyncio sockets (floor)": lambda: _raw_socket_call(
                 url.host, url.port or 80, url.path, body, sockets
             ),
-            # The rows the targets compare run next to each other in a round (the slow ones last),
-            # so that the machine's drift over a round moves them alike.
             "aiohttp directly": aiohttp_call,
             "core AsyncSiliconFlowClient": lambda: core.rerank(QUERY, documents),
             "LangChain adapter (acompress_documents)": lambda: langchain.acompress_documents(
@@ -310,27 +311,20 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
             COPIES_LLAMA_INDEX: lambda: core_and_copies(
                 lambda response: llama._finish(nodes, response, _Outcome(observed=False))
             ),
+        }
+        # Many times slower and far from any target: seconds a round, so fewer rounds.
+        slow: dict[str, Callable[[], Awaitable[object]]] = {
             "plain httpx.AsyncClient (default pool)": lambda: httpx_call(default_httpx),
             f"plain httpx.AsyncClient (pool of {count})": lambda: httpx_call(plain),
         }
         if peer is not None:
-            contenders["peer (apostprocess_nodes)"] = lambda: peer.apostprocess_nodes(
+            slow["peer (apostprocess_nodes)"] = lambda: peer.apostprocess_nodes(
                 nodes, query_str=QUERY
             )
-        walls: dict[str, list[float]] = {name: [] for name in contenders}
-        cpus: dict[str, list[float]] = {name: [] for name in contenders}
-        collected: dict[str, list[float]] = {name: [] for name in contenders}
-        for call in contenders.values():  # warm up: every pool full before anything is timed
+        for call in [*contenders.values(), *slow.values()]:  # warm up: every pool full
             await asyncio.gather(*(call() for _ in range(count)))
-        for _ in range(CONCURRENCY_ROUNDS):
-            for name, call in contenders.items():  # interleaved, so drift hits everyone alike
-                clean_heap()
-                with collections_timed() as collections:
-                    wall, cpu = time.perf_counter(), time.process_time()
-                    await asyncio.gather(*(call() for _ in range(count)))
-                walls[name].append(time.perf_counter() - wall)
-                cpus[name].append((time.process_time() - cpu) / count * 1e6)
-                collected[name].append(collections.seconds / count * 1e6)
+        timings = await _concurrent_rounds(contenders, count, TARGET_ROUNDS)
+        timings.update(await _concurrent_rounds(slow, count, RUNS))
         for _, writer in sockets:
             writer.close()
         await session.close()
@@ -339,11 +333,31 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
         await core.aclose()
         await langchain.aclose()
         await llama.aclose()
-        return _medians(walls, cpus, collected)
+        return timings
 
     results = asyncio.run(run_all())
     results.update(_sync_concurrency(base_url, count, documents, body))
     return results
+
+
+async def _concurrent_rounds(
+    contenders: dict[str, Callable[[], Awaitable[object]]], count: int, rounds: int
+) -> dict[str, Timing]:
+    """Each contender's seconds for `count` concurrent calls, and its client CPU and collector
+    time per call in microseconds, in interleaved rounds from a collected heap."""
+    walls: dict[str, list[float]] = {name: [] for name in contenders}
+    cpus: dict[str, list[float]] = {name: [] for name in contenders}
+    collected: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, call in contenders.items():  # interleaved, so drift hits everyone alike
+            clean_heap()
+            with collections_timed() as collections:
+                wall, cpu = time.perf_counter(), time.process_time()
+                await asyncio.gather(*(call() for _ in range(count)))
+            walls[name].append(time.perf_counter() - wall)
+            cpus[name].append((time.process_time() - cpu) / count * 1e6)
+            collected[name].append(collections.seconds / count * 1e6)
+    return _medians(walls, cpus, collected)
 
 
 def _sync_concurrency(
@@ -877,7 +891,8 @@ def write_report(results: dict[str, Any]) -> None:
     lines += _table(
         "2. Concurrency (200 concurrent reranks of 20 documents, server answers after 100 ms)",
         ["contender", "seconds", "× floor", "client CPU µs per call", "of which the collector"],
-        note=f"Median of {CONCURRENCY_ROUNDS} interleaved rounds (the sync rows: {RUNS}).",
+        note=f"Median of {TARGET_ROUNDS} interleaved rounds; the plain httpx rows and the peer "
+        f"(seconds a round) of {RUNS} rounds of their own, after them; the sync rows of {RUNS}.",
     )
     concurrency = results["concurrency"]
     floor = concurrency["raw asyncio sockets (floor)"]["wall"]
