@@ -166,6 +166,7 @@ def test_settings_reach_the_clients_built_from_them(adapter_class, emulator):
     with pytest.raises(siliconflow_rerank.ServiceUnavailableError):
         use(adapter)
     assert emulator.stats.requests == 1  # max_retries=0: one attempt, no backoff
+    adapter.close()
 
 
 @pytest.mark.parametrize("adapter_class", ADAPTERS)

@@ -188,6 +188,8 @@ def test_redis_down_calls_go_on_with_one_warning_then_recovery(redis_server, emu
     assert client.rerank("pear", TEXTS).results == plain.rerank("pear", TEXTS).results
     store = redis.Redis.from_url(redis_server.url)
     assert any(store.zcard(k) for k in cast(list[bytes], store.keys("siliconflow-rerank:rate:*")))
+    client.close()
+    plain.close()
 
 
 def test_fail_closed_raises_when_redis_is_down(redis_server, emulator):
