@@ -14,7 +14,7 @@ import pytest
 
 from siliconflow_rerank.emulator import RerankEmulator
 
-from .helpers import Handler, RedisServer, Runner, SocksProxy
+from .helpers import Handler, RedisServer, Runner, SocksProxy, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,13 @@ def _emulator_server() -> Iterator[RerankEmulator]:
 
 @pytest.fixture
 def emulator(_emulator_server: RerankEmulator) -> Iterator[RerankEmulator]:
-    """The shared emulator, reset to a clean state for this test."""
+    """The shared emulator, reset to a clean state for this test.
+
+    First it waits for the connections of earlier tests to close: a request that one sent and
+    then gave up on (a batch cancelled beside a failing one) is counted before the reset, not in
+    this test's counts.
+    """
+    wait_until(lambda: not _emulator_server.stats.open_connections, timeout=2)
     _emulator_server.reset()
     _emulator_server.api_key = None
     _emulator_server.latency = 0.0
