@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -118,16 +118,33 @@ class _Collections:
             self.seconds += time.perf_counter() - self._started
 
 
-@contextmanager
-def collections_timed() -> Iterator[_Collections]:
-    """Time the garbage collector's runs within the block (entered after `clean_heap`, so that
-    its full collection is not counted)."""
-    timed = _Collections()
-    gc.callbacks.append(timed)
-    try:
-        yield timed
-    finally:
-        gc.callbacks.remove(timed)
+class _Samples:
+    """Each contender's runs of section 2: wall seconds, and client CPU and collector
+    microseconds per call."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.walls: dict[str, list[float]] = {name: [] for name in names}
+        self.cpus: dict[str, list[float]] = {name: [] for name in self.walls}
+        self.collected: dict[str, list[float]] = {name: [] for name in self.walls}
+
+    @contextmanager
+    def timed(self, name: str, calls: int) -> Iterator[None]:
+        """Time the block, a run of `calls` calls, from a collected heap (whose collection is
+        not counted)."""
+        clean_heap()
+        collections = _Collections()
+        gc.callbacks.append(collections)
+        try:
+            wall, cpu = time.perf_counter(), time.process_time()
+            yield
+            self.walls[name].append(time.perf_counter() - wall)
+            self.cpus[name].append((time.process_time() - cpu) / calls * 1e6)
+        finally:
+            gc.callbacks.remove(collections)
+        self.collected[name].append(collections.seconds / calls * 1e6)
+
+    def medians(self) -> dict[str, Timing]:
+        return _medians(self.walls, self.cpus, self.collected)
 
 
 def _rounds(
@@ -345,19 +362,12 @@ async def _concurrent_rounds(
 ) -> dict[str, Timing]:
     """Each contender's seconds for `count` concurrent calls, and its client CPU and collector
     time per call in microseconds, in interleaved rounds from a collected heap."""
-    walls: dict[str, list[float]] = {name: [] for name in contenders}
-    cpus: dict[str, list[float]] = {name: [] for name in contenders}
-    collected: dict[str, list[float]] = {name: [] for name in contenders}
+    samples = _Samples(contenders)
     for _ in range(rounds):
         for name, call in contenders.items():  # interleaved, so drift hits everyone alike
-            clean_heap()
-            with collections_timed() as collections:
-                wall, cpu = time.perf_counter(), time.process_time()
+            with samples.timed(name, count):
                 await asyncio.gather(*(call() for _ in range(count)))
-            walls[name].append(time.perf_counter() - wall)
-            cpus[name].append((time.process_time() - cpu) / count * 1e6)
-            collected[name].append(collections.seconds / count * 1e6)
-    return _medians(walls, cpus, collected)
+    return samples.medians()
 
 
 def _sync_concurrency(
@@ -378,9 +388,7 @@ def _sync_concurrency(
         ).json(),
         "sync: core SiliconFlowClient, 50 threads": lambda: core.rerank(QUERY, documents),
     }
-    walls: dict[str, list[float]] = {name: [] for name in contenders}
-    cpus: dict[str, list[float]] = {name: [] for name in contenders}
-    collected: dict[str, list[float]] = {name: [] for name in contenders}
+    samples = _Samples(contenders)
     with ThreadPoolExecutor(50) as pool:
 
         def hammer(call: Callable[[], object]) -> None:
@@ -390,16 +398,11 @@ def _sync_concurrency(
             hammer(call)  # warm up
         for _ in range(RUNS):
             for name, call in contenders.items():
-                clean_heap()
-                with collections_timed() as collections:
-                    wall, cpu = time.perf_counter(), time.process_time()
+                with samples.timed(name, count):
                     hammer(call)
-                walls[name].append(time.perf_counter() - wall)
-                cpus[name].append((time.process_time() - cpu) / count * 1e6)
-                collected[name].append(collections.seconds / count * 1e6)
     raw.close()
     core.close()
-    return _medians(walls, cpus, collected)
+    return samples.medians()
 
 
 # -- 3. large lists -----------------------------------------------------------------------------
