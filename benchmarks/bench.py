@@ -277,7 +277,7 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
 
     from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
     from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
-    from llama_index_siliconflow.rerank import _Outcome
+    from llama_index_siliconflow.rerank import _Outcome, _scored
     from siliconflow_rerank import AsyncSiliconFlowClient, RerankResponse
 
     documents = short_documents(20)
@@ -330,11 +330,11 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
                 lambda response: llama._finish(nodes, response, _Outcome(observed=False))
             ),
             # For comparison, what LlamaIndex's own rerankers return instead: a new
-            # `NodeWithScore` around the same node, the score only in `score`.
+            # `NodeWithScore` around the same node, the score only in `score` (built the way
+            # the adapter builds its own).
             WRAPPERS_LLAMA_INDEX: lambda: core_and_copies(
                 lambda response: [
-                    NodeWithScore(node=nodes[index].node, score=score)
-                    for index, score in response.results.pairs()
+                    _scored(nodes[index].node, score) for index, score in response.results.pairs()
                 ]
             ),
         }
