@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+import timeit
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -783,6 +784,18 @@ def machine() -> str:
     )
 
 
+def speed_ms() -> float:
+    """Milliseconds for a fixed pure-Python workload (JSON round trips of a request), best of
+    5: the machine's speed at that moment, so that runs, and sections of one run, compare."""
+    payload = {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": short_documents(20)}
+
+    def work() -> None:
+        for _ in range(2_000):
+            json.loads(json.dumps(payload))
+
+    return min(timeit.repeat(work, number=1, repeat=5)) * 1000
+
+
 def _table(title: str, columns: list[str], note: str | None = None) -> list[str]:
     """A report section's heading, optional note and table header (first column left-aligned)."""
     return [
@@ -893,6 +906,13 @@ def write_report(results: dict[str, Any]) -> None:
         "CPU is the client process's (`time.process_time`), beside wall time. Produced by "
         "`bash benchmarks/run.sh`.",
     ]
+    if "speed_ms" in results:  # the machine's speed varies: microseconds compare at equal speed
+        lines[-1] += (
+            " The machine's speed during the run (a fixed pure-Python workload, `speed_ms()`, "
+            "lower is faster): "
+            + ", ".join(f"{ms:.1f} ms {when}" for when, ms in results["speed_ms"].items())
+            + "."
+        )
     lines += _table(
         "1. Per-call overhead (sequential calls, 50 short documents, instant server)",
         ["contender", "ms per call", "× floor", "client CPU µs per call"],
@@ -1018,7 +1038,7 @@ def write_chart(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    results: dict[str, Any] = {"machine": machine()}
+    results: dict[str, Any] = {"machine": machine(), "speed_ms": {"at the start": speed_ms()}}
     with minimal_server() as base_url:
         print("1. per-call overhead ...", file=sys.stderr, flush=True)
         results["overhead"] = bench_overhead(base_url)
@@ -1026,6 +1046,7 @@ def main() -> None:
         results["batch_cpu"] = bench_batch_cpu(base_url)
         print("4. document-count sweep ...", file=sys.stderr, flush=True)
         results["sweep"] = bench_sweep(base_url)
+    results["speed_ms"]["before section 2"] = speed_ms()
     with minimal_server("--latency-ms", "100") as base_url:
         print("2. concurrency ...", file=sys.stderr, flush=True)
         results["concurrency"] = bench_concurrency(base_url)
@@ -1047,6 +1068,7 @@ def main() -> None:
     finally:
         image.unlink()
     gc.collect()
+    results["speed_ms"]["at the end"] = speed_ms()
     write_report(results)
     write_chart(results)
 
