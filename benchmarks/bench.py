@@ -33,6 +33,11 @@ KEY = "bench-key"
 QUERY = "how to keep apples fresh"
 
 
+def request_body(documents: list[str]) -> dict[str, Any]:
+    """The rerank request the raw contenders send (the core builds its own)."""
+    return {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": documents}
+
+
 def short_documents(n: int) -> list[str]:
     words = ["apple", "fresh", "fridge", "lemon", "bus", "pie", "green", "store", "cold", "week"]
     return [
@@ -205,7 +210,7 @@ def bench_overhead(base_url: str, count: int = 50) -> dict[str, Timing]:
     def raw_httpx() -> None:
         response = raw.post(
             url,
-            json={"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": documents},
+            json=request_body(documents),
             headers={"Authorization": f"Bearer {KEY}"},
         )
         response.raise_for_status()
@@ -282,7 +287,7 @@ def bench_concurrency(base_url: str, count: int = 200) -> dict[str, Timing]:
     from siliconflow_rerank import AsyncSiliconFlowClient, RerankResponse
 
     documents = short_documents(20)
-    payload = {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": documents}
+    payload = request_body(documents)
     body = json.dumps(payload).encode()
     url = httpx.URL(f"{base_url}/rerank")
     lc_documents = [Document(page_content=d) for d in documents]
@@ -465,7 +470,7 @@ def bench_batch_cpu(base_url: str, count: int = 10_000) -> dict[str, float]:
     loop = asyncio.new_event_loop()
     abatched = AsyncSiliconFlowClient(api_key=KEY, base_url=base_url)
     raw = httpx.Client()
-    payload = {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": documents}
+    payload = request_body(documents)
     headers = {"Authorization": f"Bearer {KEY}"}
     size = DEFAULT_MAX_DOCUMENTS_PER_REQUEST
     batches = -(-count // size)
@@ -537,7 +542,7 @@ def bench_sweep(base_url: str) -> dict[str, dict[str, Timing]]:
     for kind, make in (("short", short_documents), ("1 KB", long_documents)):
         for count in SWEEP:
             documents = make(count)
-            payload = {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": documents}
+            payload = request_body(documents)
             contenders: dict[str, Callable[[], object]] = {
                 "raw httpx": lambda payload=payload: raw.post(
                     f"{base_url}/rerank", json=payload, headers=headers
@@ -787,7 +792,7 @@ def machine() -> str:
 def speed_ms() -> float:
     """Milliseconds for a fixed pure-Python workload (JSON round trips of a request), best of
     5: the machine's speed at that moment, so that runs, and sections of one run, compare."""
-    payload = {"model": "BAAI/bge-reranker-v2-m3", "query": QUERY, "documents": short_documents(20)}
+    payload = request_body(short_documents(20))
 
     def work() -> None:
         for _ in range(2_000):
