@@ -791,7 +791,9 @@ def machine() -> str:
 
 def speed_ms() -> float:
     """Milliseconds for a fixed pure-Python workload (JSON round trips of a request), best of
-    5: the machine's speed at that moment, so that runs, and sections of one run, compare."""
+    5: how fast the machine ran small work at that moment. Section 2's calls (200 in flight,
+    the server busy beside the client) vary more than this between runs, with this unchanged:
+    its "aiohttp directly" row is their scale."""
     payload = request_body(short_documents(20))
 
     def work() -> None:
@@ -913,10 +915,11 @@ def write_report(results: dict[str, Any]) -> None:
     ]
     if "speed_ms" in results:  # the machine's speed varies: microseconds compare at equal speed
         lines[-1] += (
-            " The machine's speed during the run (a fixed pure-Python workload, `speed_ms()`, "
-            "lower is faster): "
+            " The machine's speed for small work during the run (a fixed pure-Python workload, "
+            "`speed_ms()`, lower is faster): "
             + ", ".join(f"{ms:.1f} ms {when}" for when, ms in results["speed_ms"].items())
-            + "."
+            + ". Section 2 varies more than this between runs: its row of aiohttp used "
+            "directly gives the scale there."
         )
     lines += _table(
         "1. Per-call overhead (sequential calls, 50 short documents, instant server)",
