@@ -919,7 +919,7 @@ def write_report(results: dict[str, Any]) -> None:
         "CPU is the client process's (`time.process_time`), beside wall time. Produced by "
         "`bash benchmarks/run.sh`.",
     ]
-    if "speed_ms" in results:  # the machine's speed varies: microseconds compare at equal speed
+    if "speed_ms" in results:  # how fast the machine ran small work, at three points of the run
         lines[-1] += (
             " The machine's speed for small work during the run (a fixed pure-Python workload, "
             "`speed_ms()`, lower is faster): "
