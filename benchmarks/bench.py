@@ -894,9 +894,9 @@ def _targets(results: dict[str, Any]) -> list[str]:
     headroom = (1.3 * floor - core["wall"]) / CONCURRENT_CALLS * 1e6
     lines += [
         "",
-        "Of each adapter's CPU over the core at 200 concurrent calls, the copies of the 20 "
-        f"documents it returns take {lc_copies:.0f} µs (LangChain) and {li_copies:.0f} µs "
-        "(LlamaIndex) per call (section 2's rows with copies only); the garbage collector's "
+        f"Of each adapter's CPU over the core at {CONCURRENT_CALLS} concurrent calls, the copies "
+        f"of the 20 documents it returns take {lc_copies:.0f} µs (LangChain) and "
+        f"{li_copies:.0f} µs (LlamaIndex) per call (section 2's rows with copies only); the garbage collector's "
         f"extra time, {lc_collector:.0f} µs and {li_collector:.0f} µs. LlamaIndex's own "
         f"convention (a new `NodeWithScore` around the same node) takes {li_wrappers:.0f} µs "
         "in place of the copies: with it, the LlamaIndex adapter would come to about "
