@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 from ._adapters import ClientOwner, RerankerSettings
-from ._cache import EmbeddingCache, RerankCache
+from ._cache import EmbeddingCache, MemoryCache, RerankCache
 from ._capabilities import (
     EmbeddingCapabilities,
     ModelCapabilities,
@@ -38,7 +38,7 @@ from ._config import (
     resolve_api_key,
     resolve_base_url,
 )
-from ._embeddings import EmbeddingInput, EmbeddingResponse
+from ._embeddings import EmbeddingInput, EmbeddingOptions, EmbeddingResponse
 from ._exceptions import (
     SERVICE_ERRORS,
     APIConnectionError,
@@ -66,21 +66,15 @@ from ._media import (
     image_item,
     video_item,
 )
-from ._models import (
-    BilledUnits,
-    RankedResults,
-    RerankDocument,
-    RerankResponse,
-    RerankResult,
-    Usage,
-    assembled,
-    copied,
-)
+from ._protocols import Booking, Budget, Cache
+from ._ranking import RankedResults, RerankDocument, RerankResponse, RerankResult
+from ._ratelimit import InMemoryRateLimit
 from ._redis import RedisEmbeddingCache, RedisRateLimit, RedisRerankCache
-from ._request import validate_options
+from ._rerank import RerankOptions, validate_options
 from ._retry import RetryPolicy
 from ._settings import ClientSettings
 from ._version import __version__
+from ._wire import BilledUnits, Usage, assembled, copied
 
 __all__ = [
     "API_KEY_ENV",
@@ -104,17 +98,23 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BilledUnits",
+    "Booking",
+    "Budget",
+    "Cache",
     "ClientOwner",
     "ClientSettings",
     "DocumentItem",
     "EmbeddingCache",
     "EmbeddingCapabilities",
     "EmbeddingInput",
+    "EmbeddingOptions",
     "EmbeddingResponse",
     "ImageItem",
+    "InMemoryRateLimit",
     "InlineMedia",
     "InternalServerError",
     "InvalidRequestError",
+    "MemoryCache",
     "ModelCapabilities",
     "NotFoundError",
     "PermissionDeniedError",
@@ -127,6 +127,7 @@ __all__ = [
     "RequestTooLargeError",
     "RerankCache",
     "RerankDocument",
+    "RerankOptions",
     "RerankResponse",
     "RerankResult",
     "RerankerSettings",

@@ -26,8 +26,8 @@ from pydantic import (
 from ._client import AsyncSiliconFlowClient, SiliconFlowClient
 from ._config import DEFAULT_MODEL
 from ._exceptions import InvalidRequestError, SiliconFlowError
-from ._models import RerankResponse
-from ._request import validate_options
+from ._ranking import RerankResponse
+from ._rerank import RerankOptions
 from ._settings import CLIENT_SETTINGS, ClientSettings, without_inputs
 
 __all__ = ["ClientOwner", "RerankerSettings"]
@@ -118,9 +118,6 @@ class ClientOwner(ClientSettings):
             )
         return self
 
-    def _client_settings(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in CLIENT_SETTINGS}
-
     def _private(self, name: str) -> Any:
         """A private attribute, read from pydantic's dict of them: read as an attribute, it goes
         through the model's `__getattr__` (about 2 µs), and this is read on every call."""
@@ -134,7 +131,8 @@ class ClientOwner(ClientSettings):
             with _BUILDING:
                 owned = self._private(name)
                 if owned is None:
-                    owned = kind(**self._client_settings())
+                    # The adapter's own fields are the settings, validated when it was made.
+                    owned = kind.from_settings(self)
                     setattr(self, name, owned)
         return owned
 
@@ -200,7 +198,7 @@ class RerankerSettings(ClientOwner):
 
     @model_validator(mode="after")
     def _check_options(self) -> RerankerSettings:
-        validate_options(
+        RerankOptions(
             self.model,
             top_n=self.top_n,
             instruction=self.instruction,

@@ -1,4 +1,5 @@
-"""Embeddings: input checks, the request bodies of one call, and the answers' checks: no I/O."""
+"""The embeddings endpoint (`POST /embeddings`): its options, request building, plan (cache,
+batches) and answer checks. Pure: the client sends what the plan asks for."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import binascii
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -21,32 +22,94 @@ from pydantic import (
     ValidationError,
 )
 
-from ._batching import merge_usage
-from ._cache import EmbeddingCache, embedding_key_prefix
 from ._capabilities import embedding_capabilities
-from ._exceptions import InvalidRequestError, ResponseValidationError
+from ._config import DEFAULT_EMBEDDING_BATCH_SIZE, DEFAULT_EMBEDDING_MODEL
+from ._exceptions import InvalidRequestError, ResponseValidationError, SiliconFlowError
 from ._media import ImageItem, TextItem, WireItem, item_kind, normalize_item
-from ._models import Usage, invalid_answer, read_answer, usage_from
-from ._request import StreamedBody, encode_body
+from ._options import NOT_IN_CACHE_KEY, cache_keys, key_prefix
+from ._pipeline import Pipeline, Plan, ProgressCallback
+from ._wire import (
+    StreamedBody,
+    Usage,
+    UsageSum,
+    encode_body,
+    invalid_answer,
+    join_trace_ids,
+    name_batch,
+    read_answer,
+    usage_from,
+)
 
 __all__ = [
     "EmbeddingInput",
+    "EmbeddingOptions",
     "EmbeddingPlan",
     "EmbeddingRequest",
     "EmbeddingResponse",
     "EncodingFormat",
-    "assemble_embeddings",
-    "float32_base64",
     "float32_values",
-    "merge_embeddings",
-    "parse_embeddings",
-    "plan_embeddings",
+    "parse",
+    "prepare_embed",
 ]
 
 EmbeddingInput = str | TextItem | ImageItem
 """One input to embed: a string, a text item, or an image item (multimodal models only)."""
 
 EncodingFormat = Literal["float", "base64"]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingOptions:
+    """The options of one embeddings call, checked once when made.
+
+    Raises:
+        InvalidRequestError: A value the API would reject, or an option the (known) model does
+            not take; the message names the option and the model.
+    """
+
+    model: str = DEFAULT_EMBEDDING_MODEL
+    dimensions: int | None = None
+    encoding_format: EncodingFormat = "base64"
+    """Decides the value: JSON floats may carry digits that float32 bytes do not."""
+    batch_size: int = field(default=DEFAULT_EMBEDDING_BATCH_SIZE, metadata=NOT_IN_CACHE_KEY)
+
+    def __post_init__(self) -> None:
+        size = self.batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InvalidRequestError(f"batch_size must be an integer >= 1, got {size!r}")
+        if self.encoding_format not in ("float", "base64"):
+            raise InvalidRequestError(
+                f"encoding_format must be 'float' or 'base64', got {self.encoding_format!r}"
+            )
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise InvalidRequestError("model must be a non-empty string")
+        dimensions = self.dimensions
+        if dimensions is not None and (
+            isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1
+        ):
+            raise InvalidRequestError(f"dimensions must be an integer >= 1, got {dimensions!r}")
+        caps = embedding_capabilities(self.model)
+        if caps is None or dimensions is None:
+            return  # unknown models and compatible servers' names pass through unchecked
+        if caps.dimension_choices is None:
+            raise InvalidRequestError(f"model {self.model} does not take dimensions")
+        if caps.dimension_choices and dimensions not in caps.dimension_choices:
+            allowed = ", ".join(str(d) for d in sorted(caps.dimension_choices))
+            raise InvalidRequestError(
+                f"model {self.model} takes dimensions of {allowed}; got {dimensions}"
+            )
+
+    def check_inputs(self, wire: list[WireItem]) -> None:
+        """Refuse images for a (known) model that embeds text only."""
+        caps = embedding_capabilities(self.model)
+        if caps is None or "image" in caps.modalities:
+            return
+        for i, item in enumerate(wire):
+            if not isinstance(item, str):
+                raise InvalidRequestError(
+                    f"inputs[{i}] is an image, but model {self.model} embeds text only "
+                    "(Qwen/Qwen3-VL-Embedding-8B embeds images)"
+                )
 
 
 class EmbeddingResponse(BaseModel):
@@ -71,19 +134,12 @@ class EmbeddingRequest:
     Attributes:
         body: The JSON body as a dict.
         content: The same body as UTF-8 JSON bytes, or streamed when it holds `InlineMedia`.
-        number: Its place among the call's requests, from 0.
-        first: The position, in the call's inputs, of its first input.
-        last: The position, in the call's inputs, of its last input (cached inputs between the
-            two are not sent).
         count: How many inputs it carries.
         dimensions: The vector length asked for, or None for the model's own.
     """
 
     body: dict[str, Any]
     content: bytes | StreamedBody
-    number: int
-    first: int
-    last: int
     count: int
     dimensions: int | None
 
@@ -116,151 +172,105 @@ def _wire_inputs(inputs: object) -> list[WireItem]:
     return wire
 
 
-def _check_model(model: str, wire: list[WireItem], dimensions: int | None) -> None:
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequestError("model must be a non-empty string")
-    if dimensions is not None and (
-        isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1
-    ):
-        raise InvalidRequestError(f"dimensions must be an integer >= 1, got {dimensions!r}")
-    caps = embedding_capabilities(model)
-    if caps is None:
-        return  # unknown models and compatible servers' names pass through unchecked
-    if dimensions is not None:
-        if caps.dimension_choices is None:
-            raise InvalidRequestError(f"model {model} does not take dimensions")
-        if caps.dimension_choices and dimensions not in caps.dimension_choices:
-            allowed = ", ".join(str(d) for d in sorted(caps.dimension_choices))
-            raise InvalidRequestError(
-                f"model {model} takes dimensions of {allowed}; got {dimensions}"
-            )
-    if "image" not in caps.modalities:
-        for i, item in enumerate(wire):
-            if not isinstance(item, str):
-                raise InvalidRequestError(
-                    f"inputs[{i}] is an image, but model {model} embeds text only "
-                    "(Qwen/Qwen3-VL-Embedding-8B embeds images)"
-                )
+class EmbeddingPlan(Plan[EmbeddingRequest, EmbeddingResponse, EmbeddingResponse]):
+    """How an embeddings call is served: vectors already known (cached), and requests of at most
+    `batch_size` for the rest, put back in input order as the answers come in."""
 
+    path = "embeddings"
 
-def _check_call(
-    wire: list[WireItem],
-    model: str,
-    dimensions: int | None,
-    encoding_format: EncodingFormat,
-    batch_size: int,
-) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidRequestError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if encoding_format not in ("float", "base64"):
-        raise InvalidRequestError(
-            f"encoding_format must be 'float' or 'base64', got {encoding_format!r}"
+    def __init__(
+        self,
+        wire: list[WireItem],
+        options: EmbeddingOptions,
+        pending: Sequence[int],
+        *,
+        known: dict[int, list[float]] | None = None,
+        keys: list[bytes] | None = None,
+        pipeline: Pipeline | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.options = options
+        self.count = len(wire)
+        self.pending = pending
+        """The call's position of each input to send, in the order sent."""
+        self.keys = keys
+        self.on_progress = on_progress
+        self._cache = None if pipeline is None else pipeline.settings.embedding_cache
+        wire_options: dict[str, Any] = {"encoding_format": options.encoding_format}
+        if options.dimensions is not None:
+            wire_options["dimensions"] = options.dimensions
+        size = options.batch_size
+        self._bodies = [
+            {"model": options.model, "input": [wire[i] for i in pending[start : start + size]]}
+            | wire_options
+            for start in range(0, len(pending), size)
+        ]
+        self._vectors: list[list[float] | None] = [None] * self.count
+        for position, vector in (known or {}).items():
+            self._vectors[position] = vector
+        self._usage = UsageSum()
+        self._trace_ids: list[str | None] = [None] * len(self._bodies)
+        self._model: str | None = None
+        self._only: EmbeddingResponse | None = None
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    def request(self, number: int) -> EmbeddingRequest:
+        body = self._bodies[number]
+        return EmbeddingRequest(
+            body, encode_body(body), len(body["input"]), self.options.dimensions
         )
-    _check_model(model, wire, dimensions)
 
+    def read(
+        self, content: bytes, request: EmbeddingRequest, trace_id: str | None
+    ) -> EmbeddingResponse:
+        return parse(content, request, trace_id)
 
-def _requests(
-    wire: list[WireItem],
-    positions: Sequence[int],
-    model: str,
-    dimensions: int | None,
-    encoding_format: EncodingFormat,
-    batch_size: int,
-) -> list[EmbeddingRequest]:
-    """Requests for `wire`, the inputs at `positions` of the call, `batch_size` at a time."""
-    options: dict[str, Any] = {"encoding_format": encoding_format}
-    if dimensions is not None:
-        options["dimensions"] = dimensions
-    requests = []
-    for number, start in enumerate(range(0, len(wire), batch_size)):
-        group = wire[start : start + batch_size]
-        body = {"model": model, "input": group, **options}
-        first, last = positions[start], positions[start + len(group) - 1]
-        requests.append(
-            EmbeddingRequest(body, encode_body(body), number, first, last, len(group), dimensions)
-        )
-    return requests
-
-
-@dataclass(frozen=True)
-class EmbeddingPlan:
-    """How an embeddings call is served: vectors already known (cached), and the requests for
-    the rest (`pending[k]` is the call's position of the k-th input sent)."""
-
-    requests: list[EmbeddingRequest]
-    count: int
-    pending: Sequence[int]
-    known: dict[int, list[float]]
-    keys: list[bytes] | None = None
-
-
-def plan_embeddings(
-    inputs: str | Sequence[EmbeddingInput],
-    *,
-    model: str,
-    dimensions: int | None,
-    encoding_format: EncodingFormat,
-    batch_size: int,
-    cache: EmbeddingCache | None,
-    base_url: str,
-) -> EmbeddingPlan:
-    """Check the inputs and options, look up cached vectors, and cut the rest into requests of
-    at most `batch_size`.
-
-    Raises:
-        InvalidRequestError: Any input the API would reject, or an option the (known) model does
-            not take (the message names the input or the option, and the model); before any
-            lookup.
-    """
-    wire = _wire_inputs(inputs)
-    _check_call(wire, model, dimensions, encoding_format, batch_size)
-    if cache is None:
-        every = range(len(wire))
-        requests = _requests(wire, every, model, dimensions, encoding_format, batch_size)
-        return EmbeddingPlan(requests, len(wire), every, {})
-    prefix = embedding_key_prefix(
-        base_url, {"model": model, "dimensions": dimensions, "encoding_format": encoding_format}
-    )
-    keys = [cache._key(prefix, item) for item in wire]
-    found = cache._lookup_keys(keys)
-    known = {
-        i: array.array("d", packed).tolist() for i, packed in enumerate(found) if packed is not None
-    }
-    pending = [i for i, vector in enumerate(found) if vector is None]
-    pending_inputs = [wire[i] for i in pending]
-    requests = _requests(pending_inputs, pending, model, dimensions, encoding_format, batch_size)
-    return EmbeddingPlan(requests, len(wire), pending, known, keys)
-
-
-def assemble_embeddings(
-    the_plan: EmbeddingPlan,
-    responses: Sequence[EmbeddingResponse],
-    *,
-    model: str,
-    cache: EmbeddingCache | None,
-) -> EmbeddingResponse:
-    """The answer to the whole call: fresh vectors (stored in the cache) and cached ones, in
-    input order, usage summed over the requests sent."""
-    if cache is None and len(responses) == 1:
-        return responses[0]
-    fresh = merge_embeddings(responses) if responses else None
-    vectors: list[list[float]] = [[] for _ in range(the_plan.count)]
-    for position, vector in the_plan.known.items():
-        vectors[position] = vector
-    if fresh is not None:
-        for position, vector in zip(the_plan.pending, fresh.embeddings, strict=True):
-            vectors[position] = vector
-        if cache is not None and the_plan.keys is not None:
-            cache._store_keys(
-                [the_plan.keys[position] for position in the_plan.pending],
-                [array.array("d", vector).tobytes() for vector in fresh.embeddings],
+    def add(self, number: int, part: EmbeddingResponse) -> None:
+        start = number * self.options.batch_size
+        positions = self.pending[start : start + len(part.embeddings)]
+        for position, vector in zip(positions, part.embeddings, strict=True):
+            self._vectors[position] = vector
+        if self._cache is not None and self.keys is not None:
+            keys = self.keys
+            self._cache.set_many(
+                [
+                    (keys[position], array.array("d", vector).tobytes())
+                    for position, vector in zip(positions, part.embeddings, strict=True)
+                ]
             )
-    return EmbeddingResponse.model_construct(
-        embeddings=vectors,
-        model=fresh.model if fresh is not None else model,
-        usage=fresh.usage if fresh is not None else None,
-        trace_id=fresh.trace_id if fresh is not None else None,
-    )
+        self._usage.add(part.usage)
+        self._trace_ids[number] = part.trace_id
+        if number == 0 or self._model is None:
+            self._model = part.model
+        if len(self._bodies) == 1 and self.count == len(part.embeddings):
+            self._only = part
+
+    def answer(self) -> EmbeddingResponse:
+        """The vectors in input order (fresh and cached), usage summed over the requests sent."""
+        if self._only is not None:
+            return self._only  # one request answered the whole call
+        vectors = self._vectors
+        if any(vector is None for vector in vectors):
+            raise ValueError("an answer to one of the call's requests is missing")
+        lengths = {len(vector) for vector in vectors if vector is not None}
+        if len(lengths) > 1:
+            raise ResponseValidationError(
+                f"the call's answers hold vectors of different lengths ({sorted(lengths)})"
+            )
+        return EmbeddingResponse.model_construct(
+            embeddings=cast("list[list[float]]", vectors),  # every one checked just above
+            model=self._model or (None if self._bodies else self.options.model),
+            usage=self._usage.total(),
+            trace_id=join_trace_ids(self._trace_ids),
+        )
+
+    def failed(self, number: int, error: SiliconFlowError) -> SiliconFlowError:
+        size = self.options.batch_size
+        positions = self.pending[number * size : (number + 1) * size]
+        span = (positions[0], positions[-1])
+        return name_batch(error, number, span, len(self._bodies), "inputs")
 
 
 class _WireVector(BaseModel):
@@ -274,14 +284,6 @@ class _WireAnswer(BaseModel):
     data: list[_WireVector]
     model: str | None = None
     usage: dict[str, Any] | None = None
-
-
-def float32_base64(vector: Sequence[float]) -> str:
-    """Little-endian float32 values, base64-encoded: `encoding_format="base64"` on the wire."""
-    values = array.array("f", vector)
-    if sys.byteorder == "big":
-        values.byteswap()
-    return base64.b64encode(values.tobytes()).decode("ascii")
 
 
 def float32_values(encoded: str) -> list[float]:
@@ -304,9 +306,7 @@ def _decode(vector: list[float] | str) -> list[float]:
     return vector if isinstance(vector, list) else float32_values(vector)
 
 
-def parse_embeddings(
-    content: bytes, request: EmbeddingRequest, *, trace_id: str | None
-) -> EmbeddingResponse:
+def parse(content: bytes, request: EmbeddingRequest, trace_id: str | None) -> EmbeddingResponse:
     """Parse and check a 2xx answer to one embeddings request.
 
     Raises:
@@ -355,15 +355,64 @@ def parse_embeddings(
     )
 
 
-def merge_embeddings(responses: Sequence[EmbeddingResponse]) -> EmbeddingResponse:
-    """Join the answers to a call's requests, given in request order, into one answer."""
-    if len(responses) == 1:
-        return responses[0]
-    embeddings = [vector for response in responses for vector in response.embeddings]
-    trace_ids = [r.trace_id for r in responses if r.trace_id]
-    return EmbeddingResponse.model_construct(
-        embeddings=embeddings,
-        model=responses[0].model,
-        usage=merge_usage([r.usage for r in responses]),
-        trace_id=",".join(trace_ids) or None,
+def _vector(value: bytes | None) -> list[float] | None:
+    """A cached vector, or None for a value that is no vector of finite floats (a miss)."""
+    if value is None or not value or len(value) % 8:
+        return None
+    vector = array.array("d", value).tolist()
+    return vector if math.isfinite(sum(vector)) else None
+
+
+def prepare_embed(
+    pipeline: Pipeline,
+    inputs: str | Sequence[EmbeddingInput],
+    *,
+    model: str = DEFAULT_EMBEDDING_MODEL,
+    dimensions: int | None = None,
+    encoding_format: EncodingFormat = "base64",
+    batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE,
+    on_progress: ProgressCallback | None = None,
+) -> EmbeddingPlan:
+    """Embed `inputs`: one vector per input, in input order.
+
+    Args:
+        inputs: One string, or a sequence of strings, text items and image items (images
+            for `Qwen/Qwen3-VL-Embedding-8B`; build them with `image_item`).
+        model: The embedding model.
+        dimensions: The vector length, for the models that take it (Qwen3 embeddings).
+        encoding_format: How vectors travel: `"base64"` (float32 bytes: a quarter of the
+            size of JSON numbers, and faster to decode) or `"float"` (JSON numbers); either
+            way they are returned as floats.
+        batch_size: Longer lists are split into concurrent requests of this many inputs
+            (the service takes at most 32), answered in one response.
+        on_progress: Called with (requests done, requests in all) as a long call proceeds.
+
+    Returns:
+        The vectors, `embeddings[i]` for `inputs[i]`, with the usage summed.
+
+    Raises:
+        InvalidRequestError: Bad input, before any request is sent.
+        APIStatusError: The server answered with an error status (a subclass per status).
+        APIConnectionError: No answer, after the retries (`APITimeoutError` for timeouts).
+        ResponseValidationError: An answer is not a valid embeddings response (an input
+            without its vector, vectors of different lengths, a value that is not finite).
+    """
+    wire = _wire_inputs(inputs)
+    options = EmbeddingOptions(model, dimensions, encoding_format, batch_size)
+    options.check_inputs(wire)
+    cache = pipeline.settings.embedding_cache
+    if cache is None:
+        return EmbeddingPlan(wire, options, range(len(wire)), on_progress=on_progress)
+    keys = cache_keys(key_prefix(EmbeddingPlan.path, pipeline.base_url, options), wire)
+    found = [_vector(value) for value in cache.get_many(keys)]
+    known = {i: vector for i, vector in enumerate(found) if vector is not None}
+    pending = [i for i, vector in enumerate(found) if vector is None]
+    return EmbeddingPlan(
+        wire,
+        options,
+        pending,
+        known=known,
+        keys=keys,
+        pipeline=pipeline,
+        on_progress=on_progress,
     )

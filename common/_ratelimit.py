@@ -1,4 +1,5 @@
-"""Client-side rate limiting: requests- and tokens-per-minute buckets shared by all calls."""
+"""The in-process budget: requests- and tokens-per-minute buckets shared by all calls of a client,
+and the token estimate every budget books with."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["MEDIA_TOKENS", "RateLimiter", "estimate_tokens", "media_sizes"]
+from ._protocols import Booking
+
+__all__ = ["MEDIA_TOKENS", "InMemoryRateLimit", "estimate_tokens", "media_sizes"]
 
 MEDIA_TOKENS = {"image": 1_700, "video": 16_384}
 """A generous estimate of what one media item is billed, in tokens: the service downsizes images
@@ -30,15 +33,13 @@ def estimate_tokens(content_bytes: int, media: Sequence[tuple[str, int]] = ()) -
     return text + sum(MEDIA_TOKENS.get(kind, MEDIA_TOKENS["video"]) for kind, _ in media)
 
 
-class RateLimiter:
-    """Requests-per-minute and tokens-per-minute buckets, safe to share across threads and tasks.
+class InMemoryRateLimit:
+    """A `Budget` in this process: requests-per-minute and tokens-per-minute buckets, safe to
+    share across threads and tasks (and clients; `account` is not told apart).
 
-    Each call reserves its share up front and is told how long to wait for it; the buckets refill
+    Each request books its share up front and is told how long to wait for it; the buckets refill
     continuously, so a steady stream is spread evenly instead of bursting and then stalling.
     """
-
-    blocking = False
-    """Booking never waits or does I/O (a shared budget's does: see `SharedLimiter`)."""
 
     def __init__(
         self,
@@ -93,9 +94,26 @@ class RateLimiter:
                     wait = max(wait, -self._tokens * 60.0 / self.tokens_per_minute)
             return wait
 
-    def book(self, tokens: int) -> tuple[float, int]:
-        """`reserve`, with the booking to pass to `correct` (the tokens estimated)."""
-        return self.reserve(tokens), tokens
+    def acquire(self, tokens: int, *, account: str = "") -> Booking:
+        """Book one request of `tokens` tokens; never blocks (the wait is the caller's)."""
+        return Booking(self.reserve(tokens), tokens)
+
+    async def aacquire(self, tokens: int, *, account: str = "") -> Booking:
+        """`acquire`: it neither blocks nor does I/O."""
+        return self.acquire(tokens, account=account)
+
+    def settle(self, booking: Booking, used: int) -> None:
+        """Correct the token bucket with what the request used."""
+        self.correct(booking.tokens, used)
+
+    def cancel(self, booking: Booking) -> None:
+        """Give back what a request that was never sent booked."""
+        with self._lock:
+            if self.requests_per_minute:
+                self._requests = min(self._requests + 1, float(self.requests_per_minute))
+            if self.tokens_per_minute:
+                tokens = self._tokens + min(booking.tokens, self.tokens_per_minute)
+                self._tokens = min(tokens, float(self.tokens_per_minute))
 
     def correct(self, estimated: int, actual: int) -> None:
         """Adjust the token bucket once the server has said how many tokens a request used."""

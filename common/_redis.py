@@ -8,7 +8,7 @@ process and the caches to no cache, with one WARNING per outage and an INFO when
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import logging
 import secrets
 import threading
@@ -16,16 +16,16 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from ._cache import EmbeddingCache, RerankCache
 from ._exceptions import APIConnectionError, InvalidRequestError
-from ._ratelimit import RateLimiter
+from ._protocols import Booking
+from ._ratelimit import InMemoryRateLimit
 
 __all__ = ["RedisEmbeddingCache", "RedisRateLimit", "RedisRerankCache"]
 
 logger = logging.getLogger("siliconflow_rerank")
 
 _PREFIX = "siliconflow-rerank"
-_FORMAT = b"v1:"
+_FORMAT = b"v2:"
 """Every cached value starts with its format's version: a value of another format is a miss."""
 
 # Every request booked in the window is a member "<ms>:<tokens>:<nonce>" of one sorted set, scored
@@ -126,8 +126,8 @@ class _Link:
 
 
 class RedisRateLimit:
-    """A requests and tokens budget per window, kept in Redis and shared by every client, process
-    and host that names the same Redis, budget `name` and API key.
+    """A `Budget` of requests and tokens per window, kept in Redis and shared by every client,
+    process and host that names the same Redis, budget `name` and API key.
 
     Never more than `requests_per_minute` requests (and `tokens_per_minute` estimated tokens,
     corrected by the usage each answer reports) in any `window_seconds`, counted by Redis's clock,
@@ -189,7 +189,7 @@ class RedisRateLimit:
         self._book = self._link.client.register_script(_BOOK)
         self._correct = self._link.client.register_script(_CORRECT)
         per_minute = 60.0 / window_seconds
-        self._local = RateLimiter(
+        self._local = InMemoryRateLimit(
             round(requests_per_minute * per_minute) if requests_per_minute else None,
             round(tokens_per_minute * per_minute) if tokens_per_minute else None,
         )
@@ -204,63 +204,66 @@ class RedisRateLimit:
         # Pickled as its description (the budget is in Redis): for worker processes and actors.
         return (_rebuild, (type(self), self._arguments))
 
-    def for_account(self, api_key: str, base_url: str) -> SharedLimiter:
-        """The limiter a client with this key and server uses."""
-        digest = hashlib.blake2b(f"{base_url}\0{api_key}".encode(), digest_size=16).hexdigest()
-        return SharedLimiter(self, f"{_PREFIX}:rate:{self.name}:{digest}")
+    def _key(self, account: str) -> str:
+        return f"{_PREFIX}:rate:{self.name}:{account}"
 
-
-class SharedLimiter:
-    """A client's side of a `RedisRateLimit`: books each request, waiting until it fits."""
-
-    blocking = True
-    """Booking waits (and asks Redis): the async client runs it off the event loop."""
-
-    def __init__(self, budget: RedisRateLimit, key: str) -> None:
-        self._budget = budget
-        self._key = key
-
-    def book(self, tokens: int) -> tuple[float, Any]:
+    def acquire(self, tokens: int, *, account: str) -> Booking:
         """Book one request of `tokens` tokens, sleeping until the window has room for it."""
-        budget = self._budget
-        tokens = min(tokens, budget.tokens_per_minute or tokens)
-        window = budget.window_seconds + budget.margin_seconds
+        tokens = min(tokens, self.tokens_per_minute or tokens)
+        window = self.window_seconds + self.margin_seconds
+        key = self._key(account)
         args = [
-            budget.requests_per_minute or 0,
-            budget.tokens_per_minute or 0,
+            self.requests_per_minute or 0,
+            self.tokens_per_minute or 0,
             round(window * 1000),
             tokens,
         ]
-        link = budget._link
+        link = self._link
         while link.usable():
             try:
-                admitted, answer = budget._book(
-                    keys=[self._key], args=[*args, secrets.token_hex(6)]
-                )
+                admitted, answer = self._book(keys=[key], args=[*args, secrets.token_hex(6)])
             except link.errors as error:
                 link.failed(error)
                 break
             link.worked()
             if admitted:
-                return 0.0, (answer.decode() if isinstance(answer, bytes) else answer, tokens)
+                member = answer.decode() if isinstance(answer, bytes) else answer
+                return Booking(0.0, tokens, (key, member))
             time.sleep(min(float(answer) / 1000, window))
-        if budget.on_redis_error == "raise":
-            raise APIConnectionError(f"the shared rate limit {budget.name!r} cannot reach Redis")
-        return budget._local.reserve(tokens), None
+        if self.on_redis_error == "raise":
+            raise APIConnectionError(f"the shared rate limit {self.name!r} cannot reach Redis")
+        return self._local.acquire(tokens)
 
-    def correct(self, booking: Any, actual: int) -> None:
+    async def aacquire(self, tokens: int, *, account: str) -> Booking:
+        """`acquire`, in a worker thread (it waits, and asks Redis)."""
+        return await asyncio.to_thread(self.acquire, tokens, account=account)
+
+    def settle(self, booking: Booking, used: int) -> None:
         """Rewrite a booking with the tokens the answer says it used (at most one window's)."""
-        budget = self._budget
-        if booking is None:  # booked in this process while Redis was away
+        if booking.handle is None:  # booked in this process while Redis was away
+            self._local.settle(booking, used)
             return
-        member, _ = booking
-        actual = max(0, min(actual, budget.tokens_per_minute or actual))
-        if not budget._link.usable():
+        key, member = booking.handle
+        used = max(0, min(used, self.tokens_per_minute or used))
+        if not self._link.usable():
             return
         try:
-            budget._correct(keys=[self._key], args=[member, actual])
-        except budget._link.errors as error:
-            budget._link.failed(error)
+            self._correct(keys=[key], args=[member, used])
+        except self._link.errors as error:
+            self._link.failed(error)
+
+    def cancel(self, booking: Booking) -> None:
+        """Take back a booking whose request was never sent."""
+        if booking.handle is None:
+            self._local.cancel(booking)
+            return
+        key, member = booking.handle
+        if not self._link.usable():
+            return
+        try:
+            self._link.client.zrem(key, member)
+        except self._link.errors as error:
+            self._link.failed(error)
 
 
 class _RedisValues:
@@ -299,56 +302,48 @@ class _RedisValues:
         link.worked()
 
 
-class _InRedis:
-    """What both Redis caches add to their in-memory class: where the values live, and a pickle
-    that is the cache's description."""
+class _RedisCache:
+    """A `Cache` kept in Redis: values versioned, expiring after `ttl` seconds; unreachable Redis
+    means no cache (a WARNING per outage), never a failed call. Pickled as its description."""
 
     _kind = ""
-    _arguments: dict[str, Any]
-    _redis: _RedisValues
 
     def __init__(
         self, url: str, *, ttl: float | None = 86_400.0, name: str = "default", timeout: float = 0.5
     ) -> None:
         """Describe the cache; Redis is first asked on the first call."""
-        super().__init__()  # the in-memory cache's own state (its counters)
         self._arguments = {"url": url, "ttl": ttl, "name": name, "timeout": timeout}
         self._redis = _RedisValues(url, ttl, name, self._kind, timeout)
+        self._lock = threading.Lock()
+        self.hits = 0
+        """Keys whose value was found."""
+        self.misses = 0
+        """Keys whose value was not found (or Redis could not be asked)."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self._arguments))
 
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        found = self._redis.get(keys)
+        hits = sum(value is not None for value in found)
+        with self._lock:
+            self.hits += hits
+            self.misses += len(found) - hits
+        return found
 
-class RedisRerankCache(_InRedis, RerankCache):
-    """A `RerankCache` kept in Redis, so replicas reuse each other's scores; same keys (digests of
-    server, model, query, options and document), values versioned, expiring after `ttl` seconds.
-    Unreachable Redis means no cache (a WARNING per outage), never a failed call."""
+    def set_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        self._redis.put([key for key, _ in items], [value for _, value in items])
+
+
+class RedisRerankCache(_RedisCache):
+    """A rerank score `Cache` kept in Redis, so replicas reuse each other's scores (same keys as
+    `RerankCache`: digests of server, model, query, options and document)."""
 
     _kind = "scores"
 
-    def _lookup_keys(self, keys: Sequence[bytes]) -> list[float | None]:
-        found: list[float | None] = []
-        for raw in self._redis.get(keys):
-            try:
-                found.append(None if raw is None else float(raw))
-            except ValueError:
-                found.append(None)  # not a score of this format: asked for again
-        return self._counted(found)
 
-    def _store_keys(self, keys: Sequence[bytes], scores: Sequence[float]) -> None:
-        self._redis.put(keys, [repr(float(score)).encode() for score in scores])
-
-
-class RedisEmbeddingCache(_InRedis, EmbeddingCache):
-    """An `EmbeddingCache` kept in Redis, so replicas reuse each other's vectors; same keys as the
-    in-memory cache, values versioned, expiring after `ttl` seconds. Unreachable Redis means no
-    cache (a WARNING per outage), never a failed call."""
+class RedisEmbeddingCache(_RedisCache):
+    """A vector `Cache` kept in Redis, so replicas reuse each other's vectors (same keys as
+    `EmbeddingCache`)."""
 
     _kind = "vectors"
-
-    def _lookup_keys(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        # A packed vector is a whole number of 8-byte floats; anything else is no vector.
-        return self._counted([v if v and len(v) % 8 == 0 else None for v in self._redis.get(keys)])
-
-    def _store_keys(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
-        self._redis.put(keys, values)

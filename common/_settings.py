@@ -24,7 +24,6 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
-from ._cache import EmbeddingCache, RerankCache
 from ._config import (
     DEFAULT_KEEPALIVE_EXPIRY,
     DEFAULT_MAX_CONCURRENCY,
@@ -36,7 +35,7 @@ from ._config import (
     resolve_base_url,
 )
 from ._exceptions import InvalidRequestError
-from ._redis import RedisRateLimit
+from ._protocols import Budget, Cache
 from ._retry import RetryPolicy
 
 __all__ = [
@@ -158,13 +157,16 @@ class ClientSettings(BaseModel):
     """Client-side request budget, shared by every call on the client."""
     tokens_per_minute: Annotated[int | None, _count(1)] = None
     """Client-side (estimated) token budget, shared likewise."""
-    cache: RerankCache | None = Field(default=None, exclude=True)
-    """A `RerankCache` to reuse rerank scores across calls (off by default)."""
-    embedding_cache: EmbeddingCache | None = Field(default=None, exclude=True)
-    """An `EmbeddingCache` to reuse embedding vectors across calls (off by default)."""
-    rate_limit: RedisRateLimit | None = Field(default=None, exclude=True)
-    """A `RedisRateLimit`: a budget shared with every process that names it (instead of
-    `requests_per_minute` / `tokens_per_minute`, which count in this client alone)."""
+    cache: Cache | None = Field(default=None, exclude=True)
+    """A `Cache` to reuse rerank scores across calls, such as `RerankCache` or
+    `RedisRerankCache` (off by default)."""
+    embedding_cache: Cache | None = Field(default=None, exclude=True)
+    """A `Cache` to reuse embedding vectors across calls, such as `EmbeddingCache` or
+    `RedisEmbeddingCache` (off by default)."""
+    rate_limit: Budget | None = Field(default=None, exclude=True)
+    """A `Budget`, such as `RedisRateLimit` (shared with every process that names it) or
+    `InMemoryRateLimit`, instead of `requests_per_minute` / `tokens_per_minute` (which make a
+    budget for this client alone)."""
 
     @field_validator("base_url")
     @classmethod
@@ -178,7 +180,7 @@ class ClientSettings(BaseModel):
         if self.rate_limit is not None and (self.requests_per_minute or self.tokens_per_minute):
             raise ValueError(
                 "rate_limit holds its own budget: set requests_per_minute and tokens_per_minute "
-                "on the RedisRateLimit, not beside it"
+                "on it (e.g. on the RedisRateLimit), not beside it"
             )
         return self
 

@@ -69,7 +69,7 @@ class RerankBatches:
         self.query_column = query_column
         self.candidates_column = candidates_column
         self.instruction = instruction
-        self._rows = ThreadPoolExecutor(self.client.max_concurrency)
+        self._rows = ThreadPoolExecutor(self.client.settings.max_concurrency)
 
     def _rank(self, query: str, candidates: Sequence[str]) -> tuple[list[float], list[int]]:
         response = self.client.rerank(

@@ -20,8 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
-from siliconflow_rerank import AsyncSiliconFlowClient, RetryPolicy, SiliconFlowClient
+from siliconflow_rerank import (
+    AsyncSiliconFlowClient,
+    ClientSettings,
+    RetryPolicy,
+    SiliconFlowClient,
+)
+from siliconflow_rerank._pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository's root folder."""
@@ -102,6 +109,11 @@ class Runner:
             assert self.loop is not None
             self.loop.run_until_complete(self.client.aclose())
             self.loop.close()
+
+
+def pipeline_for(base_url: str = "http://x/v1", **settings: Any) -> Pipeline:
+    """The pipeline of a client of `settings`, for an endpoint's pure steps (no transport)."""
+    return Pipeline(ClientSettings(**settings), SecretStr("sk-test-key-123456"), base_url)
 
 
 def ok_body(*scores: float, **extra: Any) -> dict[str, Any]:

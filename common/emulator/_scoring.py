@@ -12,12 +12,14 @@ example a PNG text chunk): a stand-in for vision.
 
 from __future__ import annotations
 
+import array
 import base64
 import binascii
 import hashlib
 import itertools
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Sequence
 
@@ -160,3 +162,20 @@ def embedding(model: str, terms: Sequence[str], dimensions: int) -> list[float]:
     if norm == 0.0:  # nothing to weigh (only stopwords): still a unit vector
         vector[0], norm = 1.0, 1.0
     return [round(v / norm, 6) for v in vector]
+
+
+def float32_base64(vector: Sequence[float]) -> str:
+    """Little-endian float32 values, base64-encoded: `encoding_format="base64"` on the wire."""
+    values = array.array("f", vector)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return base64.b64encode(values.tobytes()).decode("ascii")
+
+
+def float32_values(encoded: str) -> list[float]:
+    """The floats of a `float32_base64` string (the emulator reads its own vectors back)."""
+    values = array.array("f")
+    values.frombytes(base64.b64decode(encoded, validate=True))
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()

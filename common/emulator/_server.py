@@ -19,8 +19,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from .._capabilities import ModelCapabilities, embedding_capabilities, model_capabilities
-from .._embeddings import float32_base64, float32_values
 from . import _scoring
+from ._scoring import float32_base64, float32_values
 
 __all__ = ["EmulatorStats", "Fault", "RerankEmulator"]
 

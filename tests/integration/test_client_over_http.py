@@ -85,7 +85,7 @@ def test_connections_are_opened_lazily_and_kept_alive(make_runner, emulator):
 def test_idle_connections_are_kept_for_keepalive_expiry(make_runner, emulator, expiry, connections):
     settings = {} if expiry is None else {"keepalive_expiry": expiry}
     runner = make_runner(base_url=emulator.base_url, **settings)
-    assert runner.client.keepalive_expiry == (
+    assert runner.client.settings.keepalive_expiry == (
         DEFAULT_KEEPALIVE_EXPIRY if expiry is None else expiry
     )
     runner.rerank("apple", DOCUMENTS)

@@ -167,8 +167,9 @@ def test_cache_is_keyed_by_server_and_shared_between_clients(make_runner, emulat
     with RerankEmulator() as other:
         make_runner(base_url=other.base_url, embedding_cache=cache).embed(["apple"])
         assert other.stats.requests == 1  # another server: a miss
-    sibling = SiliconFlowClient(api_key="sk-x-123456", base_url=emulator.base_url)
-    sibling.embedding_cache = cache
+    sibling = SiliconFlowClient(
+        api_key="sk-x-123456", base_url=emulator.base_url, embedding_cache=cache
+    )
     sibling.embed(["apple"])
     assert emulator.stats.requests == 1  # the sync or async sibling hit it
     sibling.close()

@@ -17,7 +17,7 @@ import redis
 
 from siliconflow_rerank import (
     APIConnectionError,
-    EmbeddingCache,
+    Cache,
     InvalidRequestError,
     RateLimitError,
     RedisEmbeddingCache,
@@ -275,7 +275,7 @@ def test_values_of_another_format_or_broken_are_never_served(redis_server, emula
     assert len(keys) == len(TEXTS)
     assert all(0 < store.pttl(k) <= 60_000 for k in keys)  # expiring
     store.set(keys[0], b"v0:0.5")  # an older format
-    store.set(keys[1], b"v1:not-a-number")  # a broken value
+    store.set(keys[1], b"v2:not-a-number")  # a broken value
     client.rerank("apple", TEXTS)
     assert emulator.stats.requests == 2
     assert emulator.stats.last_request_body["documents"].__len__() == 2  # only those two again
@@ -287,7 +287,7 @@ def test_an_embedding_cache_in_redis_refuses_a_vector_of_the_wrong_shape(redis_s
     first = client.embed(["apple"]).embeddings
     store = redis.Redis.from_url(redis_server.url)
     (key,) = store.keys("*")
-    store.set(key, b"v1:" + b"\0" * 13)  # not a whole number of floats
+    store.set(key, b"v2:" + b"\0" * 13)  # not a whole number of floats
     assert client.embed(["apple"]).embeddings == first
     assert emulator.stats.requests == 2
-    assert isinstance(vectors, EmbeddingCache)
+    assert isinstance(vectors, Cache)

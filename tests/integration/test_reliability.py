@@ -489,7 +489,7 @@ def test_close_then_reuse_lets_each_closed_pool_go(fresh):
     closed_pools = []
     for _ in range(5):
         client.rerank("apple", TEXTS)
-        closed_pools.append(weakref.ref(client._http()))
+        closed_pools.append(weakref.ref(client._transport()))
         client.close()
     gc.collect()
     assert [pool() for pool in closed_pools] == [None] * 5  # none kept alive by the client

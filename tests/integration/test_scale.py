@@ -19,7 +19,12 @@ from siliconflow_rerank import (
     SiliconFlowClient,
     image_item,
 )
-from siliconflow_rerank._ratelimit import MEDIA_TOKENS, RateLimiter, estimate_tokens, media_sizes
+from siliconflow_rerank._ratelimit import (
+    MEDIA_TOKENS,
+    InMemoryRateLimit,
+    estimate_tokens,
+    media_sizes,
+)
 from siliconflow_rerank.emulator import Fault, RerankEmulator
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -222,10 +227,10 @@ def test_cache_keys_each_document_once_per_call(make_runner, emulator, monkeypat
 
 def test_cache_evicts_least_recently_used():
     cache = RerankCache(maxsize=2)
-    cache.store(b"p", ["a", "b"], [0.1, 0.2])
-    assert cache.lookup(b"p", ["a"]) == [0.1]
-    cache.store(b"p", ["c"], [0.3])
-    assert cache.lookup(b"p", ["a", "b", "c"]) == [0.1, None, 0.3]
+    cache.set_many([(b"a", b"0.1"), (b"b", b"0.2")])
+    assert cache.get_many([b"a"]) == [b"0.1"]
+    cache.set_many([(b"c", b"0.3")])
+    assert cache.get_many([b"a", b"b", b"c"]) == [b"0.1", None, b"0.3"]
     assert len(cache) == 2
     cache.clear()
     assert (len(cache), cache.hits, cache.misses) == (0, 0, 0)
@@ -244,7 +249,7 @@ class Clock:
 
 def test_requests_per_minute_bucket():
     clock = Clock()
-    limiter = RateLimiter(requests_per_minute=2, clock=clock)
+    limiter = InMemoryRateLimit(requests_per_minute=2, clock=clock)
     assert [limiter.reserve(0), limiter.reserve(0)] == [0.0, 0.0]
     assert limiter.reserve(0) == pytest.approx(30.0)
     clock.now = 60.0
@@ -253,7 +258,7 @@ def test_requests_per_minute_bucket():
 
 def test_tokens_per_minute_bucket_and_correction():
     clock = Clock()
-    limiter = RateLimiter(tokens_per_minute=600, clock=clock)
+    limiter = InMemoryRateLimit(tokens_per_minute=600, clock=clock)
     assert limiter.reserve(500) == 0.0
     assert limiter.reserve(200) == pytest.approx(10.0)  # 100 tokens short at 10 tokens/s
     limiter.correct(estimated=700, actual=100)
@@ -267,7 +272,7 @@ def test_token_estimate_is_generous():
 
 def test_one_answer_cannot_poison_the_budget():
     clock = Clock()
-    limiter = RateLimiter(tokens_per_minute=600, clock=clock)
+    limiter = InMemoryRateLimit(tokens_per_minute=600, clock=clock)
     assert limiter.reserve(100) == 0.0
     limiter.correct(estimated=100, actual=10**15)  # a broken or hostile usage report
     assert limiter.reserve(100) <= 70.0  # at most one window of debt, plus this request

@@ -16,6 +16,7 @@ from siliconflow_rerank import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    AsyncSiliconFlowClient,
     AuthenticationError,
     BadRequestError,
     InternalServerError,
@@ -695,36 +696,40 @@ def test_default_timeout_is_explicit_and_generous():
 
 def test_only_a_call_of_more_than_its_own_request_gets_a_plan():
     from siliconflow_rerank import RerankCache
-    from siliconflow_rerank._batching import plan
-    from siliconflow_rerank._request import build_request
+    from siliconflow_rerank._rerank import prepare_rerank
 
-    short = build_request("q", ["a", "b"], model="BAAI/bge-reranker-v2-m3")
-    long = build_request("q", ["a", "b", "c"], model="BAAI/bge-reranker-v2-m3")
-    base = "http://x/v1"
-    assert plan(short, batch_size=2, cache=None, base_url=base) is None  # sent as built
-    assert plan(short, batch_size=None, cache=None, base_url=base) is None
-    split = plan(long, batch_size=2, cache=None, base_url=base)
-    assert split is not None
-    assert [list(b.positions) for b in split.batches] == [[0, 1], [2]]
-    cached = plan(short, batch_size=2, cache=RerankCache(), base_url=base)
-    assert cached is not None  # every score is wanted, to be stored
-    assert [list(b.positions) for b in cached.batches] == [[0, 1]]
-    assert cached.batches[0].request().top_n is None
+    from ..helpers import pipeline_for
+
+    def plan(documents: list[str], batch_size: int | None, cache: Any = None) -> Any:
+        pipeline = pipeline_for(max_documents_per_request=batch_size, cache=cache)
+        return prepare_rerank(pipeline, "q", documents, model="BAAI/bge-reranker-v2-m3")
+
+    short, long = ["a", "b"], ["a", "b", "c"]
+    assert plan(short, 2).groups is None  # sent as built
+    assert plan(short, None).groups is None
+    split = plan(long, 2)
+    assert [list(group) for group in split.groups or []] == [[0, 1], [2]]
+    cached = plan(short, 2, cache=RerankCache())
+    assert cached.groups is not None  # every score is wanted, to be stored
+    assert [list(group) for group in cached.groups] == [[0, 1]]
+    assert cached.request(0).top_n is None
 
 
 def test_a_batched_call_never_encodes_the_whole_list():
-    from siliconflow_rerank._batching import plan
-    from siliconflow_rerank._request import build_request
+    from siliconflow_rerank._rerank import prepare_rerank
 
-    request = build_request("q", [f"doc {i}" for i in range(300)], model="BAAI/bge-reranker-v2-m3")
-    the_plan = plan(request, batch_size=128, cache=None, base_url="http://x/v1")
-    assert the_plan is not None  # split
-    assert [len(b.positions) for b in the_plan.batches] == [128, 128, 44]
-    assert request._content is None  # the unbatched body was never built
-    for batch in the_plan.batches:
-        content = batch.request().content
+    from ..helpers import pipeline_for
+
+    documents = [f"doc {i}" for i in range(300)]
+    pipeline = pipeline_for(max_documents_per_request=128)
+    the_plan = prepare_rerank(pipeline, "q", documents, model="BAAI/bge-reranker-v2-m3")
+    assert the_plan.groups is not None  # split
+    assert [len(group) for group in the_plan.groups] == [128, 128, 44]
+    assert the_plan.call._content is None  # the unbatched body was never built
+    for number in range(len(the_plan)):
+        content = the_plan.request(number).content
         assert isinstance(content, bytes)
-        assert json.loads(content)["documents"] == batch.request().body["documents"]
+        assert json.loads(content)["documents"] == the_plan.request(number).body["documents"]
 
 
 def test_text_that_cannot_be_sent_fails_a_batched_call_before_any_request(make_runner):
@@ -793,12 +798,50 @@ def test_a_sync_client_keeps_its_threads_across_calls_and_bounds_each_call():
 
 
 def test_a_request_equals_its_twin_whether_or_not_its_body_was_encoded():
-    from siliconflow_rerank._request import build_request
+    from siliconflow_rerank import RerankOptions
+    from siliconflow_rerank._rerank import build_request
 
-    encoded = build_request("q", ["a", "b"], model="BAAI/bge-reranker-v2-m3")
-    fresh = build_request("q", ["a", "b"], model="BAAI/bge-reranker-v2-m3")
+    options = RerankOptions("BAAI/bge-reranker-v2-m3")
+    encoded = build_request("q", ["a", "b"], options)
+    fresh = build_request("q", ["a", "b"], options)
     content = encoded.content  # encoded, and kept
     assert isinstance(content, bytes)
     assert json.loads(content)["documents"] == ["a", "b"]
     assert encoded == fresh
     assert "content" not in repr(encoded)
+
+
+# -- every public signature is its settings or options model -------------------------------------
+
+
+@pytest.mark.parametrize("client_class", [SiliconFlowClient, AsyncSiliconFlowClient])
+def test_a_client_takes_every_setting_with_its_declared_default(client_class):
+    import inspect
+
+    from siliconflow_rerank import ClientSettings
+
+    parameters = dict(inspect.signature(client_class).parameters)
+    assert parameters.pop("http_client").default is None  # the one argument that is no setting
+    assert set(parameters) == set(ClientSettings.model_fields)
+    for name, parameter in parameters.items():
+        assert parameter.default == ClientSettings.model_fields[name].default, name
+
+
+@pytest.mark.parametrize("client_class", [SiliconFlowClient, AsyncSiliconFlowClient])
+@pytest.mark.parametrize(("method", "inputs"), [("rerank", 2), ("embed", 1)])
+def test_a_method_takes_every_option_with_its_declared_default(client_class, method, inputs):
+    import dataclasses
+    import inspect
+
+    from siliconflow_rerank import EmbeddingOptions, RerankOptions
+
+    options = RerankOptions if method == "rerank" else EmbeddingOptions
+    parameters = list(
+        inspect.signature(
+            getattr(client_class(api_key="sk-1234567890"), method)
+        ).parameters.values()
+    )
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in parameters[:inputs])
+    keywords = {p.name: p.default for p in parameters[inputs:]}
+    assert keywords.pop("on_progress") is None
+    assert keywords == {field.name: field.default for field in dataclasses.fields(options)}

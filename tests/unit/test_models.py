@@ -16,17 +16,52 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from siliconflow_rerank import (
     RankedResults,
     RerankDocument,
+    RerankOptions,
     RerankResponse,
     RerankResult,
     ResponseValidationError,
     Usage,
-    _models,
+    _ranking,
+    _wire,
 )
-from siliconflow_rerank._batching import Assembly, plan
-from siliconflow_rerank._models import merged, parse, usage_from
-from siliconflow_rerank._request import build_request
+from siliconflow_rerank._ranking import merged as merged_ranking
+from siliconflow_rerank._rerank import RerankPlan, RerankRequest, _filler, parse, prepare_rerank
+from siliconflow_rerank._rerank import build_request as build
+from siliconflow_rerank._wire import usage_from
+
+from ..helpers import pipeline_for
 
 MODEL = "BAAI/bge-reranker-v2-m3"
+
+
+def build_request(query: str, documents: list[str], **options: object) -> RerankRequest:
+    return build(query, documents, RerankOptions(**options))  # type: ignore[arg-type]
+
+
+def planned(batch_size: int, query: str, documents: list[str], **options: object) -> RerankPlan:
+    """The plan of a call split in batches of `batch_size`."""
+    pipeline = pipeline_for(max_documents_per_request=batch_size)
+    return prepare_rerank(pipeline, query, documents, **options)  # type: ignore[arg-type]
+
+
+class Batch:
+    """One of a plan's requests: its number, its documents' positions, and the request."""
+
+    def __init__(self, plan: RerankPlan, number: int) -> None:
+        self.plan, self.number = plan, number
+        assert plan.groups is not None
+        self.positions = plan.groups[number]
+
+    def request(self) -> RerankRequest:
+        return self.plan.request(self.number)
+
+
+def batches_of(plan: RerankPlan) -> list[Batch]:
+    return [Batch(plan, number) for number in range(len(plan))]
+
+
+def merged(parts, request: RerankRequest) -> RankedResults:
+    return merged_ranking(parts, request.top_n, _filler(request))
 
 
 def some_results() -> list[RerankResult]:
@@ -97,17 +132,17 @@ def answer(results: list[tuple[int, float]], **extra: object) -> bytes:
 @pytest.mark.parametrize("arrival", ["in order", "reversed"])
 def test_merged_batches_rank_as_one_sort_would(top_n, how, arrival, monkeypatch):
     if how == "k-way merge":  # the path of very long answers
-        monkeypatch.setattr("siliconflow_rerank._models._SORTED_AT_ONCE", 0)
-        monkeypatch.setattr("siliconflow_rerank._models._MERGED_AT_ONCE", 3)
+        monkeypatch.setattr("siliconflow_rerank._ranking._SORTED_AT_ONCE", 0)
+        monkeypatch.setattr("siliconflow_rerank._ranking._MERGED_AT_ONCE", 3)
     # Scores drawn from a few values: many ties, which must fall in index order across batches.
     chance = random.Random(7)
     documents = [f"doc {i}" for i in range(40)]
     scores = [chance.choice([0.1, 0.5, 0.9]) for _ in documents]
-    request = build_request("q", documents, model=MODEL, top_n=top_n)
-    the_plan = plan(request, batch_size=6, cache=None, base_url="http://x/v1")
-    assert the_plan is not None  # split
+    the_plan = planned(6, "q", documents, model=MODEL, top_n=top_n)
+    request = the_plan.call
+    assert the_plan.groups is not None  # split
     parts = []
-    batches = the_plan.batches if arrival == "in order" else the_plan.batches[::-1]
+    batches = batches_of(the_plan) if arrival == "in order" else batches_of(the_plan)[::-1]
     for batch in batches:  # merged in any order
         sent = batch.request()
         mine = [(i, scores[p]) for i, p in enumerate(batch.positions)]
@@ -122,13 +157,13 @@ def test_merged_batches_rank_as_one_sort_would(top_n, how, arrival, monkeypatch)
 @pytest.mark.parametrize("how", ["sorted at once", "k-way merge"])
 def test_merged_batches_keep_each_document_with_its_result(how, monkeypatch):
     if how == "k-way merge":
-        monkeypatch.setattr("siliconflow_rerank._models._SORTED_AT_ONCE", 0)
+        monkeypatch.setattr("siliconflow_rerank._ranking._SORTED_AT_ONCE", 0)
     documents = ["a", "b", "c", "d"]
-    request = build_request("q", documents, model=MODEL, return_documents=True)
-    the_plan = plan(request, batch_size=2, cache=None, base_url="http://x/v1")
-    assert the_plan is not None  # split
+    the_plan = planned(2, "q", documents, model=MODEL, return_documents=True)
+    request = the_plan.call
+    assert the_plan.groups is not None  # split
     parts = []
-    for batch in the_plan.batches:
+    for batch in batches_of(the_plan):
         local = [(0, 0.2 + batch.number / 10), (1, 0.9 - batch.number / 10)]
         # The server echoes the first batch's documents and drops the second's.
         echo = batch.number == 0
@@ -152,12 +187,11 @@ def test_merged_batches_keep_each_document_with_its_result(how, monkeypatch):
 
 
 def test_an_assembly_keeps_each_answers_results_but_not_the_answer():
-    request = build_request("q", [f"doc {i}" for i in range(6)], model=MODEL)
-    the_plan = plan(request, batch_size=2, cache=None, base_url="http://x/v1")
-    assert the_plan is not None  # split
-    assembly = Assembly(the_plan, None)
+    the_plan = planned(2, "q", [f"doc {i}" for i in range(6)], model=MODEL)
+    assert the_plan.groups is not None  # split
+    assembly = the_plan
     gone = []
-    for batch in the_plan.batches:
+    for batch in batches_of(the_plan):
         usage = {"input_tokens": 5}
         content = answer([(0, 0.5), (1, 0.25 * batch.number)], id=f"r{batch.number}", usage=usage)
         response = parse(content, batch.request(), trace_id=f"t{batch.number}")
@@ -175,13 +209,10 @@ def test_an_assembly_keeps_each_answers_results_but_not_the_answer():
 
 
 def test_an_assembly_refuses_to_answer_before_every_batch_is_in():
-    request = build_request("q", ["a", "b", "c"], model=MODEL)
-    the_plan = plan(request, batch_size=2, cache=None, base_url="http://x/v1")
-    assert the_plan is not None  # split
-    assembly = Assembly(the_plan, None)
-    assembly.add(
-        0, parse(answer([(0, 0.5), (1, 0.4)]), the_plan.batches[0].request(), trace_id=None)
-    )
+    the_plan = planned(2, "q", ["a", "b", "c"], model=MODEL)
+    assert the_plan.groups is not None  # split
+    assembly = the_plan
+    assembly.add(0, parse(answer([(0, 0.5), (1, 0.4)]), the_plan.request(0), trace_id=None))
     with pytest.raises(ValueError, match="missing"):
         assembly.answer()
 
@@ -189,14 +220,14 @@ def test_an_assembly_refuses_to_answer_before_every_batch_is_in():
 @pytest.mark.parametrize("how", ["sorted at once", "k-way merge"])
 def test_a_merge_of_fewer_results_than_top_n_holds_just_those(how, monkeypatch):
     if how == "k-way merge":
-        monkeypatch.setattr("siliconflow_rerank._models._SORTED_AT_ONCE", 0)
-    request = build_request("q", [f"doc {i}" for i in range(6)], model=MODEL, top_n=5)
-    the_plan = plan(request, batch_size=3, cache=None, base_url="http://x/v1")
-    assert the_plan is not None  # split
+        monkeypatch.setattr("siliconflow_rerank._ranking._SORTED_AT_ONCE", 0)
+    the_plan = planned(3, "q", [f"doc {i}" for i in range(6)], model=MODEL, top_n=5)
+    request = the_plan.call
+    assert the_plan.groups is not None  # split
     # A server that answers fewer results than each batch's top_n (3) asked for.
     parts = [
         (parse(answer([(2, 0.4)]), batch.request(), trace_id=None).results, batch.positions)
-        for batch in the_plan.batches
+        for batch in batches_of(the_plan)
     ]
     ranked = merged(parts, request)
     assert list(ranked.pairs()) == [(2, 0.4), (5, 0.4)]
@@ -269,7 +300,7 @@ def test_an_answer_reads_the_same_with_or_without_the_fast_reader(name, top_n, m
     def refuse(content: bytes) -> None:
         raise msgspec.DecodeError("refused")
 
-    monkeypatch.setattr(_models, "_read_plain", refuse)
+    monkeypatch.setattr(_ranking, "_read_plain", refuse)
     exact = parse(content, request, trace_id="t")
     assert fast == exact
     assert fast.model_dump() == exact.model_dump()
@@ -288,9 +319,9 @@ def test_a_score_past_the_float_range_is_refused_by_name():
 
 def test_the_fast_reader_reads_the_usual_answer(monkeypatch):
     # The equivalence above would hold with the fast reader never used; this says it is used.
-    reader = Mock(wraps=_models._read_plain)
-    monkeypatch.setattr(_models, "_read_plain", reader)
-    monkeypatch.setattr(_models, "_read_wire", None)  # the exact reader is not reached
+    reader = Mock(wraps=_ranking._read_plain)
+    monkeypatch.setattr(_ranking, "_read_plain", reader)
+    monkeypatch.setattr(_ranking, "_read_wire", None)  # the exact reader is not reached
     response = parse(
         READ_BOTH_WAYS["usage, SiliconFlow's shape"],
         build_request("q", ["a"], model=MODEL),
@@ -353,7 +384,7 @@ def test_a_copy_is_what_model_copy_makes(updates):
     original = _Note(text="x", colour="red")
     original._seen = 3
     fields_set = set(original.model_fields_set)
-    copy = _models.copied(original, **updates)
+    copy = _wire.copied(original, **updates)
     expected = original.model_copy(update=updates)
     assert type(copy) is _Note
     assert copy.__dict__ == expected.__dict__
@@ -373,14 +404,14 @@ def test_a_slot_pydantic_keeps_elsewhere_is_still_set():
     # The slot's own setter where pydantic has the slot; where a later pydantic keeps it
     # elsewhere, object.__setattr__ instead of a failure at import.
     note = _Note(text="x")
-    set_extra = _models._slot_setter("__pydantic_extra__")
+    set_extra = _wire._slot_setter("__pydantic_extra__")
     assert set_extra == BaseModel.__dict__["__pydantic_extra__"].__set__
     set_extra(note, {"colour": "red"})
     assert note.model_extra == {"colour": "red"}
-    set_dict = _models._slot_setter("__dict__")  # the instance dict's own setter, likewise
+    set_dict = _wire._slot_setter("__dict__")  # the instance dict's own setter, likewise
     assert set_dict == BaseModel.__dict__["__dict__"].__set__
     set_dict(note, {**note.__dict__, "text": "y"})
     assert note.text == "y"
-    set_elsewhere = _models._slot_setter("__no_such_slot__")
+    set_elsewhere = _wire._slot_setter("__no_such_slot__")
     set_elsewhere(note, 5)
     assert note.__dict__["__no_such_slot__"] == 5
