@@ -55,6 +55,7 @@ from ._exceptions import (
     ResponseValidationError,
     ServiceUnavailableError,
     SiliconFlowError,
+    redact_in_logs,
 )
 from ._media import (
     DocumentItem,
@@ -72,7 +73,7 @@ from ._ratelimit import InMemoryRateLimit
 from ._redis import RedisEmbeddingCache, RedisRateLimit, RedisRerankCache
 from ._rerank import RerankOptions, validate_options
 from ._retry import RetryPolicy
-from ._settings import ClientSettings
+from ._settings import ClientSettings, HiddenInputsModel
 from ._version import __version__
 from ._wire import BilledUnits, Usage, assembled, copied
 
@@ -109,6 +110,7 @@ __all__ = [
     "EmbeddingInput",
     "EmbeddingOptions",
     "EmbeddingResponse",
+    "HiddenInputsModel",
     "ImageItem",
     "InMemoryRateLimit",
     "InlineMedia",
@@ -147,6 +149,7 @@ __all__ = [
     "known_embedding_models",
     "known_models",
     "model_capabilities",
+    "redact_in_logs",
     "resolve_api_key",
     "resolve_base_url",
     "validate_options",

@@ -19,7 +19,6 @@ from pydantic import (
     Field,
     PrivateAttr,
     StrictInt,
-    ValidationError,
     model_validator,
 )
 
@@ -28,7 +27,7 @@ from ._config import DEFAULT_MODEL
 from ._exceptions import InvalidRequestError, SiliconFlowError
 from ._ranking import RerankResponse
 from ._rerank import RerankOptions
-from ._settings import CLIENT_SETTINGS, ClientSettings, without_inputs
+from ._settings import CLIENT_SETTINGS, ClientSettings
 
 __all__ = ["ClientOwner", "RerankerSettings"]
 
@@ -88,12 +87,6 @@ class ClientOwner(ClientSettings):
     _owned_client: SiliconFlowClient | None = PrivateAttr(default=None)
     _owned_async_client: AsyncSiliconFlowClient | None = PrivateAttr(default=None)
 
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as error:
-            raise without_inputs(error) from None
-
     @model_validator(mode="before")
     @classmethod
     def _suggest_names(cls, values: Any) -> Any:
@@ -120,7 +113,7 @@ class ClientOwner(ClientSettings):
 
     def _private(self, name: str) -> Any:
         """A private attribute, read from pydantic's dict of them: read as an attribute, it goes
-        through the model's `__getattr__` (about 2 µs), and this is read on every call."""
+        through the model's `__getattr__`, and this is read on every call."""
         private = self.__pydantic_private__
         return None if private is None else private.get(name)
 

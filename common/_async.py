@@ -4,10 +4,11 @@ requests as tasks."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
@@ -28,8 +29,9 @@ from ._pools import open_async_transport
 from ._settings import ClientSettings
 from ._transport import AsyncHttpxTransport, AsyncTransport, is_deadline, translate_transport_errors
 
-__all__ = ["AsyncClientBase"]
+__all__ = ["AsyncClientBase", "async_method"]
 
+_P = ParamSpec("_P")
 _Answer = TypeVar("_Answer")
 _Part = TypeVar("_Part", bound=Part)
 _ASelf = TypeVar("_ASelf", bound="AsyncClientBase")
@@ -204,3 +206,15 @@ class AsyncClientBase(ClientBase):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def async_method(
+    prepare: Callable[Concatenate[Pipeline, _P], Plan[Any, Any, _Answer]],
+) -> Callable[Concatenate[AsyncClientBase, _P], Coroutine[Any, Any, _Answer]]:
+    """An async client method from an endpoint's `prepare` function (same arguments and docs)."""
+
+    @functools.wraps(prepare)
+    async def method(self: AsyncClientBase, /, *args: _P.args, **kwargs: _P.kwargs) -> _Answer:
+        return await self._run(prepare(self._pipeline, *args, **kwargs))
+
+    return method

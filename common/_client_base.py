@@ -1,27 +1,17 @@
-"""What both clients share: settings validated once into a `Pipeline`, the fork guard, and
-the method factories that turn an endpoint's `prepare_*` function into a client method."""
+"""What both clients share: settings validated once into a `Pipeline`, and the fork guard."""
 
 from __future__ import annotations
 
-import functools
 import os
 import weakref
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
 from ._config import resolve_api_key, resolve_base_url
 from ._exceptions import redact_in_logs
-from ._pipeline import Pipeline, Plan
+from ._pipeline import Pipeline
 from ._settings import CLIENT_SETTINGS, ClientSettings
 
-if TYPE_CHECKING:
-    from ._async import AsyncClientBase
-    from ._sync import SyncClientBase
-
-__all__ = ["POOL_OWNERS", "ClientBase", "async_method", "sync_method"]
-
-_P = ParamSpec("_P")
-_Answer = TypeVar("_Answer")
+__all__ = ["POOL_OWNERS", "ClientBase"]
 
 POOL_OWNERS: weakref.WeakSet[ClientBase] = weakref.WeakSet()
 """Clients that opened a pool: a forked child makes each of them start afresh."""
@@ -76,27 +66,3 @@ class ClientBase:
 
     def _forget_pool(self) -> None:
         """In a forked child: drop the parent's pools (unclosed: the parent still uses them)."""
-
-
-def sync_method(
-    prepare: Callable[Concatenate[Pipeline, _P], Plan[Any, Any, _Answer]],
-) -> Callable[Concatenate[SyncClientBase, _P], _Answer]:
-    """A sync client method from an endpoint's `prepare` function (same arguments and docs)."""
-
-    @functools.wraps(prepare)
-    def method(self: SyncClientBase, /, *args: _P.args, **kwargs: _P.kwargs) -> _Answer:
-        return self._run(prepare(self._pipeline, *args, **kwargs))
-
-    return method
-
-
-def async_method(
-    prepare: Callable[Concatenate[Pipeline, _P], Plan[Any, Any, _Answer]],
-) -> Callable[Concatenate[AsyncClientBase, _P], Coroutine[Any, Any, _Answer]]:
-    """An async client method from an endpoint's `prepare` function (same arguments and docs)."""
-
-    @functools.wraps(prepare)
-    async def method(self: AsyncClientBase, /, *args: _P.args, **kwargs: _P.kwargs) -> _Answer:
-        return await self._run(prepare(self._pipeline, *args, **kwargs))
-
-    return method

@@ -57,7 +57,7 @@ DEFAULT_MAX_DOCUMENTS_PER_REQUEST = 128
 
 DEFAULT_MAX_RESPONSE_BYTES = 128 * 1024 * 1024
 """The largest answer body a client reads (decoded): far beyond any real answer, well short of
-what would exhaust memory (a 400 MB answer, or 400 KB of gzip inflating to it, cost 800 MB)."""
+what would exhaust memory."""
 
 DEFAULT_MAX_CONCURRENCY = 8
 """Requests of one split call in flight at once: well within the hosted API's per-minute limits."""

@@ -271,16 +271,20 @@ _HTTP_LIBRARY_LOGGERS = (
     "httpcore.http2",
     "httpcore.proxy",
     "httpcore.connection",
+    "httpx",
+    "openai._base_client",
 )
-"""httpcore's loggers: at DEBUG, HTTP/1.1 and HTTP/2 show each answer's headers, and the proxy
-a proxy's."""
+"""The HTTP libraries' loggers: at DEBUG, httpcore shows each answer's headers (and a proxy's),
+httpx each request's URL, and openai (under `ChatSiliconFlow`) each request's options and each
+error answer's body."""
 
 
 def redact_in_logs(owner: object, secret: str) -> None:
     """Keep `secret` out of the HTTP libraries' log lines for as long as `owner` lives.
 
     httpcore logs every answer's headers at DEBUG: a server or proxy that echoes the request
-    back in a header would put the key into an application's log.
+    back in a header would put the key into an application's log. Every client, and
+    `ChatSiliconFlow`, registers its key here.
     """
     if len(secret) >= 8:  # as redact_answer: shorter is too short to tell from ordinary text
         _LOGGED_SECRETS[id(owner)] = secret

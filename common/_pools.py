@@ -400,8 +400,8 @@ _T = TypeVar("_T")
 
 class LoopThread:
     """An event loop on a daemon thread of its own, where a sync client sends a call of many
-    requests as tasks over the async pool: eight threads over the sync pool took twice the CPU,
-    most of it in passing the GIL among them (see `benchmarks/results.md`)."""
+    requests as tasks over the async pool: threads over the sync pool cost more CPU, most of it
+    in passing the GIL among them (measured in the commit that added it)."""
 
     __slots__ = ("_last", "_stop", "_thread", "loop")
 

@@ -224,7 +224,7 @@ class _WireResult(TypedDict):
 
 class _WireResponse(TypedDict, total=False):
     """The body as any of the compatible servers send it (results as dicts: a model per
-    result cost three times as much to build)."""
+    result costs more to build)."""
 
     id: str | None
     model: str | None
@@ -253,8 +253,8 @@ class _PlainResult(msgspec.Struct, gc=False):  # nothing for the collector to wa
 
 
 class _PlainAnswer(msgspec.Struct):
-    """An answer as servers send it almost always, read by msgspec (the fast path: see
-    `benchmarks/results.md`). Anything else (an answer that may echo documents, or whatever
+    """An answer as servers send it almost always, read by msgspec (the fast path, measured
+    in the commit that added it). Anything else (an answer that may echo documents, or whatever
     msgspec refuses) is read again by `_read_wire`, which accepts exactly what an answer may hold
     and names what is wrong: every error comes from there."""
 
@@ -324,8 +324,8 @@ def from_scores(scores: Mapping[int, float]) -> RankedResults:
 
 
 _SORTED_AT_ONCE = 1 << 15
-"""Every result of a merged answer, up to this many, is sorted at once (about 4 MB of lists at
-most): below it one sort is cheaper than a k-way merge (see `benchmarks/results.md`)."""
+"""Every result of a merged answer, up to this many, is sorted at once (a few MB of lists at
+most): below it one sort is cheaper than a k-way merge (measured in the commit that added it)."""
 _MERGED_AT_ONCE = 1024
 
 

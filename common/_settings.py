@@ -41,6 +41,7 @@ from ._retry import RetryPolicy
 __all__ = [
     "CLIENT_SETTINGS",
     "ClientSettings",
+    "HiddenInputsModel",
     "check_client_settings",
     "derived_deadline",
     "settings_problem",
@@ -107,7 +108,21 @@ Timeout = Annotated[
 """Seconds (for each phase), an `httpx.Timeout`, its `as_dict()` form, or None for no limit."""
 
 
-class ClientSettings(BaseModel):
+class HiddenInputsModel(BaseModel):
+    """A pydantic model whose validation errors never show an input: a model-level check's input
+    is every argument, the key among them, and `str()`, `errors()` and `json()` would show it.
+    The clients' settings, the adapters and `ChatSiliconFlow` are all built on it."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise without_inputs(error) from None
+
+
+class ClientSettings(HiddenInputsModel):
     """The settings of a client: what `SiliconFlowClient` and `AsyncSiliconFlowClient` take (but
     `http_client`), and the fields every adapter has.
 

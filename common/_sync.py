@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import functools
 import queue
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
@@ -24,8 +25,9 @@ from ._pools import LoopThread, SyncPool, open_sync_transport
 from ._settings import ClientSettings
 from ._transport import HttpxTransport, SyncTransport, translate_transport_errors
 
-__all__ = ["SyncClientBase"]
+__all__ = ["SyncClientBase", "sync_method"]
 
+_P = ParamSpec("_P")
 _Answer = TypeVar("_Answer")
 _Part = TypeVar("_Part", bound=Part)
 
@@ -266,3 +268,15 @@ def _awaited(
     except BaseException:
         future.cancel()  # the caller gave up (an interrupt, or on_progress raised)
         raise
+
+
+def sync_method(
+    prepare: Callable[Concatenate[Pipeline, _P], Plan[Any, Any, _Answer]],
+) -> Callable[Concatenate[SyncClientBase, _P], _Answer]:
+    """A sync client method from an endpoint's `prepare` function (same arguments and docs)."""
+
+    @functools.wraps(prepare)
+    def method(self: SyncClientBase, /, *args: _P.args, **kwargs: _P.kwargs) -> _Answer:
+        return self._run(prepare(self._pipeline, *args, **kwargs))
+
+    return method

@@ -11,9 +11,16 @@ from langchain_core.language_models import LangSmithParams
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai.chat_models.base import BaseChatOpenAI
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, SecretStr, model_validator
+from typing_extensions import Self
 
-from siliconflow_rerank import API_KEY_ENV, resolve_api_key, resolve_base_url
+from siliconflow_rerank import (
+    API_KEY_ENV,
+    HiddenInputsModel,
+    redact_in_logs,
+    resolve_api_key,
+    resolve_base_url,
+)
 
 __all__ = ["DEFAULT_CHAT_MODEL", "ChatSiliconFlow"]
 
@@ -24,13 +31,15 @@ _KEY_NAMES = ("api_key", "openai_api_key", "siliconflow_api_key")
 _URL_NAMES = ("base_url", "openai_api_base")
 
 
-class ChatSiliconFlow(BaseChatOpenAI):
+class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
     """A chat model on SiliconFlow's OpenAI-compatible chat endpoint.
 
     A drop-in for the vendor package's `ChatSiliconFlow` (same constructor arguments: `model`,
     `api_key` or `siliconflow_api_key`, `base_url`, `timeout`, `max_retries`, and everything
     `langchain-openai` takes), with this package's rules for the key (`SILICONFLOW_API_KEY`, never
-    `OPENAI_API_KEY`) and the API root (`SILICONFLOW_BASE_URL`, then `https://api.siliconflow.cn/v1`).
+    `OPENAI_API_KEY`) and the API root (`SILICONFLOW_BASE_URL`, then `https://api.siliconflow.cn/v1`),
+    checked as every client's are: a bad setting fails with an error that never shows the key,
+    and the key is kept out of the HTTP libraries' log lines.
     Reasoning models' `reasoning_content` is in `message.additional_kwargs["reasoning_content"]`.
 
     Setup:
@@ -46,7 +55,7 @@ class ChatSiliconFlow(BaseChatOpenAI):
         ```
     """
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, hide_input_in_errors=True)
 
     model_name: str = Field(default=DEFAULT_CHAT_MODEL, alias="model")
     """The chat model's name on SiliconFlow."""
@@ -63,6 +72,13 @@ class ChatSiliconFlow(BaseChatOpenAI):
         values["api_key"] = resolve_api_key(next((k for k in keys if k is not None), None))
         values["base_url"] = resolve_base_url(next((u for u in urls if u is not None), None))
         return values
+
+    @model_validator(mode="after")
+    def _key_out_of_logs(self) -> Self:
+        key = self.openai_api_key
+        if isinstance(key, SecretStr):
+            redact_in_logs(self, key.get_secret_value())
+        return self
 
     @property
     def _llm_type(self) -> str:

@@ -314,7 +314,7 @@ _SOURCES = _langchain_sources()
 def _may_listen(callbacks: Callbacks | None) -> bool:
     """Whether a handler could receive this call's usage event: one passed in, one of the run
     this call is part of, or one LangChain's configuration adds on its own (debug, tracing, a
-    registered hook). About 3 µs where configuring a manager, to find none, took 25."""
+    registered hook): far cheaper than configuring a manager to find none."""
     if callbacks is not None or _SOURCES is None:
         return True
     config = var_child_runnable_config.get()

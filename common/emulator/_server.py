@@ -424,7 +424,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "SiliconFlowRerankEmulator/1.0"
     timeout = 60
     # Headers and body go out in separate writes; with Nagle's algorithm on, a client's delayed
-    # ACK would hold every answer back by about 40 ms.
+    # ACK would hold every answer back.
     disable_nagle_algorithm = True
 
     def setup(self) -> None:

@@ -209,6 +209,31 @@ def test_key_stays_out_of_repr_and_dumps():
     assert KEY not in dumps(chat)
 
 
+@pytest.mark.parametrize(
+    "bad", [{"n": 0}, {"base_url": "ftp://example.test/v1"}, {"temperature": "hot"}]
+)
+def test_a_bad_setting_fails_without_showing_the_key(bad: dict[str, Any]):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        ChatSiliconFlow(api_key=KEY, **bad)
+    error = info.value
+    for text in (str(error), repr(error.errors()), error.json()):
+        assert KEY not in text
+        assert KEY[:12] not in text
+
+
+def test_the_key_is_kept_out_of_the_http_libraries_logs(caplog: pytest.LogCaptureFixture):
+    import logging
+
+    chat = ChatSiliconFlow(api_key=KEY)
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("openai._base_client").debug("Request options: Bearer %s", KEY)
+    assert "Bearer [redacted]" in caplog.text
+    assert KEY not in caplog.text
+    del chat
+
+
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code],

@@ -61,10 +61,14 @@ def test_a_cached_answer_serves_only_the_options_it_was_made_for(
 ):
     if endpoint == "rerank":
         runner = make_runner(base_url=emulator.base_url, cache=RerankCache())
-        call = lambda options: runner.rerank("apple", ["apple pie", "a car"], **options)  # noqa: E731
     else:
         runner = make_runner(base_url=emulator.base_url, embedding_cache=EmbeddingCache())
-        call = lambda options: runner.embed(["apple pie", "a car"], **options)  # noqa: E731
+
+    def call(options: dict[str, Any]) -> Any:
+        if endpoint == "rerank":
+            return runner.rerank("apple", ["apple pie", "a car"], **options)
+        return runner.embed(["apple pie", "a car"], **options)
+
     first = call(base)
     assert emulator.stats.requests == 1
     again = call({**base, **changed})

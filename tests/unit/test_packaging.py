@@ -49,6 +49,7 @@ EXPECTED_CORE = [
     "EmbeddingInput",
     "EmbeddingOptions",
     "EmbeddingResponse",
+    "HiddenInputsModel",
     "ImageItem",
     "InMemoryRateLimit",
     "InlineMedia",
@@ -87,6 +88,7 @@ EXPECTED_CORE = [
     "known_embedding_models",
     "known_models",
     "model_capabilities",
+    "redact_in_logs",
     "resolve_api_key",
     "resolve_base_url",
     "validate_options",
@@ -282,3 +284,22 @@ def test_fresh_install_adapters_import_beside_an_apps_own_common(fresh_venv: Pat
     assert first == "the app SiliconFlowRerank SiliconFlowRerank"
     assert Path(where).parent.name in ("siliconflow_rerank", "common")
     assert not Path(where).is_relative_to(tmp_path)
+
+
+# -- the core's shape: small modules, none a hub --------------------------------------------------
+
+CORE_MODULES = sorted(path for path in (ROOT / "common").glob("*.py") if path.name != "__init__.py")
+
+
+@pytest.mark.parametrize("path", CORE_MODULES, ids=lambda path: path.name)
+def test_no_core_module_is_over_500_lines(path):
+    assert len(path.read_text("utf-8").splitlines()) <= 500
+
+
+@pytest.mark.parametrize("path", CORE_MODULES, ids=lambda path: path.name)
+def test_no_core_module_imports_more_than_8_siblings(path):
+    siblings = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            siblings.update([node.module] if node.module else [a.name for a in node.names])
+    assert len(siblings) <= 8, sorted(siblings)
