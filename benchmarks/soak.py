@@ -18,6 +18,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ WORDS = [
     "pie",
 ]
 QUERIES = ["fresh apple", "green tea", "cold train", "red cheese pie", "lemon rain"]
-FAULTS = [
+FAULTS: list[tuple[str, Callable[[], Fault]]] = [
     ("429", Fault.rate_limited),
     ("429 Retry-After", lambda: Fault.rate_limited(retry_after="0")),
     ("503", Fault.overloaded),
@@ -122,7 +123,7 @@ def run(seconds: float, threads: int, tasks: int, fault_rate: float, seed: int) 
     stop = time.monotonic() + seconds
     policy = RetryPolicy(initial_delay=0.01, max_delay=0.05, max_retry_after=0.05)
     with RerankEmulator() as emulator:
-        settings = {"api_key": "soak", "base_url": emulator.base_url, "timeout": 0.4,
+        settings: dict[str, Any] = {"api_key": "soak", "base_url": emulator.base_url, "timeout": 0.4,
                     "max_retries": 2, "retry_policy": policy}  # fmt: skip
         sync = SiliconFlowClient(**settings)
         batched = SiliconFlowClient(**settings, max_documents_per_request=7, max_concurrency=3)

