@@ -30,6 +30,9 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 RUNS = int(os.environ.get("BENCH_RUNS", "7"))
+RESULTS_ONLY = os.environ.get("BENCH_RESULTS")
+"""When set, the run's results go to this JSON file alone (no report, no chart): for
+`benchmarks/compare.sh`, which runs this file against two versions of the package."""
 KEY = "bench-key"
 QUERY = "how to keep apples fresh"
 
@@ -1126,6 +1129,9 @@ def main() -> None:
         image.unlink()
     gc.collect()
     results["speed_ms"]["at the end"] = speed_ms()
+    if RESULTS_ONLY:
+        Path(RESULTS_ONLY).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        return
     write_report(results)
     write_chart(results)
 

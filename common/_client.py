@@ -3,7 +3,7 @@ method comes from the endpoint's module (`name = sync_method(prepare_name)`)."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
 from pydantic import SecretStr
@@ -28,8 +28,8 @@ from ._sync import SyncClientBase, sync_method
 
 __all__ = ["AsyncSiliconFlowClient", "SiliconFlowClient"]
 
-_Sync = TypeVar("_Sync", bound="SiliconFlowClient")
-_Async = TypeVar("_Async", bound="AsyncSiliconFlowClient")
+_Http = TypeVar("_Http", httpx.Client, httpx.AsyncClient)
+_Client = TypeVar("_Client", bound="_Constructor[Any]")
 
 _CLIENT_ARGS = """
         Args:
@@ -63,7 +63,70 @@ _CLIENT_ARGS = """
 """
 
 
-class SiliconFlowClient(SyncClientBase):
+class _Constructor(Generic[_Http]):
+    """The public constructor of both clients: every setting as an argument, checked once."""
+
+    _base_init: ClassVar[Any]
+    """The client base's `__init__(settings, http_client)`."""
+
+    def __init__(
+        self,
+        api_key: str | SecretStr | None = None,
+        base_url: str | None = None,
+        timeout: TimeoutTypes = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        http_client: _Http | None = None,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        attempt_deadline: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        cache: Cache | None = None,
+        embedding_cache: Cache | None = None,
+        rate_limit: Budget | None = None,
+    ) -> None:
+        # Every argument but http_client is a setting, checked once, here (a test keeps this
+        # signature equal to `ClientSettings`).
+        settings = check_client_settings(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            attempt_deadline=attempt_deadline,
+            max_response_bytes=max_response_bytes,
+            max_documents_per_request=max_documents_per_request,
+            max_concurrency=max_concurrency,
+            max_connections=max_connections,
+            keepalive_expiry=keepalive_expiry,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            cache=cache,
+            embedding_cache=embedding_cache,
+            rate_limit=rate_limit,
+        )
+        type(self)._base_init(self, settings, http_client)
+
+    __init__.__doc__ = (
+        "Create a client. No connection is opened until the first call.\n" + _CLIENT_ARGS
+    )
+
+    @classmethod
+    def from_settings(
+        cls: type[_Client], settings: ClientSettings, http_client: _Http | None = None
+    ) -> _Client:
+        """A client of settings already validated (an adapter's fields), not checked again."""
+        client = cls.__new__(cls)
+        cls._base_init(client, settings, http_client)
+        return client
+
+
+class SiliconFlowClient(_Constructor[httpx.Client], SyncClientBase):
     """Synchronous SiliconFlow client (rerank, embeddings); thread-safe, one connection pool.
 
     A call split into several requests (a long list, an embeddings call over `batch_size`)
@@ -75,67 +138,13 @@ class SiliconFlowClient(SyncClientBase):
         ...     response = client.rerank("apple", ["apple pie", "banana bread"], top_n=1)
     """
 
-    def __init__(
-        self,
-        api_key: str | SecretStr | None = None,
-        base_url: str | None = None,
-        timeout: TimeoutTypes = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        http_client: httpx.Client | None = None,
-        *,
-        retry_policy: RetryPolicy | None = None,
-        attempt_deadline: float | None = None,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY,
-        requests_per_minute: int | None = None,
-        tokens_per_minute: int | None = None,
-        cache: Cache | None = None,
-        embedding_cache: Cache | None = None,
-        rate_limit: Budget | None = None,
-    ) -> None:
-        # Every argument but http_client is a setting, checked once, here (a test keeps this
-        # signature equal to `ClientSettings`).
-        settings = check_client_settings(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-            retry_policy=retry_policy,
-            attempt_deadline=attempt_deadline,
-            max_response_bytes=max_response_bytes,
-            max_documents_per_request=max_documents_per_request,
-            max_concurrency=max_concurrency,
-            max_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-            requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute,
-            cache=cache,
-            embedding_cache=embedding_cache,
-            rate_limit=rate_limit,
-        )
-        super().__init__(settings, http_client)
-
-    __init__.__doc__ = (
-        "Create a client. No connection is opened until the first call.\n" + _CLIENT_ARGS
-    )
-
-    @classmethod
-    def from_settings(
-        cls: type[_Sync], settings: ClientSettings, http_client: httpx.Client | None = None
-    ) -> _Sync:
-        """A client of settings already validated (an adapter's fields), not checked again."""
-        client = cls.__new__(cls)
-        SyncClientBase.__init__(client, settings, http_client)
-        return client
+    _base_init = SyncClientBase.__init__
 
     rerank = sync_method(prepare_rerank)
     embed = sync_method(prepare_embed)
 
 
-class AsyncSiliconFlowClient(AsyncClientBase):
+class AsyncSiliconFlowClient(_Constructor[httpx.AsyncClient], AsyncClientBase):
     """Asynchronous SiliconFlow client: native asyncio I/O, one connection pool per loop.
 
     Its own pool runs on aiohttp, used directly (see the README's benchmark).
@@ -145,61 +154,7 @@ class AsyncSiliconFlowClient(AsyncClientBase):
         ...     response = await client.rerank("apple", ["apple pie", "banana bread"])
     """
 
-    def __init__(
-        self,
-        api_key: str | SecretStr | None = None,
-        base_url: str | None = None,
-        timeout: TimeoutTypes = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        http_client: httpx.AsyncClient | None = None,
-        *,
-        retry_policy: RetryPolicy | None = None,
-        attempt_deadline: float | None = None,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        max_documents_per_request: int | None = DEFAULT_MAX_DOCUMENTS_PER_REQUEST,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY,
-        requests_per_minute: int | None = None,
-        tokens_per_minute: int | None = None,
-        cache: Cache | None = None,
-        embedding_cache: Cache | None = None,
-        rate_limit: Budget | None = None,
-    ) -> None:
-        # Every argument but http_client is a setting, checked once, here (a test keeps this
-        # signature equal to `ClientSettings`).
-        settings = check_client_settings(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-            retry_policy=retry_policy,
-            attempt_deadline=attempt_deadline,
-            max_response_bytes=max_response_bytes,
-            max_documents_per_request=max_documents_per_request,
-            max_concurrency=max_concurrency,
-            max_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-            requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute,
-            cache=cache,
-            embedding_cache=embedding_cache,
-            rate_limit=rate_limit,
-        )
-        super().__init__(settings, http_client)
-
-    __init__.__doc__ = (
-        "Create a client. No connection is opened until the first call.\n" + _CLIENT_ARGS
-    )
-
-    @classmethod
-    def from_settings(
-        cls: type[_Async], settings: ClientSettings, http_client: httpx.AsyncClient | None = None
-    ) -> _Async:
-        """A client of settings already validated (an adapter's fields), not checked again."""
-        client = cls.__new__(cls)
-        AsyncClientBase.__init__(client, settings, http_client)
-        return client
+    _base_init = AsyncClientBase.__init__
 
     rerank = async_method(prepare_rerank)
     embed = async_method(prepare_embed)

@@ -182,7 +182,7 @@ OURS = ("siliconflow_rerank", "langchain_siliconflow", "llama_index_siliconflow"
 
 @pytest.mark.parametrize("folder", ["benchmarks", "examples"])
 def test_benchmarks_and_examples_import_only_public_names(folder):
-    for path in (ROOT / folder).rglob("*.py"):
+    for path in (ROOT / folder).glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(OURS):
                 assert not any(part.startswith("_") for part in node.module.split(".")), (
