@@ -2,7 +2,8 @@
 # Benchmark this tree against another revision in one run: both versions of the package, each
 # in its own virtual environment, measured by this tree's benchmarks/bench.py, in turns (old,
 # new, old, new, ...), then one table of both columns with the spread between repeated runs
-# (benchmarks/comparison.md). Usage: bash benchmarks/compare.sh REVISION [ROUNDS]
+# (benchmarks/comparison.md; each run's figures in benchmarks/comparison-runs/).
+# Usage: bash benchmarks/compare.sh REVISION [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 revision=${1:?usage: bash benchmarks/compare.sh REVISION [ROUNDS]}
@@ -35,4 +36,7 @@ for round in $(seq 1 "$rounds"); do
 done
 "$work/new/bin/python" benchmarks/compare.py "$revision" "$(git rev-parse --short HEAD)" \
     "$work/results" > benchmarks/comparison.md
+# Each run's own figures, beside the table, for a closer look at any row.
+rm -rf benchmarks/comparison-runs
+cp -r "$work/results" benchmarks/comparison-runs
 cat benchmarks/comparison.md
