@@ -55,6 +55,7 @@ from ._exceptions import (
     ResponseValidationError,
     ServiceUnavailableError,
     SiliconFlowError,
+    redact_error,
     redact_in_logs,
 )
 from ._media import (
@@ -149,6 +150,7 @@ __all__ = [
     "known_embedding_models",
     "known_models",
     "model_capabilities",
+    "redact_error",
     "redact_in_logs",
     "resolve_api_key",
     "resolve_base_url",

@@ -73,7 +73,7 @@ class AsyncClientBase(ClientBase):
         # its loop shuts down.
         pipe = self._pipeline
         transport, guard = await open_async_transport(
-            pipe.url("rerank"), pipe.headers, pipe.timeout, pipe.limits()
+            pipe.root, pipe.headers, pipe.timeout, pipe.limits()
         )
         with self._pools_lock:
             pool = self._pools.setdefault(loop, (transport, guard))
@@ -144,6 +144,16 @@ class AsyncClientBase(ClientBase):
 
     async def _run(self, plan: Plan[Any, Any, _Answer]) -> _Answer:
         """Send every request of `plan`; its answer."""
+        if not plan.cached:
+            return await self._sent(plan)
+        # A cache may do I/O (Redis), and keying media hashes whole files: off the loop.
+        await asyncio.to_thread(plan.look_up)
+        try:
+            return await self._sent(plan)
+        finally:
+            await asyncio.to_thread(plan.store)
+
+    async def _sent(self, plan: Plan[Any, Any, _Answer]) -> _Answer:
         total, on_progress = len(plan), plan.on_progress
         if total == 1:  # the common case: no task, nothing to merge
             plan.add(0, await self._send(plan, 0))

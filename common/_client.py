@@ -54,6 +54,8 @@ _CLIENT_ARGS = """
             cache: A `Cache` of rerank scores across calls, such as `RerankCache` (off by
                 default).
             embedding_cache: A `Cache` of vectors across calls, such as `EmbeddingCache`.
+            share_cache_across_keys: Let calls with other API keys share cached answers (off:
+                a cache is partitioned by account, a digest of the server and key).
             rate_limit: A `Budget`, such as `RedisRateLimit` (shared with every process that
                 names it), instead of requests_per_minute / tokens_per_minute (which count in
                 this client alone).
@@ -88,6 +90,7 @@ class _Constructor(Generic[_Http]):
         tokens_per_minute: int | None = None,
         cache: Cache | None = None,
         embedding_cache: Cache | None = None,
+        share_cache_across_keys: bool = False,
         rate_limit: Budget | None = None,
     ) -> None:
         # Every argument but http_client is a setting, checked once, here (a test keeps this
@@ -108,6 +111,7 @@ class _Constructor(Generic[_Http]):
             tokens_per_minute=tokens_per_minute,
             cache=cache,
             embedding_cache=embedding_cache,
+            share_cache_across_keys=share_cache_across_keys,
             rate_limit=rate_limit,
         )
         type(self)._base_init(self, settings, http_client)

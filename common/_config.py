@@ -105,12 +105,29 @@ def resolve_base_url(base_url: str | None) -> str:
     url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     url = url.strip().rstrip("/")
     url = url.removesuffix("/rerank").removesuffix("/embeddings").rstrip("/")
+    shown = _without_credentials(url)
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as error:
-        raise InvalidRequestError(f"base_url {url!r} is not a valid URL: {error}") from error
+    except (httpx.InvalidURL, TypeError):
+        raise InvalidRequestError(f"base_url {shown!r} is not a valid URL") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise InvalidRequestError(
-            f"base_url {url!r} must be an absolute http(s) URL such as {DEFAULT_BASE_URL}"
+            f"base_url {shown!r} must be an absolute http(s) URL such as {DEFAULT_BASE_URL}"
+        )
+    if parsed.userinfo:
+        # Sent as Basic auth by one HTTP library, dropped by another, and shown by every repr:
+        # refused, and never echoed.
+        raise InvalidRequestError(
+            f"base_url {shown!r} holds credentials (user:password@); pass the key as api_key "
+            "and leave them out of the URL"
         )
     return url
+
+
+def _without_credentials(url: str) -> str:
+    """`url` with anything between `//` and `@` (user and password) shown as `***`."""
+    scheme, separator, rest = url.partition("//")
+    authority, slash, path = rest.partition("/")
+    if separator and "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{separator}{authority}{slash}{path}"

@@ -8,6 +8,7 @@ import base64
 import binascii
 import math
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -25,7 +26,7 @@ from pydantic import (
 from ._capabilities import embedding_capabilities
 from ._config import DEFAULT_EMBEDDING_BATCH_SIZE, DEFAULT_EMBEDDING_MODEL
 from ._exceptions import InvalidRequestError, ResponseValidationError, SiliconFlowError
-from ._media import ImageItem, TextItem, WireItem, item_kind, normalize_item
+from ._media import ImageItem, TextItem, WireItem, item_kind, normalize_items
 from ._options import NOT_IN_CACHE_KEY, cache_keys, key_prefix
 from ._pipeline import Pipeline, Plan, ProgressCallback
 from ._wire import (
@@ -98,6 +99,11 @@ class EmbeddingOptions:
             raise InvalidRequestError(
                 f"model {self.model} takes dimensions of {allowed}; got {dimensions}"
             )
+        if dimensions > caps.dimensions:
+            raise InvalidRequestError(
+                f"model {self.model} gives vectors of at most {caps.dimensions} values; got "
+                f"dimensions={dimensions}"
+            )
 
     def check_inputs(self, wire: list[WireItem]) -> None:
         """Refuse images for a (known) model that embeds text only."""
@@ -151,18 +157,7 @@ class EmbeddingRequest:
 
 
 def _wire_inputs(inputs: object) -> list[WireItem]:
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    elif not isinstance(inputs, Sequence):
-        raise InvalidRequestError(
-            f"inputs must be a string or a sequence of items, got {type(inputs).__name__}"
-        )
-    if len(inputs) == 0:
-        raise InvalidRequestError("inputs must hold at least one input")
-    wire = [
-        item if type(item) is str else normalize_item(item, f"inputs[{i}]")
-        for i, item in enumerate(inputs)
-    ]
+    wire = normalize_items(inputs, "inputs", "input")
     for i, item in enumerate(wire):
         if isinstance(item, str):
             if not item.strip():
@@ -182,36 +177,57 @@ class EmbeddingPlan(Plan[EmbeddingRequest, EmbeddingResponse, EmbeddingResponse]
         self,
         wire: list[WireItem],
         options: EmbeddingOptions,
-        pending: Sequence[int],
         *,
-        known: dict[int, list[float]] | None = None,
-        keys: list[bytes] | None = None,
         pipeline: Pipeline | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> None:
+        self.wire = wire
         self.options = options
         self.count = len(wire)
+        self.on_progress = on_progress
+        self.keys: list[bytes] | None = None
+        self._pipeline = pipeline
+        self.cache = None if pipeline is None else pipeline.settings.embedding_cache
+        self._vectors: list[list[float] | None] = [None] * self.count
+        self._start(range(self.count))
+
+    def _start(self, pending: Sequence[int]) -> None:
+        """Requests for the inputs at `pending`, `batch_size` at a time."""
         self.pending = pending
         """The call's position of each input to send, in the order sent."""
-        self.keys = keys
-        self.on_progress = on_progress
-        self._cache = None if pipeline is None else pipeline.settings.embedding_cache
+        options = self.options
         wire_options: dict[str, Any] = {"encoding_format": options.encoding_format}
         if options.dimensions is not None:
             wire_options["dimensions"] = options.dimensions
-        size = options.batch_size
+        size, wire = options.batch_size, self.wire
         self._bodies = [
             {"model": options.model, "input": [wire[i] for i in pending[start : start + size]]}
             | wire_options
             for start in range(0, len(pending), size)
         ]
-        self._vectors: list[list[float] | None] = [None] * self.count
-        for position, vector in (known or {}).items():
-            self._vectors[position] = vector
         self._usage = UsageSum()
         self._trace_ids: list[str | None] = [None] * len(self._bodies)
         self._model: str | None = None
         self._only: EmbeddingResponse | None = None
+
+    def look_up(self) -> None:
+        """Key every input (hashing images) and ask the cache; request what it lacks."""
+        if self.cache is None or self._pipeline is None:
+            return
+        prefix = key_prefix(EmbeddingPlan.path, self._pipeline, self.options)
+        self.keys = keys = cache_keys(prefix, self.wire)
+        found = [_vector(value) for value in self.cache.get_many(keys)]
+        # A vector of another length than the model's (or than most cached ones, for a model
+        # not known here) is no answer to this call: asked for again.
+        caps = embedding_capabilities(self.options.model)
+        length = self.options.dimensions or (caps.dimensions if caps is not None else None)
+        if length is None:
+            lengths = Counter(len(vector) for vector in found if vector is not None)
+            length = lengths.most_common(1)[0][0] if lengths else None
+        for position, vector in enumerate(found):
+            if vector is not None and len(vector) == length:
+                self._vectors[position] = vector
+        self._start([i for i, vector in enumerate(self._vectors) if vector is None])
 
     def __len__(self) -> int:
         return len(self._bodies)
@@ -232,9 +248,9 @@ class EmbeddingPlan(Plan[EmbeddingRequest, EmbeddingResponse, EmbeddingResponse]
         positions = self.pending[start : start + len(part.embeddings)]
         for position, vector in zip(positions, part.embeddings, strict=True):
             self._vectors[position] = vector
-        if self._cache is not None and self.keys is not None:
+        if self.keys is not None:
             keys = self.keys
-            self._cache.set_many(
+            self.keep(
                 [
                     (keys[position], array.array("d", vector).tobytes())
                     for position, vector in zip(positions, part.embeddings, strict=True)
@@ -400,19 +416,4 @@ def prepare_embed(
     wire = _wire_inputs(inputs)
     options = EmbeddingOptions(model, dimensions, encoding_format, batch_size)
     options.check_inputs(wire)
-    cache = pipeline.settings.embedding_cache
-    if cache is None:
-        return EmbeddingPlan(wire, options, range(len(wire)), on_progress=on_progress)
-    keys = cache_keys(key_prefix(EmbeddingPlan.path, pipeline.base_url, options), wire)
-    found = [_vector(value) for value in cache.get_many(keys)]
-    known = {i: vector for i, vector in enumerate(found) if vector is not None}
-    pending = [i for i, vector in enumerate(found) if vector is None]
-    return EmbeddingPlan(
-        wire,
-        options,
-        pending,
-        known=known,
-        keys=keys,
-        pipeline=pipeline,
-        on_progress=on_progress,
-    )
+    return EmbeddingPlan(wire, options, pipeline=pipeline, on_progress=on_progress)

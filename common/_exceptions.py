@@ -31,8 +31,6 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 __all__ = [
     "SERVICE_ERRORS",
     "APIConnectionError",
@@ -51,6 +49,7 @@ __all__ = [
     "SiliconFlowError",
     "excerpt",
     "redact_answer",
+    "redact_error",
     "redact_in_logs",
     "status_error",
 ]
@@ -220,7 +219,7 @@ def _describe_body(content: bytes) -> tuple[object, int | str | None, str]:
         return "", None, "empty response body"
     try:
         body: object = json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than any error body is
         text = stripped.decode("utf-8", errors="replace")
         if stripped[:1] == b"<":
             title = _TITLE.search(stripped)
@@ -253,12 +252,11 @@ def redact_answer(
     if raw in content:
         content = content.replace(raw, _REDACTED.encode())
     if any(secret in name or secret in value for name, value in headers.items()):
-        headers = httpx.Headers(
-            [
-                (n.replace(secret, _REDACTED), v.replace(secret, _REDACTED))
-                for n, v in headers.items()
-            ]
-        )
+        # Names lowered, as every mapping of headers here is read case-insensitively.
+        headers = {
+            n.replace(secret, _REDACTED).lower(): v.replace(secret, _REDACTED)
+            for n, v in headers.items()
+        }
     return content, headers
 
 
@@ -305,6 +303,23 @@ class _SecretsRedacted(logging.Filter):
 _SECRETS_REDACTED = _SecretsRedacted()
 for _name in _HTTP_LIBRARY_LOGGERS:
     logging.getLogger(_name).addFilter(_SECRETS_REDACTED)
+
+
+def redact_error(error: BaseException, secret: str) -> None:
+    """Replace `secret` in `error` (another library's, such as openai's), in place: in its
+    arguments and its text, dict and list attributes, and likewise in its causes and contexts.
+    A server that echoes the request must not put the key into what a caller logs or shows."""
+    if len(secret) < 8:  # as redact_answer: shorter is too short to tell from ordinary text
+        return
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.args = tuple(_redact(argument, secret) for argument in current.args)
+        for name, value in list(vars(current).items()):
+            if isinstance(value, str | dict | list):
+                setattr(current, name, _redact(value, secret))
+        current = current.__cause__ or current.__context__
 
 
 def _redact(value: Any, secret: str) -> Any:

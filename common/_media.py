@@ -8,7 +8,7 @@ import hashlib
 import mimetypes
 import os
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Literal, TypedDict, cast
 
@@ -28,6 +28,7 @@ __all__ = [
     "image_item",
     "item_kind",
     "normalize_item",
+    "normalize_items",
     "video_item",
 ]
 
@@ -420,3 +421,26 @@ def normalize_item(item: object, what: str) -> WireItem:
         f"{{'video': str}} (media may also be an image_item/video_item InlineMedia); "
         f"got {type(item).__name__} {shown}"
     )
+
+
+def normalize_items(value: object, name: str, noun: str) -> list[WireItem]:
+    """`value`, one string or a sequence of items, as the items to send (`name[i]` names an
+    item in an error; `noun` what an item is).
+
+    Raises:
+        InvalidRequestError: Not a string or a sequence, empty, or an item that is none.
+    """
+    if isinstance(value, str):
+        value = [value]
+    elif not isinstance(value, Sequence):
+        raise InvalidRequestError(
+            f"{name} must be a string or a sequence of items, got {type(value).__name__}"
+        )
+    if len(value) == 0:
+        raise InvalidRequestError(f"{name} must hold at least one {noun}")
+    if set(map(type, value)) == {str}:  # the common case: strings, copied in one pass in C
+        return cast("list[WireItem]", list(value))
+    return [
+        item if type(item) is str else normalize_item(item, f"{name}[{i}]")
+        for i, item in enumerate(value)
+    ]

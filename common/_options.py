@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,14 @@ import pydantic_core
 from ._exceptions import InvalidRequestError
 from ._media import InlineMedia, WireItem
 
-__all__ = ["NOT_IN_CACHE_KEY", "cache_keys", "checked_count", "decisive", "key_prefix"]
+__all__ = [
+    "NOT_IN_CACHE_KEY",
+    "cache_keys",
+    "checked_count",
+    "checked_seconds",
+    "decisive",
+    "key_prefix",
+]
 
 NOT_IN_CACHE_KEY = {"cache_key": False}
 """Field metadata of an option that does not change any cached value (e.g. `top_n`)."""
@@ -34,10 +42,18 @@ def decisive(options: Any) -> dict[str, Any]:
     }
 
 
-def key_prefix(path: str, base_url: str, options: Any, **inputs: Any) -> bytes:
+def key_prefix(path: str, pipeline: Any, options: Any, **inputs: Any) -> bytes:
     """Everything but the item that decides a cached value: the endpoint, the server, the
-    deciding options, and the call's other inputs (rerank's query)."""
-    decided = {"endpoint": path, "base_url": base_url, **decisive(options), **inputs}
+    account (unless the client shares its cache across keys), the deciding options, and the
+    call's other inputs (rerank's query)."""
+    shared = pipeline.settings.share_cache_across_keys
+    decided = {
+        "endpoint": path,
+        "base_url": pipeline.base_url,
+        "account": None if shared else pipeline.account,
+        **decisive(options),
+        **inputs,
+    }
     return pydantic_core.to_json(decided, fallback=_media_key)
 
 
@@ -70,3 +86,23 @@ def checked_count(name: str, value: object, minimum: int, maximum: int | None = 
         allowed = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise InvalidRequestError(f"{name} must be {allowed}, got {value}")
     return value
+
+
+def checked_seconds(name: str, value: object, *, zero: bool = False) -> float:
+    """`value` as seconds if it is a finite number above 0 (or 0 too, when `zero`).
+
+    Raises:
+        InvalidRequestError: Naming the setting.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        relation = ">= 0" if zero else "> 0"
+        raise InvalidRequestError(
+            f"{name} must be a finite number of seconds {relation}, got {value!r}"
+        )
+    return float(value)

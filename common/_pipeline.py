@@ -7,9 +7,9 @@ plan (the endpoint's)  ->  budget.acquire  ->  transport.post  ->  answer read (
    answer  <-  plan.add  <-  plan.read  <-  redaction, status -> error  <-  retries (pure rules)
 ```
 
-`Plan` is what an endpoint module gives a client: the requests of one call, how to read each
-answer, and how to put the answers together. The clients (`_client`) hold the pools and run the
-loops below; nothing here knows an endpoint.
+`Plan` is what an endpoint module gives a client: the cache steps of one call, its requests,
+how to read each answer, and how to put the answers together. The clients (`_sync`, `_async`)
+hold the transports and run the loops; nothing here knows an endpoint.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from ._exceptions import (
     redact_answer,
     status_error,
 )
-from ._protocols import Booking, Budget
+from ._protocols import Booking, Budget, Cache
 from ._ratelimit import InMemoryRateLimit, estimate_tokens, media_sizes
 from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._settings import ClientSettings, derived_deadline
 from ._version import __version__
-from ._wire import StreamedBody, Usage
+from ._wire import StreamedBody, Usage, invalid_answer
 
 __all__ = [
     "TRACE_HEADER",
@@ -130,6 +130,30 @@ class Plan(ABC, Generic[_Req, _Part, _Answer]):
         """`error` of request `number`, saying which part of the call it was (when split)."""
         return error
 
+    cache: Cache | None = None
+    """The cache the plan asks (`look_up`) and stores into (`store`), if any: steps that may
+    block, which the async client runs in a worker thread."""
+    _stores: list[tuple[bytes, bytes]] | None = None
+
+    @property
+    def cached(self) -> bool:
+        return self.cache is not None
+
+    def look_up(self) -> None:
+        """Ask the cache before anything is sent; `len(plan)` counts what it lacked."""
+
+    def keep(self, items: list[tuple[bytes, bytes]]) -> None:
+        """Keep fresh values to store when the call ends."""
+        if self._stores is None:
+            self._stores = []
+        self._stores += items
+
+    def store(self) -> None:
+        """Store the fresh values kept, once the call ends (answered or not)."""
+        stores, self._stores = self._stores, None
+        if self.cache is not None and stores:
+            self.cache.set_many(stores)
+
 
 def account_of(base_url: str, api_key: str) -> str:
     """Who a budget counts for: a digest of the server and the key (never the key itself)."""
@@ -167,6 +191,8 @@ class Pipeline:
                 "User-Agent": f"siliconflow-rerank/{__version__}",
             }
         )
+        self.root = httpx.URL(base_url)
+        """The API root, parsed (its scheme and host choose a proxy)."""
         # Parsed once: httpx re-parses a string URL per request.
         self._urls: dict[str, httpx.URL] = {}
 
@@ -214,17 +240,22 @@ class Pipeline:
         # A server or proxy that echoes the request must not put the key into an error, a log line
         # or an answer: the body and headers are redacted before anything reads them.
         content, headers = redact_answer(content, headers, self.secret)
-        trace_id = headers.get(TRACE_HEADER)
+        trace_id = _text(headers.get(TRACE_HEADER))
         if not 200 <= status < 300:
             raise status_error(
                 status,
                 content,
                 trace_id=trace_id,
-                headers=httpx.Headers(headers),  # a plain copy: it pickles, and outlives the pool
+                headers=_plain(headers),  # a copy that pickles, and outlives the pool
                 base_url=self.base_url,
                 secret=self.secret,
             )
-        part = plan.read(content, request, trace_id)
+        try:
+            part = plan.read(content, request, trace_id)
+        except RecursionError:  # a hostile answer nested deeper than the readers go
+            raise invalid_answer(
+                "the answer is nested too deeply to be a valid one", content, trace_id
+            ) from None
         if booking is not None and self.budget is not None and part.usage is not None:
             used = part.usage.total_tokens or part.usage.input_tokens
             if used is not None:
@@ -251,6 +282,27 @@ class Pipeline:
     def answer_reader(self) -> AnswerBody:
         """A reader for one answer's body, against the size cap and (sync) the deadline."""
         return AnswerBody(self.max_response_bytes, self.deadline)
+
+
+def _plain(headers: Mapping[str, str]) -> httpx.Headers:
+    """An answer's headers as `httpx.Headers`, whatever the transport's type, their bytes kept
+    (aiohttp's text may hold lone surrogates for bytes that are not UTF-8)."""
+    if isinstance(headers, httpx.Headers):
+        return headers.copy()
+    return httpx.Headers(
+        [
+            (name.encode("latin-1", "replace"), value.encode("utf-8", "surrogateescape"))
+            for name, value in headers.items()
+        ]
+    )
+
+
+def _text(value: str | None) -> str | None:
+    """A header value as text that encodes as UTF-8: aiohttp reads bytes that are not UTF-8 as
+    lone surrogates, which no JSON dump or log handler can write."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _tokens(request: Request) -> int:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ._options import checked_count
 from ._protocols import Booking
 
 __all__ = ["MEDIA_TOKENS", "InMemoryRateLimit", "estimate_tokens", "media_sizes"]
@@ -55,6 +56,12 @@ class InMemoryRateLimit:
             tokens_per_minute: Token budget per minute, or None for no limit.
             clock: Monotonic seconds; injectable for tests.
         """
+        for name, value in (
+            ("requests_per_minute", requests_per_minute),
+            ("tokens_per_minute", tokens_per_minute),
+        ):
+            if value is not None:
+                checked_count(name, value, 1)
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
         self._clock = clock

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from ._exceptions import APIConnectionError, InvalidRequestError
+from ._options import checked_count, checked_seconds
 from ._protocols import Booking
 from ._ratelimit import InMemoryRateLimit
 
@@ -29,7 +30,9 @@ _FORMAT = b"v2:"
 """Every cached value starts with its format's version: a value of another format is a miss."""
 
 # Every request booked in the window is a member "<ms>:<tokens>:<nonce>" of one sorted set, scored
-# by Redis's own clock (so hosts whose clocks differ agree). A request is admitted, and booked,
+# by Redis's own clock (so hosts whose clocks differ agree). A booking dated after Redis's now (its
+# clock stepped back, or another writer's) counts as booked now: it never holds the budget for the
+# whole skew. A request is admitted, and booked,
 # only if the window then holds at most the budget of requests and of tokens; otherwise the script
 # answers how many milliseconds until enough of the window has passed.
 _BOOK = """
@@ -38,6 +41,8 @@ local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local max_requests, max_tokens = tonumber(ARGV[1]), tonumber(ARGV[2])
 local window, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - window)
+local future = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ms, '+inf')
+for i = 1, #future do redis.call('ZADD', KEYS[1], ms, future[i]) end
 local booked = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 local count = #booked / 2
 local wait = 0
@@ -94,35 +99,47 @@ class _Link:
     which Redis is not asked again (calls are not slowed by timeouts), logged once; the first
     success after it is logged too."""
 
-    def __init__(self, url: str, timeout: float, what: str) -> None:
+    def __init__(self, url: str, timeout: float, what: str, *, then: str) -> None:
         redis = _redis_module()
         self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._unreachable = (redis.ConnectionError, redis.TimeoutError, OSError)
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self.what = what
+        self.then = then
+        """What calls do while Redis fails (for the WARNING)."""
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._down = False
+        self.last_problem = ""
+        """What went wrong the last time Redis failed, in words."""
 
     def usable(self) -> bool:
         return time.monotonic() >= self._down_until
 
+    def describe(self, error: BaseException) -> str:
+        """What happened: Redis could not be reached, or it answered with an error (a key of
+        another type, a script it refused, ...)."""
+        if isinstance(error, self._unreachable):
+            return f"Redis cannot be reached ({type(error).__name__}: {error})"
+        return f"Redis answered with an error ({type(error).__name__}: {error})"
+
     def failed(self, error: BaseException) -> None:
+        problem = self.describe(error)
         with self._lock:
             self._down_until = time.monotonic() + 5.0
+            self.last_problem = problem
             if not self._down:
                 self._down = True
-                logger.warning(
-                    "%s: Redis cannot be reached (%s); going on without it", self.what, error
-                )
+                logger.warning("%s: %s; %s", self.what, problem, self.then)
 
     def worked(self) -> None:
         if self._down:
             with self._lock:
                 if self._down:
                     self._down = False
-                    logger.info("%s: Redis is reachable again", self.what)
+                    logger.info("%s: Redis is reachable again and answering", self.what)
 
 
 class RedisRateLimit:
@@ -173,10 +190,16 @@ class RedisRateLimit:
             "on_redis_error": on_redis_error,
             "timeout": timeout,
         }
-        if not requests_per_minute and not tokens_per_minute:
+        if requests_per_minute is None and tokens_per_minute is None:
             raise InvalidRequestError(
                 "RedisRateLimit needs requests_per_minute or tokens_per_minute"
             )
+        for count in ("requests_per_minute", "tokens_per_minute"):
+            if self._arguments[count] is not None:
+                checked_count(count, self._arguments[count], 1)
+        checked_seconds("window_seconds", window_seconds)
+        checked_seconds("margin_seconds", margin_seconds, zero=True)
+        checked_seconds("timeout", timeout)
         if on_redis_error not in ("local", "raise"):
             raise InvalidRequestError("on_redis_error must be 'local' or 'raise'")
         self.requests_per_minute = requests_per_minute
@@ -185,7 +208,12 @@ class RedisRateLimit:
         self.window_seconds = window_seconds
         self.margin_seconds = margin_seconds
         self.on_redis_error = on_redis_error
-        self._link = _Link(url, timeout, f"rate limit {name!r}")
+        then = (
+            "failing calls until it works again"
+            if on_redis_error == "raise"
+            else "counting in this process until it works again"
+        )
+        self._link = _Link(url, timeout, f"rate limit {name!r}", then=then)
         self._book = self._link.client.register_script(_BOOK)
         self._correct = self._link.client.register_script(_CORRECT)
         per_minute = 60.0 / window_seconds
@@ -231,7 +259,10 @@ class RedisRateLimit:
                 return Booking(0.0, tokens, (key, member))
             time.sleep(min(float(answer) / 1000, window))
         if self.on_redis_error == "raise":
-            raise APIConnectionError(f"the shared rate limit {self.name!r} cannot reach Redis")
+            problem = link.last_problem or "Redis failed a moment ago"
+            raise APIConnectionError(
+                f"the shared rate limit {self.name!r} cannot use Redis: {problem}"
+            )
         return self._local.acquire(tokens)
 
     async def aacquire(self, tokens: int, *, account: str) -> Booking:
@@ -270,7 +301,9 @@ class _RedisValues:
     """Cached values in Redis: versioned, with a time to live; unreachable Redis is a miss."""
 
     def __init__(self, url: str, ttl: float | None, name: str, kind: str, timeout: float) -> None:
-        self._link = _Link(url, timeout, f"{kind} cache {name!r}")
+        self._link = _Link(
+            url, timeout, f"{kind} cache {name!r}", then="going on without the cache"
+        )
         self._prefix = f"{_PREFIX}:{kind}:{name}:".encode()
         self._ttl_ms = None if ttl is None else round(ttl * 1000)
 
@@ -311,7 +344,15 @@ class _RedisCache:
     def __init__(
         self, url: str, *, ttl: float | None = 86_400.0, name: str = "default", timeout: float = 0.5
     ) -> None:
-        """Describe the cache; Redis is first asked on the first call."""
+        """Describe the cache; Redis is first asked on the first call.
+
+        Raises:
+            InvalidRequestError: A `ttl` or `timeout` that is not a number of seconds above 0
+                (None keeps values until Redis evicts them).
+        """
+        if ttl is not None:
+            checked_seconds("ttl", ttl)
+        checked_seconds("timeout", timeout)
         self._arguments = {"url": url, "ttl": ttl, "name": name, "timeout": timeout}
         self._redis = _RedisValues(url, ttl, name, self._kind, timeout)
         self._lock = threading.Lock()

@@ -7,18 +7,18 @@ import functools
 import math
 import struct
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import count, islice
 from operator import gt, neg
-from typing import Any, cast
+from typing import Any
 
 from pydantic import ValidationError
 
 from ._capabilities import model_capabilities
 from ._config import DEFAULT_MODEL
 from ._exceptions import InvalidRequestError, SiliconFlowError
-from ._media import DocumentItem, QueryItem, WireItem, item_kind, normalize_item
+from ._media import DocumentItem, QueryItem, WireItem, item_kind, normalize_item, normalize_items
 from ._options import NOT_IN_CACHE_KEY, cache_keys, checked_count, key_prefix
 from ._pipeline import Pipeline, Plan, ProgressCallback
 from ._ranking import (
@@ -111,29 +111,15 @@ class RerankOptions:
         return wire
 
 
-def validate_options(
-    model: str,
-    *,
-    top_n: int | None = None,
-    return_documents: bool | None = None,
-    instruction: str | None = None,
-    max_chunks_per_doc: int | None = None,
-    overlap_tokens: int | None = None,
-) -> dict[str, Any]:
-    """Check the model name and the optional fields, alone and against a known model.
-
-    Adapters call this when they are configured, so that a bad setting fails at construction.
-
-    Returns:
-        The optional fields that are set, as they go on the wire.
+def validate_options(model: str, **options: Any) -> dict[str, Any]:
+    """Check rerank options (`top_n`, `return_documents`, `instruction`, `max_chunks_per_doc`,
+    `overlap_tokens`) alone and against a known `model`, as `RerankOptions` does; return those
+    set, as they go on the wire.
 
     Raises:
         InvalidRequestError: A value the API would reject, or a field the model does not take.
     """
-    options = RerankOptions(
-        model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
-    )
-    return options.wire()
+    return RerankOptions(model, **options).wire()
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,23 +185,7 @@ def build_request(
     wire_query = normalize_item(query, "query")
     if isinstance(wire_query, str) and not wire_query.strip():
         raise InvalidRequestError("query must be a non-empty string")
-    if isinstance(documents, str):
-        documents = [documents]
-    elif not isinstance(documents, Sequence):
-        raise InvalidRequestError(
-            f"documents must be a string or a sequence of items, got {type(documents).__name__}"
-        )
-    if len(documents) == 0:
-        raise InvalidRequestError("documents must hold at least one document")
-    # Plain strings, by far the common case, are copied in one pass in C; other items are
-    # normalized one by one.
-    if set(map(type, documents)) == {str}:
-        wire_documents = cast("list[WireItem]", list(documents))
-    else:
-        wire_documents = [
-            item if type(item) is str else normalize_item(item, f"documents[{i}]")
-            for i, item in enumerate(documents)
-        ]
+    wire_documents = normalize_items(documents, "documents", "document")
     wire = options.wire()
     top_n = options.top_n
     if top_n is not None:
@@ -269,10 +239,12 @@ def parse(content: bytes, request: RerankRequest, trace_id: str | None) -> Reran
     seen = set(given)  # the indices as read: int objects already made
     if len(seen) != len(given) or (given and max(given) >= total):
         _find_bad_index(given, total, content, trace_id)
-    if request.top_n is None and len(seen) != total:
-        # Asked for every document: one missing would shift nothing but silently lose a document.
+    if len(seen) < (total if request.top_n is None else request.top_n):
+        # A missing result would shift nothing but silently lose a document (the adapters would
+        # return fewer than asked for): every document, or the best top_n, was asked for.
+        asked = "every one" if request.top_n is None else f"the best {request.top_n}"
         raise invalid_answer(
-            f"the answer ranks {len(seen)} of the {total} documents; every one was asked for",
+            f"the answer ranks {len(seen)} of the {total} documents; {asked} was asked for",
             content,
             trace_id,
         )
@@ -343,27 +315,49 @@ class RerankPlan(Plan[RerankRequest, RerankResponse, RerankResponse]):
     def __init__(
         self,
         request: RerankRequest,
-        groups: list[Sequence[int]] | None,
+        size: int | None = None,
         *,
-        known: Mapping[int, float] | None = None,
-        keys: list[bytes] | None = None,
-        pipeline: Pipeline | None = None,
+        cached: tuple[Pipeline, RerankOptions] | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> None:
         self.call = request
-        self.groups = groups
-        """The documents of each batch, by position; None sends `request` as built."""
-        self.known = known
-        self.keys = keys
+        self.size = size
         self.on_progress = on_progress
-        self._cache = None if pipeline is None else pipeline.settings.cache
-        count = 1 if groups is None else len(groups)
+        self.known: dict[int, float] | None = None
+        """Scores the cache had, by document position."""
+        self.keys: list[bytes] | None = None
+        self._cached = cached
+        self.cache = None if cached is None else cached[0].settings.cache
+        count = len(request.documents)
+        self.groups: list[Sequence[int]] | None = None
+        """The documents of each batch, by position; None sends `request` as built."""
+        if cached is None and size is not None and count > size:
+            self.groups = _cut(range(count), size)
+        self._start()
+
+    def _start(self) -> None:
+        count = 1 if self.groups is None else len(self.groups)
         self._parts: list[tuple[RankedResults, Sequence[int]] | None] = [None] * count
         self._usage = UsageSum()
         self._trace_ids: list[str | None] = [None] * count
         self._only: RerankResponse | None = None  # the answer of a call sent as built
         self._id: str | None = None
         self._model: str | None = None
+
+    def look_up(self) -> None:
+        """Key every document (hashing media) and ask the cache; batch what it lacks."""
+        if self.cache is None or self._cached is None:
+            return
+        documents = self.call.documents
+        pipeline, options = self._cached
+        query = self.call.body["query"]
+        prefix = key_prefix(RerankPlan.path, pipeline, options, query=query)
+        self.keys = keys = cache_keys(prefix, documents)
+        scores = [_score(value) for value in self.cache.get_many(keys)]
+        self.known = {i: score for i, score in enumerate(scores) if score is not None}
+        pending = [i for i, score in enumerate(scores) if score is None]
+        self.groups = _cut(pending, self.size or len(documents))
+        self._start()
 
     def __len__(self) -> int:
         return 1 if self.groups is None else len(self.groups)
@@ -374,7 +368,7 @@ class RerankPlan(Plan[RerankRequest, RerankResponse, RerankResponse]):
         # Built at each send: a call split in many batches holds the bodies in flight only. With
         # a cache every score is wanted (so that it can be stored); otherwise each batch asks
         # for at most top_n, which keeps the global top_n exact.
-        return self.call.subset(self.groups[number], cut=self._cache is None)
+        return self.call.subset(self.groups[number], cut=self.cache is None)
 
     def read(self, content: bytes, request: RerankRequest, trace_id: str | None) -> RerankResponse:
         return parse(content, request, trace_id)
@@ -384,11 +378,9 @@ class RerankPlan(Plan[RerankRequest, RerankResponse, RerankResponse]):
             self._only = part
             return
         positions = self.groups[number]
-        if self._cache is not None and self.keys is not None:
+        if self.keys is not None:
             keys = self.keys
-            self._cache.set_many(
-                [(keys[positions[i]], _SCORE.pack(score)) for i, score in part.results.pairs()]
-            )
+            self.keep([(keys[positions[i]], _SCORE.pack(s)) for i, s in part.results.pairs()])
         self._parts[number] = (part.results, positions)
         self._usage.add(part.usage)
         self._trace_ids[number] = part.trace_id
@@ -460,26 +452,16 @@ def prepare_rerank(
         model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
     )
     request = build_request(query, documents, options)
-    count = len(request.documents)
-    size = pipeline.settings.max_documents_per_request or count
+    size = pipeline.settings.max_documents_per_request
     cache = pipeline.settings.cache
-    if cache is None and count <= size:  # the common case: one request, sent as built
-        return RerankPlan(request, None, on_progress=on_progress)
-    known: dict[int, float] = {}
-    pending: Sequence[int] = range(count)
-    keys = None
-    if cache is not None:
-        prefix = key_prefix(
-            RerankPlan.path, pipeline.base_url, options, query=request.body["query"]
-        )
-        keys = cache_keys(prefix, request.documents)
-        scores = [_score(value) for value in cache.get_many(keys)]
-        known = {i: score for i, score in enumerate(scores) if score is not None}
-        pending = [i for i, score in enumerate(scores) if score is None]
+    if cache is None and (size is None or len(request.documents) <= size):
+        return RerankPlan(request, on_progress=on_progress)  # the common case: sent as built
     # Every batch's text, before the first batch is sent (each body is encoded as it is sent).
     check_encodable(request.documents, "documents")
     encode_body({**request.body, "documents": []})  # the query and the other fields
-    groups = [pending[start : start + size] for start in range(0, len(pending), size)]
-    return RerankPlan(
-        request, groups, known=known, keys=keys, pipeline=pipeline, on_progress=on_progress
-    )
+    cached = None if cache is None else (pipeline, options)
+    return RerankPlan(request, size, cached=cached, on_progress=on_progress)
+
+
+def _cut(positions: Sequence[int], size: int) -> list[Sequence[int]]:
+    return [positions[start : start + size] for start in range(0, len(positions), size)]

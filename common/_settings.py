@@ -178,6 +178,10 @@ class ClientSettings(HiddenInputsModel):
     embedding_cache: Cache | None = Field(default=None, exclude=True)
     """A `Cache` to reuse embedding vectors across calls, such as `EmbeddingCache` or
     `RedisEmbeddingCache` (off by default)."""
+    share_cache_across_keys: bool = False
+    """Let calls made with different API keys share cached answers. Off by default: a cache is
+    partitioned by account (a digest of the server and key, never the key), so one tenant never
+    gets another's answers without a request of its own."""
     rate_limit: Budget | None = Field(default=None, exclude=True)
     """A `Budget`, such as `RedisRateLimit` (shared with every process that names it) or
     `InMemoryRateLimit`, instead of `requests_per_minute` / `tokens_per_minute` (which make a

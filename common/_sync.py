@@ -65,7 +65,7 @@ class SyncClientBase(ClientBase):
             if self._owned is None:
                 pipe = self._pipeline
                 self._owned = open_sync_transport(
-                    pipe.url("rerank"), pipe.headers, pipe.timeout, pipe.limits()
+                    pipe.root, pipe.headers, pipe.timeout, pipe.limits()
                 )
                 # Framework objects that hold a client are rarely closed by their users: close the
                 # pool when this client is garbage-collected instead of leaking its sockets.
@@ -123,6 +123,15 @@ class SyncClientBase(ClientBase):
 
     def _run(self, plan: Plan[Any, Any, _Answer]) -> _Answer:
         """Send every request of `plan`; its answer."""
+        if not plan.cached:
+            return self._sent(plan)
+        plan.look_up()
+        try:
+            return self._sent(plan)
+        finally:
+            plan.store()
+
+    def _sent(self, plan: Plan[Any, Any, _Answer]) -> _Answer:
         total, on_progress = len(plan), plan.on_progress
         if total == 1:  # the common case: no thread hop, nothing to merge
             plan.add(0, self._send(plan, 0))
@@ -133,7 +142,7 @@ class SyncClientBase(ClientBase):
             looped = self._on_loop()
             if looped is not None:
                 twin, loop = looped
-                return _awaited(loop, twin._run, plan)
+                return _awaited(loop, twin._sent, plan)
             self._fan_out(plan)
         return plan.answer()
 

@@ -32,6 +32,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 
 from ._client import SiliconFlowClient
 from ._config import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL
+from ._exceptions import InvalidRequestError
 
 __all__ = ["EmbedBatches", "RerankBatches"]
 
@@ -40,6 +41,32 @@ def _column(batch: Mapping[str, Any], name: str) -> Sequence[Any]:
     if name not in batch:
         raise KeyError(f"the batch has no column {name!r} (columns: {', '.join(batch)})")
     return list(batch[name])
+
+
+def _texts(values: Sequence[Any], where: str) -> list[str]:
+    """`values`, each checked to be text (never `None` read as "None"); `where` names value
+    `{}` in an error."""
+    for position, value in enumerate(values):
+        if not isinstance(value, str):
+            raise InvalidRequestError(
+                f"{where.format(position)} must be text, got {type(value).__name__}"
+            )
+    return [str(value) for value in values]  # numpy's str_ as plain str
+
+
+def _lists_of_texts(values: Sequence[Any], column: str) -> list[list[str]]:
+    """The rows of a column of candidate lists, each checked to be a list of texts (a string is
+    refused, never split into characters)."""
+    rows = []
+    for row, value in enumerate(values):
+        items = value.tolist() if isinstance(value, np.ndarray) else value
+        if isinstance(items, str) or not isinstance(items, Sequence):
+            raise InvalidRequestError(
+                f"row {row} of column {column!r} must be a list of texts, got "
+                f"{type(value).__name__}"
+            )
+        rows.append(_texts(items, f"candidate {{}} of row {row} of column {column!r}"))
+    return rows
 
 
 def _arrow(values: Any) -> Any:
@@ -85,9 +112,11 @@ class RerankBatches:
     def __call__(self, batch: dict[str, Any]) -> Any:
         """Score one batch of rows; the rows' other columns are kept as they are. Returns an
         Arrow table, so that the per-row lists are list columns (in Parquet too)."""
-        queries = _column(batch, self.query_column)
-        candidates = [[str(c) for c in row] for row in _column(batch, self.candidates_column)]
-        ranked = list(self._rows.map(self._rank, [str(q) for q in queries], candidates))
+        queries = _texts(
+            _column(batch, self.query_column), f"row {{}} of column {self.query_column!r}"
+        )
+        candidates = _lists_of_texts(_column(batch, self.candidates_column), self.candidates_column)
+        ranked = list(self._rows.map(self._rank, queries, candidates))
         columns = {name: _arrow(values) for name, values in batch.items()}
         columns["scores"] = pa.array([s for s, _ in ranked], type=pa.list_(pa.float64()))
         columns["ranks"] = pa.array([r for _, r in ranked], type=pa.list_(pa.int32()))
@@ -114,7 +143,7 @@ class EmbedBatches:
 
     def __call__(self, batch: dict[str, Any]) -> Any:
         """Embed one batch of rows (in requests of 32, run concurrently); an Arrow table."""
-        texts = [str(text) for text in _column(batch, self.text_column)]
+        texts = _texts(_column(batch, self.text_column), f"row {{}} of column {self.text_column!r}")
         response = self.client.embed(texts, model=self.model, dimensions=self.dimensions)
         columns = {name: _arrow(values) for name, values in batch.items()}
         columns["embedding"] = pa.array(response.embeddings, type=pa.list_(pa.float32()))

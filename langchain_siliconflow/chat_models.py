@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from typing_extensions import Self
 from siliconflow_rerank import (
     API_KEY_ENV,
     HiddenInputsModel,
+    redact_error,
     redact_in_logs,
     resolve_api_key,
     resolve_base_url,
@@ -124,6 +126,38 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
                 generation.message.additional_kwargs["reasoning_content"] = reasoning
         return generation
 
+    @contextlib.contextmanager
+    def _key_redacted(self) -> Iterator[None]:
+        """Errors raised in it never carry the key (a server or proxy that echoes the request
+        puts it into openai's error message and body)."""
+        try:
+            yield
+        except Exception as error:
+            key = self.openai_api_key
+            if isinstance(key, SecretStr):
+                redact_error(error, key.get_secret_value())
+            raise
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        with self._key_redacted():
+            return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        with self._key_redacted():
+            return await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -132,8 +166,9 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         totals = _UsageTotals()
-        for chunk in super()._stream(messages, stop=stop, run_manager=run_manager, **kwargs):
-            yield totals.as_delta(chunk)
+        with self._key_redacted():
+            for chunk in super()._stream(messages, stop=stop, run_manager=run_manager, **kwargs):
+                yield totals.as_delta(chunk)
 
     async def _astream(
         self,
@@ -143,8 +178,10 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         totals = _UsageTotals()
-        async for chunk in super()._astream(messages, stop=stop, run_manager=run_manager, **kwargs):
-            yield totals.as_delta(chunk)
+        chunks = super()._astream(messages, stop=stop, run_manager=run_manager, **kwargs)
+        with self._key_redacted():
+            async for chunk in chunks:
+                yield totals.as_delta(chunk)
 
 
 class _UsageTotals:
@@ -159,8 +196,11 @@ class _UsageTotals:
         usage = getattr(chunk.message, "usage_metadata", None)
         if usage:
             seen_input, seen_output = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
-            usage["input_tokens"] = seen_input - self.input_tokens
-            usage["output_tokens"] = seen_output - self.output_tokens
+            # A total that goes down (a server restarting its count) adds nothing: never a
+            # negative count, and what was counted stays counted.
+            usage["input_tokens"] = max(seen_input - self.input_tokens, 0)
+            usage["output_tokens"] = max(seen_output - self.output_tokens, 0)
             usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
-            self.input_tokens, self.output_tokens = seen_input, seen_output
+            self.input_tokens = max(seen_input, self.input_tokens)
+            self.output_tokens = max(seen_output, self.output_tokens)
         return chunk

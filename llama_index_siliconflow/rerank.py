@@ -148,9 +148,13 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
         raise InvalidRequestError(f"node {node.node_id}: media resource has no data, url or path")
 
     def _query_item(self, query_bundle: QueryBundle) -> QueryItem:
-        if not query_bundle.query_str.strip() and query_bundle.image_path:
-            return image_item(query_bundle.image_path, allow_paths=True)
-        return query_bundle.query_str
+        image = query_bundle.image_path
+        if query_bundle.query_str.strip() or not image:
+            return query_bundle.query_str
+        if image.startswith(("http://", "https://", "data:")):
+            return image_item(image)
+        # A path, like a node's: read only with allow_local_media.
+        return image_item(self._local_file(image, "the query's image_path"))
 
     def _prepare(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None

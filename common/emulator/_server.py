@@ -490,6 +490,11 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return raw
 
+    def _authorized(self) -> bool:
+        token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        expected = self.emulator.api_key
+        return bool(token) and (expected is None or token == expected)
+
     def _refuse(self, status: int, message: str) -> None:
         # The body is not read, so the connection cannot be reused.
         self.close_connection = True
@@ -504,6 +509,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         emulator = self.emulator
+        if not self._authorized():
+            # Refused before the body is read: nobody without the key makes the emulator read
+            # or parse a body.
+            self.close_connection = True
+            with emulator._lock:
+                emulator._stats.requests += 1
+            self._send_json(401, "Invalid token")
+            return
         raw = self._read_body()
         if raw is None:  # an abandoned upload is not a request: nothing to count or answer
             return
@@ -552,10 +565,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             return
 
-        token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-        if not token or (emulator.api_key is not None and token != emulator.api_key):
-            self._send_json(401, "Invalid token")
-            return
         if not isinstance(body, dict):
             self._send_json(400, {"code": 20015, "message": "Invalid JSON body.", "data": None})
             return
@@ -747,6 +756,10 @@ def _embedding_answer(body: dict[str, Any]) -> dict[str, Any]:
         valid = isinstance(dimensions, int) and not isinstance(dimensions, bool) and dimensions > 0
         if not valid or (caps.dimension_choices and dimensions not in caps.dimension_choices):
             raise _Invalid(f"dimensions {dimensions!r} is not supported by model {model}.")
+        if dimensions > caps.dimensions:  # no model gives more than its full length
+            raise _Invalid(
+                f"dimensions {dimensions} is more than model {model}'s {caps.dimensions}."
+            )
     size = dimensions or caps.dimensions
     items = [
         _embedding_item(item, model, caps.modalities, f"input[{i}]")

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,10 @@ class ChatStub:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.echo_error = False
+        self.completion_totals: list[int] | None = None
+        """The running completion totals the stream reports, one per chunk (by default 1, 2...)."""
+        """Answer 400 with the request's Authorization header in the error message."""
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,6 +50,16 @@ class ChatStub:
                 stub.requests.append(
                     {"path": self.path, "auth": self.headers["Authorization"], "body": body}
                 )
+                if stub.echo_error:
+                    echoed = json.dumps(
+                        {"error": {"message": f"bad header {self.headers['Authorization']}"}}
+                    ).encode()
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(echoed)))
+                    self.end_headers()
+                    self.wfile.write(echoed)
+                    return
                 if body.get("stream"):
                     self._stream(body)
                     return
@@ -83,6 +97,8 @@ class ChatStub:
                 deltas = [{"reasoning_content": part, "content": None} for part in REASONING]
                 deltas += [{"content": part} for part in ANSWER]
                 for number, delta in enumerate(deltas, start=1):
+                    if stub.completion_totals is not None:
+                        number = stub.completion_totals[number - 1]
                     chunk = {
                         "id": "chat-1",
                         "object": "chat.completion.chunk",
@@ -160,6 +176,16 @@ def test_stream_yields_reasoning_then_content_with_usage_counted_once(stub: Chat
     assert stub.requests[0]["body"]["stream"] is True
 
 
+def test_a_running_total_that_goes_down_never_gives_a_chunk_negative_usage(stub: ChatStub):
+    stub.completion_totals = [1, 2, 4, 1, 5]  # the server's count drops once, then recovers
+    chat = ChatSiliconFlow(api_key=KEY, base_url=stub.base_url)
+    chunks = list(chat.stream("Why keep apples cold?"))
+    usages = [c.usage_metadata for c in chunks if c.usage_metadata]
+    assert all(u["output_tokens"] >= 0 and u["input_tokens"] >= 0 for u in usages)
+    assert sum(u["output_tokens"] for u in usages) == 5  # the highest total, counted once
+    assert sum(u["input_tokens"] for u in usages) == 7
+
+
 async def test_astream_likewise(stub: ChatStub):
     chat = ChatSiliconFlow(api_key=KEY, base_url=stub.base_url)
     _check_stream([chunk async for chunk in chat.astream("Why keep apples cold?")])
@@ -232,6 +258,35 @@ def test_the_key_is_kept_out_of_the_http_libraries_logs(caplog: pytest.LogCaptur
     assert "Bearer [redacted]" in caplog.text
     assert KEY not in caplog.text
     del chat
+
+
+@pytest.mark.parametrize("way", ["invoke", "ainvoke", "stream", "astream"])
+def test_an_error_echoing_the_key_never_shows_it(stub: ChatStub, way: str):
+    import asyncio
+    import pickle
+
+    import openai
+
+    stub.echo_error = True
+    chat = ChatSiliconFlow(api_key=KEY, base_url=stub.base_url, max_retries=0)
+
+    async def consume() -> None:
+        async for _ in chat.astream("hi"):
+            pass
+
+    calls: dict[str, Callable[[], object]] = {
+        "invoke": lambda: chat.invoke("hi"),
+        "ainvoke": lambda: asyncio.run(chat.ainvoke("hi")),
+        "stream": lambda: list(chat.stream("hi")),
+        "astream": lambda: asyncio.run(consume()),
+    }
+    with pytest.raises(openai.BadRequestError) as info:
+        calls[way]()
+    error = info.value
+    assert "bad header Bearer [redacted]" in str(error)
+    for text in (str(error), repr(error), repr(error.body), repr(vars(error))):
+        assert KEY not in text
+    assert KEY.encode() not in pickle.dumps(error.body)
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -38,7 +38,7 @@ from llama_index_siliconflow import SiliconFlowRerank
 from siliconflow_rerank import AsyncSiliconFlowClient, ServiceUnavailableError, SiliconFlowClient
 from siliconflow_rerank.emulator import Fault
 
-from ..helpers import CORPUS, ScoringRecorder
+from ..helpers import CORPUS, ScoringRecorder, png_file
 
 KEY = "sk-llama-canary-0077"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
@@ -267,7 +267,8 @@ def test_image_query_from_the_query_bundle(postprocess, tmp_path: Path):
     path = tmp_path / "query.png"
     path.write_bytes(PNG)
     recorder = Recorder()
-    reranker = mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B")
+    # A local path, read with the opt-in (without it: the test below the next one).
+    reranker = mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B", allow_local_media=True)
     postprocess(reranker, text_nodes("a"), QueryBundle(query_str="", image_path=str(path)))
     postprocess(reranker, text_nodes("a"), QueryBundle(query_str="words", image_path=str(path)))
     assert recorder.bodies[0]["query"] == {"image": PNG_URI}
@@ -308,6 +309,26 @@ def test_local_paths_in_nodes_are_read_only_when_allowed(postprocess, node):
         postprocess(mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B"), nodes)
     assert "/etc/passwd" in str(info.value)
     assert recorder.bodies == []
+
+
+def test_a_query_images_local_path_is_read_only_when_allowed(postprocess, tmp_path: Path):
+    picture = png_file(tmp_path / "query.png", "an apple", padding=10)
+    recorder = Recorder()
+    query = QueryBundle(query_str="", image_path=str(picture))
+    nodes = text_nodes("apple pie", "a car")
+    with pytest.raises(ValueError, match="allow_local_media=True"):
+        postprocess(mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B"), nodes, query)
+    assert recorder.bodies == []
+    allowed = mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B", allow_local_media=True)
+    postprocess(allowed, nodes, query)
+    assert recorder.bodies[0]["query"]["image"].startswith("data:image/png;base64,")
+
+
+def test_a_query_image_url_needs_no_permission(postprocess):
+    recorder = Recorder()
+    query = QueryBundle(query_str="", image_path="https://img.test/apple.jpg")
+    postprocess(mocked(recorder, model="Qwen/Qwen3-VL-Reranker-8B"), text_nodes("a", "b"), query)
+    assert recorder.bodies[0]["query"] == {"image": "https://img.test/apple.jpg"}
 
 
 # -- observability ------------------------------------------------------------------------------

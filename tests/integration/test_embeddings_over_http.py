@@ -3,6 +3,8 @@ answers, limits, faults and key check. Every test runs with the sync and the asy
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -168,11 +170,28 @@ def test_cache_is_keyed_by_server_and_shared_between_clients(make_runner, emulat
         make_runner(base_url=other.base_url, embedding_cache=cache).embed(["apple"])
         assert other.stats.requests == 1  # another server: a miss
     sibling = SiliconFlowClient(
-        api_key="sk-x-123456", base_url=emulator.base_url, embedding_cache=cache
+        api_key="sk-test-key-123456", base_url=emulator.base_url, embedding_cache=cache
     )
     sibling.embed(["apple"])
-    assert emulator.stats.requests == 1  # the sync or async sibling hit it
+    assert emulator.stats.requests == 1  # the sync or async sibling of the same key hit it
     sibling.close()
+
+
+def test_a_cache_is_partitioned_by_api_key_unless_shared(make_runner, emulator):
+    cache = EmbeddingCache()
+    make_runner(base_url=emulator.base_url, embedding_cache=cache).embed(["apple"])
+    other_key = SiliconFlowClient(
+        api_key="sk-other-tenant-99", base_url=emulator.base_url, embedding_cache=cache
+    )
+    other_key.embed(["apple"])
+    assert emulator.stats.requests == 2  # another account: a request of its own
+    shared: dict[str, Any] = {"embedding_cache": cache, "share_cache_across_keys": True}
+    make_runner(base_url=emulator.base_url, **shared).embed(["pear"])
+    third = SiliconFlowClient(api_key="sk-third-tenant-7", base_url=emulator.base_url, **shared)
+    third.embed(["pear"])
+    assert emulator.stats.requests == 3  # shared on purpose: the second key's call hit
+    other_key.close()
+    third.close()
 
 
 def test_cache_keys_images_by_their_content(make_runner, emulator, tmp_path):

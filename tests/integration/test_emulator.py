@@ -54,6 +54,7 @@ def test_an_abandoned_upload_is_not_a_request(emulator):
     with socket.create_connection((url.host, url.port)) as partial:
         partial.sendall(
             b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer sk-abandoned\r\n"
             b"Content-Length: 1000\r\n\r\n" + b'{"model": "BAAI/'
         )
         wait_until(lambda: emulator.stats.open_connections)

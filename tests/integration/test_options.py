@@ -10,6 +10,8 @@ import pytest
 from siliconflow_rerank import EmbeddingCache, EmbeddingOptions, RerankCache, RerankOptions
 from siliconflow_rerank._options import key_prefix
 
+from ..helpers import pipeline_for
+
 # For each endpoint: a base call's options, and for every field a second value and whether a
 # cached answer of the base may serve a call with that value (only when the field does not
 # decide the answer). A field added without a row here fails the first test.
@@ -50,8 +52,8 @@ def test_a_field_is_in_the_cache_key_unless_it_says_otherwise(
     endpoint, name, base, changed, shared
 ):
     kind = RerankOptions if endpoint == "rerank" else EmbeddingOptions
-    first = key_prefix(endpoint, "http://x/v1", kind(**base))
-    second = key_prefix(endpoint, "http://x/v1", kind(**{**base, **changed}))
+    first = key_prefix(endpoint, pipeline_for(), kind(**base))
+    second = key_prefix(endpoint, pipeline_for(), kind(**{**base, **changed}))
     assert (first == second) is shared, name
 
 

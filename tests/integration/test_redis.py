@@ -198,7 +198,7 @@ def test_fail_closed_raises_when_redis_is_down(redis_server, emulator):
     )
     client = SiliconFlowClient(api_key=KEY, base_url=emulator.base_url, rate_limit=budget)
     redis_server.stop()
-    with pytest.raises(APIConnectionError, match="cannot reach Redis"):
+    with pytest.raises(APIConnectionError, match="cannot use Redis: Redis cannot be reached"):
         client.rerank("apple", TEXTS)
     assert emulator.stats.requests == 0
 
@@ -231,7 +231,7 @@ _FIRST_PROCESS = """
 import sys
 from siliconflow_rerank import RedisRerankCache, RedisEmbeddingCache, SiliconFlowClient
 client = SiliconFlowClient(
-    api_key="k-first", base_url=sys.argv[1], cache=RedisRerankCache(sys.argv[2]),
+    api_key=sys.argv[3], base_url=sys.argv[1], cache=RedisRerankCache(sys.argv[2]),
     embedding_cache=RedisEmbeddingCache(sys.argv[2]),
 )
 client.rerank("apple", ["fresh apple pie", "a red car", "green apples"], instruction=None)
@@ -241,7 +241,8 @@ client.embed(["fresh apple pie", "a red car"])
 
 def test_a_second_process_reuses_what_the_first_scored(redis_server, emulator):
     subprocess.run(
-        [sys.executable, "-c", _FIRST_PROCESS, emulator.base_url, redis_server.url],
+        # The same key: a cache is kept apart per account unless shared on purpose.
+        [sys.executable, "-c", _FIRST_PROCESS, emulator.base_url, redis_server.url, KEY],
         check=True,
         cwd=ROOT,
     )

@@ -710,6 +710,8 @@ def test_only_a_call_of_more_than_its_own_request_gets_a_plan():
     split = plan(long, 2)
     assert [list(group) for group in split.groups or []] == [[0, 1], [2]]
     cached = plan(short, 2, cache=RerankCache())
+    assert cached.cached
+    cached.look_up()  # as the client does before sending
     assert cached.groups is not None  # every score is wanted, to be stored
     assert [list(group) for group in cached.groups] == [[0, 1]]
     assert cached.request(0).top_n is None

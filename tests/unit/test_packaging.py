@@ -88,6 +88,7 @@ EXPECTED_CORE = [
     "known_embedding_models",
     "known_models",
     "model_capabilities",
+    "redact_error",
     "redact_in_logs",
     "resolve_api_key",
     "resolve_base_url",
