@@ -2,7 +2,7 @@
 # Benchmark this tree against another revision in one run: both versions of the package, each
 # in its own virtual environment, measured by this tree's benchmarks/bench.py, in turns (old,
 # new, old, new, ...), then one table of both columns with the spread between repeated runs
-# (benchmarks/comparison.md; each run's figures in benchmarks/comparison-runs/).
+# (benchmarks/comparisons/OLD-NEW.md, and each run's figures in benchmarks/comparisons/OLD-NEW/).
 # Usage: bash benchmarks/compare.sh REVISION [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,9 +34,12 @@ for round in $(seq 1 "$rounds"); do
             "$work/$side/bin/python" "$OLDPWD/benchmarks/bench.py")
     done
 done
-"$work/new/bin/python" benchmarks/compare.py "$revision" "$(git rev-parse --short HEAD)" \
-    "$work/results" > benchmarks/comparison.md
+old=$(git rev-parse --short "$revision")
+new=$(git rev-parse --short HEAD)
+out="benchmarks/comparisons/$old-$new"
+mkdir -p benchmarks/comparisons
+"$work/new/bin/python" benchmarks/compare.py "$old" "$new" "$work/results" > "$out.md"
 # Each run's own figures, beside the table, for a closer look at any row.
-rm -rf benchmarks/comparison-runs
-cp -r "$work/results" benchmarks/comparison-runs
-cat benchmarks/comparison.md
+rm -rf "$out"
+cp -r "$work/results" "$out"
+cat "$out.md"
