@@ -357,6 +357,13 @@ def status_error(
         hint = "The model may need identity verification, or the account balance is too low"
     elif status_code == 404:
         hint = f"Check base_url ({base_url}); it should end in /v1"
+    elif 300 <= status_code < 400:
+        location = (headers or {}).get("location")
+        where = f" to {str(location)[:200]}" if location else ""
+        hint = (
+            f"The server redirected the request{where}; redirects are never followed (the "
+            f"request holds the key and your documents): check base_url ({base_url})"
+        )
     cls = _STATUS_CLASSES.get(status_code)
     if cls is None:
         cls = InternalServerError if status_code >= 500 else APIStatusError

@@ -130,6 +130,7 @@ def test_a_redirect_to_another_origin_is_refused(path, endpoint):
         error = failure(path, endpoint, redirect)
         assert isinstance(error, APIStatusError)
         assert error.status_code == 307
+        assert "redirects are never followed" in str(error)
         assert elsewhere.stats.requests == 0  # the documents never went to the other origin
     assert_safe(error)
 
