@@ -212,11 +212,19 @@ def excerpt(content: bytes) -> str:
     return text[:_EXCERPT_CHARS]
 
 
+_KEPT_ERROR_BODY = 64 * 1024
+"""An error body larger than this (no service sends one) is kept as its excerpt only: the error
+outlives the call, in a log or a retry loop, and must not hold megabytes."""
+
+
 def _describe_body(content: bytes) -> tuple[object, int | str | None, str]:
     """Decode an error body of any shape into (body, vendor code, message)."""
     stripped = content.strip()
     if not stripped:
         return "", None, "empty response body"
+    if len(stripped) > _KEPT_ERROR_BODY:
+        text = excerpt(stripped)
+        return text, None, f"an error body of {len(stripped)} bytes, starting {text[:100]!r}"
     try:
         body: object = json.loads(stripped)
     except (ValueError, RecursionError):  # not JSON, or nested deeper than any error body is

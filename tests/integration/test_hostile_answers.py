@@ -480,3 +480,20 @@ def test_dimensions_beyond_the_models_length_are_refused_by_client_and_emulator(
     )
     assert answer.status_code == 400
     assert "more than model" in answer.json()["message"]
+
+
+# -- 2 (in part): an error keeps a bounded excerpt of a huge error body, never the body ----------
+
+
+def test_a_huge_error_body_is_kept_as_an_excerpt(make_runner):
+    import pickle
+
+    body = b'{"message": "' + b"x" * 5_000_000 + b'"}'
+    with ScriptedServer(_serving(b"500 Internal Server Error", body)) as server:
+        runner = make_runner(base_url=server.base_url, max_retries=0)
+        with pytest.raises(InternalServerError) as info:
+            runner.rerank("apple", ["apple pie"])
+    error: Any = info.value
+    assert "an error body of 5000015 bytes" in str(error)
+    assert len(repr(error.body)) < 1_000
+    assert len(pickle.dumps(error)) < 10_000  # what crosses a process boundary, or is kept
