@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 import httpcore
@@ -90,34 +90,44 @@ def _with_length(headers: httpx.Headers, length: int | None) -> httpx.Headers:
     return headers
 
 
-class HttpxTransport:
-    """A sync `httpx.Client` as a transport: a caller's own (borrowed, never closed here) or a
+_Client = TypeVar("_Client", httpx.Client, httpx.AsyncClient)
+
+
+class _HttpxClient(Generic[_Client]):
+    """An httpx client as a transport: a caller's own (borrowed, never closed here) or a
     proxy's. Redirects are never followed, whatever the client's own setting."""
 
     def __init__(
-        self, client: httpx.Client, headers: httpx.Headers, timeout: httpx.Timeout, *, owned: bool
+        self, client: _Client, headers: httpx.Headers, timeout: httpx.Timeout, *, owned: bool
     ) -> None:
-        self.client = client
+        self.client: _Client = client
         self._headers = headers
         self._timeout = timeout
         self._owned = owned
 
     @property
     def is_closed(self) -> bool:
-        return self.client.is_closed
+        return bool(self.client.is_closed)
+
+    def _stream_arguments(self, body: Any, length: int | None) -> dict[str, Any]:
+        """What `client.stream("POST", url, ...)` takes for one request: the same on both."""
+        return {
+            "content": body,
+            "headers": _with_length(self._headers, length),
+            "timeout": self._timeout,
+            "follow_redirects": False,
+        }
+
+
+class HttpxTransport(_HttpxClient[httpx.Client]):
+    """A sync `httpx.Client` as a transport."""
 
     @contextlib.contextmanager
     def post(
         self, url: httpx.URL, body: bytes | Iterator[bytes], length: int | None
     ) -> Iterator[SyncReply]:
-        with self.client.stream(
-            "POST",
-            url,
-            content=body,
-            headers=_with_length(self._headers, length),
-            timeout=self._timeout,
-            follow_redirects=False,
-        ) as response:
+        arguments = self._stream_arguments(body, length)
+        with self.client.stream("POST", url, **arguments) as response:
             yield response.status_code, response.headers, response.iter_bytes()
 
     def close(self) -> None:
@@ -140,38 +150,15 @@ class _HttpxReply:
         return self._response.aiter_bytes()
 
 
-class AsyncHttpxTransport:
-    """`HttpxTransport` for an `httpx.AsyncClient`."""
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        headers: httpx.Headers,
-        timeout: httpx.Timeout,
-        *,
-        owned: bool,
-    ) -> None:
-        self.client = client
-        self._headers = headers
-        self._timeout = timeout
-        self._owned = owned
-
-    @property
-    def is_closed(self) -> bool:
-        return self.client.is_closed
+class AsyncHttpxTransport(_HttpxClient[httpx.AsyncClient]):
+    """An `httpx.AsyncClient` as a transport."""
 
     @contextlib.asynccontextmanager
     async def post(
         self, url: httpx.URL, body: bytes | AsyncIterator[bytes], length: int | None
     ) -> AsyncIterator[AsyncReply]:
-        async with self.client.stream(
-            "POST",
-            url,
-            content=body,
-            headers=_with_length(self._headers, length),
-            timeout=self._timeout,
-            follow_redirects=False,
-        ) as response:
+        arguments = self._stream_arguments(body, length)
+        async with self.client.stream("POST", url, **arguments) as response:
             yield _HttpxReply(response)
 
     async def aclose(self) -> None:
