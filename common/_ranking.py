@@ -75,7 +75,8 @@ class RerankResult(BaseModel):
     relevance_score: StrictFloat = Field(allow_inf_nan=False)
     """Relevance of the document to the query; 0..1 on SiliconFlow, higher is more relevant."""
     document: RerankDocument | None = None
-    """The document, when `return_documents=True` was asked for (or the server sent it anyway)."""
+    """The document, when `return_documents=True` was asked for (one a server sends unasked is
+    not kept)."""
 
 
 INDEX_CODE = "I"
@@ -244,21 +245,23 @@ _SECOND = itemgetter(1)
 _THIRD = itemgetter(2)
 
 
-class _PlainResult(msgspec.Struct, gc=False):  # nothing for the collector to walk
+class _BareResult(msgspec.Struct, gc=False):  # nothing for the collector to walk
     index: Annotated[int, msgspec.Meta(ge=0, lt=2**32)]
     relevance_score: float
+
+
+class _PlainResult(_BareResult, gc=False):
     document: msgspec.Raw = msgspec.Raw()
     """An echoed document, left unread (its key found however it is written): an answer that
     holds one is read again by `_read_wire`."""
 
 
-class _PlainAnswer(msgspec.Struct):
+class _PlainFields(msgspec.Struct, kw_only=True):
     """An answer as servers send it almost always, read by msgspec (the fast path, measured
-    in the commit that added it). Anything else (an answer that may echo documents, or whatever
-    msgspec refuses) is read again by `_read_wire`, which accepts exactly what an answer may hold
-    and names what is wrong: every error comes from there."""
+    in the commit that added it). Anything else (an answer echoing documents that were asked
+    for, or whatever msgspec refuses) is read again by `_read_wire`, which accepts exactly what
+    an answer may hold and names what is wrong: every error comes from there."""
 
-    results: list[_PlainResult]
     id: str | None = None
     model: str | None = None
     meta: dict[str, Any] | None = None
@@ -266,6 +269,18 @@ class _PlainAnswer(msgspec.Struct):
     usage: dict[str, Any] | None = None
 
 
+class _BareAnswer(_PlainFields, kw_only=True):
+    """Results without documents (none asked for: a document a server sends anyway is skipped,
+    and a result costs two fields, not three)."""
+
+    results: list[_BareResult]
+
+
+class _PlainAnswer(_PlainFields, kw_only=True):
+    results: list[_PlainResult]
+
+
+_read_bare = msgspec.json.Decoder(_BareAnswer).decode
 _read_plain = msgspec.json.Decoder(_PlainAnswer).decode
 _PLAIN_INDEX = attrgetter("index")
 _PLAIN_SCORE = attrgetter("relevance_score")
@@ -275,26 +290,34 @@ _PLAIN_DOCUMENT = attrgetter("document")
 class Ranking(NamedTuple):
     """What `parse` takes from an answer, in the server's order."""
 
-    indices: list[int]
-    scores: list[float]
+    indices: array[int]
+    scores: array[float]
     documents: list[RerankDocument | None] | None
     wire: Mapping[str, Any]
     """The answer's other fields: id, model and the usage report's."""
 
 
-def _read_plainly(content: bytes) -> _PlainAnswer | None:
+def _read_plainly(content: bytes, documents: bool) -> _BareAnswer | _PlainAnswer | None:
     try:
+        if not documents:
+            return _read_bare(content)
         plain = _read_plain(content)
     except msgspec.DecodeError:
         return None
     return None if any(map(_PLAIN_DOCUMENT, plain.results)) else plain
 
 
-def read_ranking(content: bytes, trace_id: str | None) -> Ranking:
-    plain = _read_plainly(content)
+def read_ranking(content: bytes, trace_id: str | None, documents: bool) -> Ranking:
+    """The results of an answer, with their echoed documents when `documents` were asked for.
+
+    Indices and scores come as arrays: the objects read from the answer (an int, a float and a
+    struct per result) are dropped as soon as their values are copied, so that a large answer
+    is held as Python objects only while it is read.
+    """
+    plain = _read_plainly(content, documents)
     if plain is not None:
         results = plain.results
-        scores = list(map(_PLAIN_SCORE, results))
+        scores = array("d", map(_PLAIN_SCORE, results))
         # Every score finite (the sum of any non-finite one is not; a sum that only overflows is
         # read again, and accepted, below).
         if isfinite(sum(scores)):
@@ -305,13 +328,16 @@ def read_ranking(content: bytes, trace_id: str | None) -> Ranking:
                 "tokens": plain.tokens,
                 "usage": plain.usage,
             }
-            return Ranking(list(map(_PLAIN_INDEX, results)), scores, None, wire)
+            return Ranking(array(INDEX_CODE, map(_PLAIN_INDEX, results)), scores, None, wire)
+        del results, plain
     checked = read_answer(_read_wire, content, trace_id)
     every = checked["results"]
-    documents = None
-    if max(map(len, every), default=0) > 2:  # a bare result is a dict of two keys
-        documents = _echoed([result.get("document") for result in every])
-    return Ranking(list(map(_INDEX, every)), list(map(_SCORE, every)), documents, checked)
+    echoed = None
+    if documents and max(map(len, every), default=0) > 2:  # a bare result: a dict of two keys
+        echoed = _echoed([result.get("document") for result in every])
+    return Ranking(
+        array(INDEX_CODE, map(_INDEX, every)), doubles(list(map(_SCORE, every))), echoed, checked
+    )
 
 
 def from_scores(scores: Mapping[int, float]) -> RankedResults:

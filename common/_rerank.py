@@ -7,10 +7,11 @@ import functools
 import math
 import struct
 from array import array
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import count, islice
-from operator import gt, neg
+from itertools import islice, repeat
+from operator import gt
 from typing import Any
 
 from pydantic import ValidationError
@@ -222,29 +223,40 @@ def parse(content: bytes, request: RerankRequest, trace_id: str | None) -> Reran
             index out of range or repeated, a non-finite score, or (when every document was
             asked for) not every document.
     """
-    read = read_ranking(content, trace_id)
+    read = read_ranking(content, trace_id, request.return_documents)
     given, given_scores, documents = read.indices, read.scores, read.documents
     if all(map(gt, given_scores, islice(given_scores, 1, None))):
         # Ranked by the server, no score tied (as servers send them): nothing to sort.
-        ranked = make_ranked(array(INDEX_CODE, given), doubles(given_scores), documents)
+        ranked = make_ranked(given, given_scores, documents)
     else:
-        # Best first, ties in index order: one sort of (-score, index, position) triples.
-        order = sorted(zip(map(neg, given_scores), given, count()))
+        # Best first, ties in index order: positions sorted by index, then (stably) by score.
+        # Sorting positions by a key holds a position and a key per result, not a tuple.
+        order: Sequence[int] = range(len(given))
+        if any(map(gt, given, islice(given, 1, None))):
+            order = sorted(order, key=given.__getitem__)
+        order = sorted(order, key=given_scores.__getitem__, reverse=True)
         ranked = make_ranked(
-            array(INDEX_CODE, [index for _, index, _ in order]),
-            doubles([-score for score, _, _ in order]),
-            None if documents is None else [documents[p] for _, _, p in order],
+            array(INDEX_CODE, map(given.__getitem__, order)),
+            doubles(list(map(given_scores.__getitem__, order))),
+            None if documents is None else list(map(documents.__getitem__, order)),
         )
+        del order
     total = len(request.documents)
-    seen = set(given)  # the indices as read: int objects already made
-    if len(seen) != len(given) or (given and max(given) >= total):
+    if given and max(given) >= total:
         _find_bad_index(given, total, content, trace_id)
-    if len(seen) < (total if request.top_n is None else request.top_n):
+    # One byte per document marks those ranked (a set of the indices would hold an int object
+    # and a hash slot per result).
+    ranked_ones = bytearray(total)
+    deque(map(ranked_ones.__setitem__, given, repeat(1)), maxlen=0)
+    distinct = total - ranked_ones.count(0)
+    if distinct != len(given):
+        _find_bad_index(given, total, content, trace_id)
+    if distinct < (total if request.top_n is None else request.top_n):
         # A missing result would shift nothing but silently lose a document (the adapters would
         # return fewer than asked for): every document, or the best top_n, was asked for.
         asked = "every one" if request.top_n is None else f"the best {request.top_n}"
         raise invalid_answer(
-            f"the answer ranks {len(seen)} of the {total} documents; {asked} was asked for",
+            f"the answer ranks {distinct} of the {total} documents; {asked} was asked for",
             content,
             trace_id,
         )
@@ -270,7 +282,9 @@ def parse(content: bytes, request: RerankRequest, trace_id: str | None) -> Reran
 _EVERY_RESPONSE_FIELD = set(RerankResponse.model_fields)
 
 
-def _find_bad_index(indices: list[int], count: int, content: bytes, trace_id: str | None) -> None:
+def _find_bad_index(
+    indices: Sequence[int], count: int, content: bytes, trace_id: str | None
+) -> None:
     """Raise for the first index out of range or repeated (checked in bulk first, as answers
     are almost always right)."""
     seen: set[int] = set()

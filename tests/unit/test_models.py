@@ -288,18 +288,24 @@ READ_BOTH_WAYS = {
 }
 
 
+@pytest.mark.parametrize("documents", [False, True])
 @pytest.mark.parametrize("top_n", [None, 1])
 @pytest.mark.parametrize("name", READ_BOTH_WAYS)
-def test_an_answer_reads_the_same_with_or_without_the_fast_reader(name, top_n, monkeypatch):
+def test_an_answer_reads_the_same_with_or_without_the_fast_reader(
+    name, top_n, documents, monkeypatch
+):
     content = READ_BOTH_WAYS[name]
     count = len(json.loads(content)["results"])  # as many documents as results
-    request = build_request("q", ["a", "b", "c"][:count], model=MODEL, top_n=top_n)
+    request = build_request(
+        "q", ["a", "b", "c"][:count], model=MODEL, top_n=top_n, return_documents=documents
+    )
     fast = parse(content, request, trace_id="t")
 
     def refuse(content: bytes) -> None:
         raise msgspec.DecodeError("refused")
 
     monkeypatch.setattr(_ranking, "_read_plain", refuse)
+    monkeypatch.setattr(_ranking, "_read_bare", refuse)
     exact = parse(content, request, trace_id="t")
     assert fast == exact
     assert fast.model_dump() == exact.model_dump()
@@ -316,14 +322,16 @@ def test_a_score_past_the_float_range_is_refused_by_name():
         parse(content, build_request("q", ["a"], model=MODEL), trace_id=None)
 
 
-def test_the_fast_reader_reads_the_usual_answer(monkeypatch):
-    # The equivalence above would hold with the fast reader never used; this says it is used.
-    reader = Mock(wraps=_ranking._read_plain)
-    monkeypatch.setattr(_ranking, "_read_plain", reader)
+@pytest.mark.parametrize(("documents", "name"), [(False, "_read_bare"), (True, "_read_plain")])
+def test_the_fast_reader_reads_the_usual_answer(documents, name, monkeypatch):
+    # The equivalence above would hold with the fast reader never used; this says it is used
+    # (without documents asked for, the reader whose results have two fields).
+    reader = Mock(wraps=getattr(_ranking, name))
+    monkeypatch.setattr(_ranking, name, reader)
     monkeypatch.setattr(_ranking, "_read_wire", None)  # the exact reader is not reached
     response = parse(
         READ_BOTH_WAYS["usage, SiliconFlow's shape"],
-        build_request("q", ["a"], model=MODEL),
+        build_request("q", ["a"], model=MODEL, return_documents=documents),
         trace_id=None,
     )
     reader.assert_called_once()
@@ -366,8 +374,17 @@ def test_a_document_echoed_under_an_escaped_key_is_still_read():
     content = (
         b'{"results": [{"index": 0, "relevance_score": 0.5, "\\u0064ocument": {"text": "a"}}]}'
     )
-    response = parse(content, build_request("q", ["a"], model=MODEL), trace_id=None)
+    request = build_request("q", ["z"], model=MODEL, return_documents=True)
+    response = parse(content, request, trace_id=None)
     assert response.results[0].document == RerankDocument(text="a")
+
+
+def test_a_document_sent_without_being_asked_for_is_not_kept():
+    # Documents echoed unasked would cost memory for nothing: the reader skips them.
+    content = b'{"results": [{"index": 0, "relevance_score": 0.5, "document": {"text": "a"}}]}'
+    response = parse(content, build_request("q", ["a"], model=MODEL), trace_id=None)
+    assert response.results[0].document is None
+    assert response.results[0].model_fields_set == {"index", "relevance_score"}
 
 
 class _Note(BaseModel):
