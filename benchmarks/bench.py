@@ -10,17 +10,21 @@ is the median of several runs, client CPU beside wall time. Writes `benchmarks/r
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import gc
 import json
 import os
 import platform
+import random
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import timeit
+from array import array
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -813,11 +817,118 @@ def bench_memory(base_url: str, image_path: Path) -> dict[str, dict[str, float]]
 
 ASYNC_SETUP = """
 import asyncio
+import base64
 from siliconflow_rerank import AsyncSiliconFlowClient
 loop = asyncio.new_event_loop()
 aclient = AsyncSiliconFlowClient(api_key="k", base_url=client.base_url)
 loop.run_until_complete(aclient.rerank("warm up", ["a", "b"]))
 """
+
+
+# -- 5b. answer memory -------------------------------------------------------------------------
+
+_ANSWER_PROBE = r"""
+import asyncio, json, sys
+sys.path.insert(0, {root!r})
+from siliconflow_rerank import AsyncSiliconFlowClient, SiliconFlowClient
+
+def peak_bytes():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+settings = dict(api_key="k", max_retries=0, max_documents_per_request=200_000)
+count = {count}
+if {rerank!r}:
+    items = ["d%d" % i for i in range(count)]
+    def call(client):
+        return client.rerank("q", items, return_documents={documents!r})
+    def warm(client):
+        return client.rerank("q", ["d"])
+else:
+    items = ["t%d" % i for i in range(count)]
+    def call(client):
+        return client.embed(items, model="BAAI/bge-m3", batch_size=count,
+                            encoding_format={encoding!r})
+    def warm(client):
+        return client.embed(["t"], model="BAAI/bge-m3")
+small = SiliconFlowClient if {sync!r} else AsyncSiliconFlowClient
+big_client = small(base_url={big!r}, **settings)
+loop = asyncio.new_event_loop()
+run = (lambda work: work) if {sync!r} else loop.run_until_complete
+run(warm(small(base_url={small_url!r}, **settings)))  # imports and pools, on a small answer
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = peak_bytes()
+run(call(big_client))
+print(json.dumps({{"growth": peak_bytes() - base}}))
+"""
+
+_ANSWER_SHAPES = {
+    "rerank, 200,000 results, no documents": ("rerank", 200_000, False, "float"),
+    "rerank, 10,000 results with their documents": ("rerank", 10_000, True, "float"),
+    "embeddings, 2,000 × 4,096 as base64": ("embeddings", 2_000, False, "base64"),
+    "embeddings, 500 × 4,096 as JSON floats": ("embeddings", 500, False, "float"),
+}
+
+
+def _answer(kind: str, count: int, documents: bool, encoding: str) -> bytes:
+    """One large answer of the given shape, as a SiliconFlow-compatible server sends it."""
+    randoms = random.Random(7)
+    if kind == "rerank":
+        results: list[dict[str, Any]] = [
+            {"index": i, "relevance_score": randoms.random()} for i in range(count)
+        ]
+        results.sort(key=lambda result: -float(result["relevance_score"]))
+        if documents:
+            for result in results:
+                result["document"] = {"text": f"d{result['index']} " + "lorem ipsum " * 83}
+        tokens = {"input_tokens": count, "output_tokens": 0}
+        return json.dumps({"id": "m", "results": results, "meta": {"tokens": tokens}}).encode()
+    data = []
+    for i in range(count):
+        values = [randoms.random() for _ in range(4096)]
+        vector: Any = values
+        if encoding == "base64":
+            vector = base64.b64encode(array("f", values).tobytes()).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vector})
+    usage = {"prompt_tokens": count, "total_tokens": count}
+    body = {"object": "list", "model": "BAAI/bge-m3", "data": data, "usage": usage}
+    return json.dumps(body).encode()
+
+
+def bench_answer_memory(folder: Path) -> dict[str, dict[str, float]]:
+    """Peak RSS growth of one call whose answer is large, as a multiple of the answer's bytes:
+    each client, plain and gzipped, each in a fresh process warmed up on a small answer."""
+    results: dict[str, dict[str, float]] = {}
+    with minimal_server() as small_url:
+        for shape, (kind, count, documents, encoding) in _ANSWER_SHAPES.items():
+            answer = folder / "answer.json"
+            answer.write_bytes(_answer(kind, count, documents, encoding))
+            size = answer.stat().st_size
+            row: dict[str, float] = {"answer_mib": size / 2**20}
+            for compress in (False, True):
+                flags = ["--answer", str(answer)] + (["--gzip"] if compress else [])
+                with minimal_server(*flags) as big:
+                    for sync in (True, False):
+                        code = _ANSWER_PROBE.format(
+                            root=str(HERE.parent),
+                            count=count,
+                            rerank=kind == "rerank",
+                            documents=documents,
+                            encoding=encoding,
+                            sync=sync,
+                            big=big,
+                            small_url=small_url,
+                        )
+                        out = subprocess.run(
+                            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+                        ).stdout
+                        growth = json.loads(out.strip().splitlines()[-1])["growth"]
+                        column = ("sync" if sync else "async") + (", gzip" if compress else "")
+                        row[column] = growth / size
+            results[shape] = row
+    return results
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -1040,6 +1151,17 @@ def write_report(results: dict[str, Any]) -> None:
         ratio = m["growth_mib"] / m["size_mib"]
         lines.append(f"| {name} | {m['size_mib']:.1f} | {m['growth_mib']:.1f} | {ratio:.2f} |")
     lines += _table(
+        "5b. Answer memory (peak RSS growth of one call, as a multiple of the answer's bytes)",
+        ["answer", "MiB", "sync", "async", "sync, gzip", "async, gzip"],
+        note="One answer from a server that sends it whole (or gzipped), in one request; each "
+        "figure from a fresh process. The growth includes the call's result: for base64 vectors "
+        "the returned lists of Python floats alone are 6.0× the answer (32 bytes a value against "
+        "5.3 on the wire).",
+    )
+    for name, m in results.get("answer_memory", {}).items():
+        cells = " | ".join(f"{m[c]:.2f}" for c in ("sync", "async", "sync, gzip", "async, gzip"))
+        lines.append(f"| {name} | {m['answer_mib']:.1f} | {cells} |")
+    lines += _table(
         "6. Embeddings (`embed_documents`, BAAI/bge-m3, emulator; each contender in its own process)",
         ["contender", "ms per call", "client CPU ms per call"],
         note="The emulator refuses more than 32 inputs per request, as the service does.",
@@ -1127,6 +1249,9 @@ def main() -> None:
             results["memory"] = bench_memory(base_url, image)
     finally:
         image.unlink()
+    print("5b. answer memory ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        results["answer_memory"] = bench_answer_memory(Path(folder))
     gc.collect()
     results["speed_ms"]["at the end"] = speed_ms()
     if RESULTS_ONLY:

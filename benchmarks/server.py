@@ -6,14 +6,17 @@ answering needs: one asyncio protocol, HTTP/1.1 keep-alive, `Content-Length` bod
 or embeddings answer (scores fixed per position, `top_n` honoured), an optional latency.
 
     python benchmarks/server.py --port 0 --latency-ms 100    # prints its API root on stderr
+    python benchmarks/server.py --port 0 --answer FILE --gzip # FILE's bytes to every request
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import sys
+from pathlib import Path
 
 _HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 _MISSING = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
@@ -55,8 +58,9 @@ ANSWERS = {b"/v1/rerank": rerank_answer, b"/v1/embeddings": embeddings_answer}
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, canned: bytes | None = None) -> None:
         self.latency = latency
+        self.canned = canned
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
 
@@ -83,6 +87,8 @@ class _Connection(asyncio.Protocol):
         make = ANSWERS.get(path)
         if make is None:
             reply = _MISSING
+        elif self.canned is not None:
+            reply = self.canned
         else:
             content = make(json.loads(body))
             reply = _HEAD % len(content) + content
@@ -96,9 +102,20 @@ class _Connection(asyncio.Protocol):
             self.transport.write(reply)
 
 
-async def serve(port: int, latency: float) -> None:
+def canned_reply(answer: bytes, compress: bool) -> bytes:
+    """A whole reply carrying `answer`, gzipped when `compress`."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    if compress:
+        answer = gzip.compress(answer, compresslevel=1)
+        head += b"Content-Encoding: gzip\r\n"
+    return head + b"Content-Length: %d\r\n\r\n" % len(answer) + answer
+
+
+async def serve(port: int, latency: float, canned: bytes | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Connection(latency), "127.0.0.1", port, backlog=1024)
+    server = await loop.create_server(
+        lambda: _Connection(latency, canned), "127.0.0.1", port, backlog=1024
+    )
     bound = server.sockets[0].getsockname()[1]
     print(f"benchmark server on http://127.0.0.1:{bound}/v1", file=sys.stderr, flush=True)
     async with server:
@@ -109,8 +126,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--answer", type=Path, help="answer every request with this file")
+    parser.add_argument("--gzip", action="store_true", help="gzip the --answer file")
     arguments = parser.parse_args()
-    asyncio.run(serve(arguments.port, arguments.latency_ms / 1000))
+    canned = None
+    if arguments.answer is not None:
+        canned = canned_reply(arguments.answer.read_bytes(), arguments.gzip)
+    asyncio.run(serve(arguments.port, arguments.latency_ms / 1000, canned))
 
 
 if __name__ == "__main__":

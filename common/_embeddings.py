@@ -11,8 +11,9 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
+import msgspec
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -302,7 +303,7 @@ class _WireAnswer(BaseModel):
     usage: dict[str, Any] | None = None
 
 
-def float32_values(encoded: str) -> list[float]:
+def float32_values(encoded: str | bytes | memoryview) -> list[float]:
     """The floats of a `float32_base64` string.
 
     Raises:
@@ -322,6 +323,61 @@ def _decode(vector: list[float] | str) -> list[float]:
     return vector if isinstance(vector, list) else float32_values(vector)
 
 
+class _PlainVector(msgspec.Struct, gc=False):
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    embedding: msgspec.Raw
+    """Left unread until its turn: the answer's bytes are the only copy of a vector's text."""
+
+
+class _PlainAnswer(msgspec.Struct):
+    """An answer as servers send it, read by msgspec (the fast path). Anything it refuses is
+    read again by `_WireAnswer`, which names what is wrong: every error comes from there."""
+
+    data: list[_PlainVector]
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+
+
+_read_plain = msgspec.json.Decoder(_PlainAnswer).decode
+_read_floats = msgspec.json.Decoder(list[float]).decode
+
+
+def _read_plainly(content: bytes) -> tuple[list[tuple[int, list[float]]], Any] | None:
+    """(index, vector) pairs and the answer, or None for an answer the exact reader must read."""
+    try:
+        plain = _read_plain(content)
+        pairs = []
+        for entry in plain.data:
+            text = bytes(memoryview(entry.embedding))  # one vector's text at a time
+            if text[:1] == b"[":
+                vector = _read_floats(text)
+            elif text[:1] == b'"' and text[-1:] == b'"' and b"\\" not in text:
+                vector = float32_values(memoryview(text)[1:-1])
+            else:
+                return None
+            pairs.append((entry.index, vector))
+    except (msgspec.DecodeError, binascii.Error, ValueError):
+        return None
+    return pairs, plain
+
+
+def _read_exactly(
+    content: bytes, trace_id: str | None
+) -> tuple[list[tuple[int, list[float]]], Any]:
+    wire = read_answer(_WireAnswer.model_validate_json, content, trace_id)
+    pairs = []
+    for entry in wire.data:
+        try:
+            pairs.append((entry.index, _decode(entry.embedding)))
+        except (binascii.Error, ValueError) as error:
+            raise invalid_answer(
+                f"the vector at index {entry.index} is not base64 floats: {error}",
+                content,
+                trace_id,
+            ) from None
+    return pairs, wire
+
+
 def parse(content: bytes, request: EmbeddingRequest, trace_id: str | None) -> EmbeddingResponse:
     """Parse and check a 2xx answer to one embeddings request.
 
@@ -334,20 +390,15 @@ def parse(content: bytes, request: EmbeddingRequest, trace_id: str | None) -> Em
     def invalid(problem: str) -> ResponseValidationError:
         return invalid_answer(problem, content, trace_id)
 
-    wire = read_answer(_WireAnswer.model_validate_json, content, trace_id)
-
+    pairs, wire = _read_plainly(content) or _read_exactly(content, trace_id)
     vectors: list[list[float] | None] = [None] * request.count
-    for entry in wire.data:
-        if entry.index >= request.count:
-            raise invalid(f"index {entry.index} is out of range for {request.count} inputs")
-        if vectors[entry.index] is not None:
-            raise invalid(f"index {entry.index} appears twice")
-        try:
-            vectors[entry.index] = _decode(entry.embedding)
-        except (binascii.Error, ValueError) as error:
-            raise invalid(
-                f"the vector at index {entry.index} is not base64 floats: {error}"
-            ) from None
+    for index, vector in pairs:
+        if index >= request.count:
+            raise invalid(f"index {index} is out of range for {request.count} inputs")
+        if vectors[index] is not None:
+            raise invalid(f"index {index} appears twice")
+        vectors[index] = vector
+    del pairs
     missing = [i for i, v in enumerate(vectors) if v is None]
     if missing:
         raise invalid(

@@ -268,3 +268,70 @@ def test_a_usage_report_of_the_wrong_type_is_rejected(make_runner, usage):
     data = [{"index": 0, "embedding": [0.1, 0.2]}]
     with pytest.raises(ResponseValidationError, match="usage"):
         make_runner(lambda request: _answer(data, usage=usage)).embed(["a"])
+
+
+def _packed(*values: float) -> str:
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+
+
+READ_BOTH_WAYS: dict[str, bytes] = {
+    "floats": json.dumps(
+        {"data": [{"index": 1, "embedding": [0.5, 1]}, {"index": 0, "embedding": [2.0, -3.5]}]}
+    ).encode(),
+    "base64, with usage and model": json.dumps(
+        {
+            "object": "list",
+            "model": "BAAI/bge-m3",
+            "data": [
+                {"object": "embedding", "index": 0, "embedding": _packed(0.25, 1.5)},
+                {"object": "embedding", "index": 1, "embedding": _packed(-2.0, 8.0)},
+            ],
+            "usage": {"prompt_tokens": 3, "total_tokens": 3},
+        }
+    ).encode(),
+    # A JSON writer may escape "/" in base64: the fast reader leaves that to the exact one.
+    "base64 with an escaped slash": (
+        b'{"data": [{"index": 0, "embedding": "'
+        + _packed(255.5, -0.999).replace("/", "\\/").encode()
+        + b'"}, {"index": 1, "embedding": "'
+        + _packed(1.0, 2.0).encode()
+        + b'"}], "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1}}'
+    ),
+    "huge finite values": json.dumps(
+        {"data": [{"index": 0, "embedding": [1.7e308]}, {"index": 1, "embedding": [-1e308]}]}
+    ).encode(),
+}
+
+
+def _request(count: int) -> Any:
+    from siliconflow_rerank._embeddings import EmbeddingRequest
+
+    return EmbeddingRequest(body={}, content=b"", count=count, dimensions=None)
+
+
+@pytest.mark.parametrize("name", READ_BOTH_WAYS)
+def test_an_answer_reads_the_same_with_or_without_the_fast_reader(name, monkeypatch):
+    from siliconflow_rerank import _embeddings
+
+    content = READ_BOTH_WAYS[name]
+    assert b"\\/" in content or name != "base64 with an escaped slash"
+    fast = _embeddings.parse(content, _request(2), "t")
+    monkeypatch.setattr(_embeddings, "_read_plainly", lambda content: None)
+    exact = _embeddings.parse(content, _request(2), "t")
+    assert fast == exact
+    assert fast.model_dump() == exact.model_dump()
+    assert fast.usage == exact.usage
+
+
+def test_the_fast_reader_reads_the_usual_answer(monkeypatch):
+    from siliconflow_rerank import _embeddings
+
+    def unreached(*args: Any) -> None:
+        raise AssertionError("the exact reader read the usual answer")
+
+    monkeypatch.setattr(_embeddings, "_read_exactly", unreached)
+    response = _embeddings.parse(READ_BOTH_WAYS["base64, with usage and model"], _request(2), None)
+    assert response.embeddings == [[0.25, 1.5], [-2.0, 8.0]]
+    assert response.model == "BAAI/bge-m3"
+    assert response.usage is not None
+    assert response.usage.input_tokens == 3
