@@ -1159,8 +1159,8 @@ def write_report(results: dict[str, Any]) -> None:
         "5.3 on the wire).",
     )
     for name, m in results.get("answer_memory", {}).items():
-        cells = " | ".join(f"{m[c]:.2f}" for c in ("sync", "async", "sync, gzip", "async, gzip"))
-        lines.append(f"| {name} | {m['answer_mib']:.1f} | {cells} |")
+        ratios = " | ".join(f"{m[c]:.2f}" for c in ("sync", "async", "sync, gzip", "async, gzip"))
+        lines.append(f"| {name} | {m['answer_mib']:.1f} | {ratios} |")
     lines += _table(
         "6. Embeddings (`embed_documents`, BAAI/bge-m3, emulator; each contender in its own process)",
         ["contender", "ms per call", "client CPU ms per call"],
