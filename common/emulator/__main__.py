@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rpm", type=int, help="requests per minute before 429")
     parser.add_argument("--tpm", type=int, help="input tokens per minute before 429")
     parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request may take to arrive whole; slower uploads are dropped",
+    )
+    parser.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -55,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_per_document=args.latency_per_doc_ms / 1000,
         requests_per_minute=args.rpm,
         tokens_per_minute=args.tpm,
+        read_timeout=args.read_timeout,
     )
     emulator.enqueue(*(_FAULTS[name]() for name in args.fault))
     with emulator:

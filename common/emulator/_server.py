@@ -29,6 +29,8 @@ MAX_BODY_BYTES = 128 * 1024 * 1024
 """Larger request bodies get 413 without being read."""
 MAX_WORKERS = 512
 """Connections served at once; more wait for a free handler thread."""
+READ_TIMEOUT = 30.0
+"""Seconds a request may take to arrive whole, from its first byte."""
 RATE_LIMIT_MESSAGE = (
     "Request was rejected due to rate limiting. If you want more, please contact "
     "contact@siliconflow.cn. Details:{which} limit reached."
@@ -223,6 +225,7 @@ class RerankEmulator:
         tokens_per_minute: int | None = None,
         max_workers: int = MAX_WORKERS,
         window_seconds: float = 60.0,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         """Configure the server; `start()` (or `with`) binds it.
 
@@ -237,6 +240,9 @@ class RerankEmulator:
             max_workers: Connections served at once; further ones wait for a free handler.
             window_seconds: The window the two limits count over (a minute, as the service's;
                 shorter in tests).
+            read_timeout: Seconds a request may take to arrive whole (headers and body), from
+                its first byte; a connection that takes longer is closed, so that stalled or
+                trickled uploads cannot hold the handler threads.
         """
         self.host = host
         self.port = port
@@ -247,6 +253,7 @@ class RerankEmulator:
         self.tokens_per_minute = tokens_per_minute
         self.max_workers = max_workers
         self.window_seconds = window_seconds
+        self.read_timeout = read_timeout
         self._lock = threading.Lock()
         self._faults: collections.deque[Fault] = collections.deque()
         self._stats = EmulatorStats()
@@ -255,6 +262,8 @@ class RerankEmulator:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._sockets: set[socket.socket] = set()
+        self._reading: dict[socket.socket, float] = {}
+        """Connections whose request is arriving, with the time by which it must have arrived."""
         self._wake = threading.Event()
 
     @property
@@ -269,6 +278,7 @@ class RerankEmulator:
         handler = type("_BoundHandler", (_Handler,), {"emulator": self})
         server = _Server((self.host, self.port), handler)
         server.max_workers = self.max_workers
+        server.emulator = self
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -396,6 +406,20 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024
     allow_reuse_address = True
     max_workers = MAX_WORKERS
+    emulator: RerankEmulator
+
+    def service_actions(self) -> None:
+        # Called by serve_forever between polls: drop each connection whose request did not
+        # arrive in time (its handler thread, blocked reading, then ends).
+        emulator = self.emulator
+        now = time.monotonic()
+        with emulator._lock:
+            late = [sock for sock, until in emulator._reading.items() if now > until]
+            for sock in late:
+                del emulator._reading[sock]
+        for sock in late:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # A bounded pool of handler threads, not one new thread per connection: a flood of
@@ -439,6 +463,30 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with self.emulator._lock:
                 self.emulator._sockets.discard(self.connection)
+                self.emulator._reading.pop(self.connection, None)
+
+    def handle_one_request(self) -> None:
+        # An idle connection waits for its next request (up to `timeout`); once the request's
+        # first byte is in, the whole of it must arrive within the emulator's read_timeout.
+        try:
+            if not self.rfile.peek(1):  # type: ignore[attr-defined]  # a BufferedReader
+                self.close_connection = True
+                return
+        except OSError:
+            self.close_connection = True
+            return
+        emulator = self.emulator
+        with emulator._lock:
+            emulator._reading[self.connection] = time.monotonic() + emulator.read_timeout
+        try:
+            super().handle_one_request()
+        finally:
+            self._arrived()
+
+    def _arrived(self) -> None:
+        """The request is in: serving it is not bounded by read_timeout."""
+        with self.emulator._lock:
+            self.emulator._reading.pop(self.connection, None)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -520,6 +568,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         if raw is None:  # an abandoned upload is not a request: nothing to count or answer
             return
+        self._arrived()
         with emulator._lock:
             emulator._stats.requests += 1
         # A client sends the absolute form ("POST http://host/v1/rerank") through a proxy; as a
@@ -649,6 +698,13 @@ class _Item:
     tokens: list[str]
     images: int
     videos: int
+    characters: int = 0
+
+    @property
+    def length(self) -> int:
+        """Tokens, as a length limit counts them: a long run of letters without spaces is
+        several tokens to a real tokenizer, not one word."""
+        return max(len(self.tokens), self.characters // 4)
 
 
 def _rerank_answer(body: dict[str, Any]) -> dict[str, Any]:
@@ -721,7 +777,7 @@ def _embedding_item(item: object, model: str, modalities: frozenset[str], what: 
     if isinstance(item, str):
         if not item.strip():
             raise _Invalid(f"{what} must not be empty.")
-        return _Item(_scoring.units(item), 0, 0)
+        return _Item(_scoring.units(item), 0, 0, len(item))
     if isinstance(item, dict) and len(item) == 1 and isinstance(item.get("image"), str):
         if "image" not in modalities:
             raise _Invalid(f"Model {model} does not support image input in {what}.")
@@ -768,7 +824,7 @@ def _embedding_answer(body: dict[str, Any]) -> dict[str, Any]:
     data = []
     tokens = 0
     for index, item in enumerate(items):
-        count = len(item.tokens) + item.images * _scoring.IMAGE_TOKENS
+        count = item.length + item.images * _scoring.IMAGE_TOKENS
         if count > caps.max_input_tokens:
             raise _Invalid(
                 f"input[{index}] has {count} tokens, over the model's {caps.max_input_tokens}.",
@@ -841,6 +897,24 @@ def _chat_answer(body: dict[str, Any]) -> dict[str, Any]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise _Invalid(f"messages[{i}] must be an object with a role.")
+        content = message.get("content")
+        if not (content is None or isinstance(content, str | list)):
+            raise _Invalid(f"messages[{i}].content must be a string or a list of parts.")
+    for name in ("stream", "logprobs"):
+        if not isinstance(body.get(name, False), bool):
+            raise _Invalid(f"{name} must be a boolean.")
+    for name, low, high in (("temperature", 0, 2), ("top_p", 0, 1), ("frequency_penalty", -2, 2)):
+        value = body.get(name)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise _Invalid(f"{name} must be a number from {low} to {high}.")
+    _need_int(body, "n", 1, MAX_CHOICES)
+    _need_int(body, "max_tokens", 1, MAX_COMPLETION_TOKENS)
     question = " ".join(_text_of(messages[-1].get("content")).split())
     content = f"(emulated answer) You asked: {question}"
     reasoning = None
@@ -886,6 +960,12 @@ def _chat_answer(body: dict[str, Any]) -> dict[str, Any]:
             )
         answer["_stream"] = chunks
     return answer
+
+
+MAX_CHOICES = 16
+"""The most completions one chat request may ask for (`n`)."""
+MAX_COMPLETION_TOKENS = 32768
+"""The largest `max_tokens` a chat request may ask for."""
 
 
 def _listed(body: dict[str, Any], name: str) -> int:

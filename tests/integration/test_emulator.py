@@ -396,3 +396,84 @@ def test_connections_beyond_the_worker_bound_wait_their_turn():
             sock.close()
         response = httpx.post(emulator.base_url + "/rerank", json=rerank_body(), headers=HEADERS)
         assert response.status_code == 200
+
+
+_RERANK = {"model": "BAAI/bge-reranker-v2-m3", "query": "apple", "documents": ["apple", "car"]}
+_EMBED = {"model": "BAAI/bge-m3", "input": ["apple"]}
+_CHAT = {"model": "Qwen/Qwen2.5-7B-Instruct", "messages": [{"role": "user", "content": "hi"}]}
+ODD_BODIES: list[tuple[str, object]] = [
+    ("rerank", {**_RERANK, "model": 5}),
+    ("rerank", {**_RERANK, "model": ["a"]}),
+    ("rerank", {**_RERANK, "query": 5}),
+    ("rerank", {**_RERANK, "query": []}),
+    ("rerank", {**_RERANK, "query": {"text": 5}}),
+    ("rerank", {**_RERANK, "documents": {}}),
+    ("rerank", {**_RERANK, "documents": [[]]}),
+    ("rerank", {**_RERANK, "documents": [None]}),
+    ("rerank", {**_RERANK, "documents": [{}]}),
+    ("rerank", {**_RERANK, "documents": [{"image": ""}]}),
+    ("rerank", {**_RERANK, "top_n": "3"}),
+    ("rerank", {**_RERANK, "top_n": 1e309}),
+    ("rerank", {**_RERANK, "top_n": -1}),
+    ("rerank", {**_RERANK, "top_n": True}),
+    ("rerank", {**_RERANK, "top_n": 1.5}),
+    ("rerank", {**_RERANK, "overlap_tokens": 10**30}),
+    ("rerank", {**_RERANK, "max_chunks_per_doc": "5"}),
+    ("rerank", {**_RERANK, "instruction": 5}),
+    ("rerank", []),
+    ("rerank", None),
+    ("embeddings", {**_EMBED, "input": []}),
+    ("embeddings", {**_EMBED, "input": [""]}),
+    ("embeddings", {**_EMBED, "input": [1]}),
+    ("embeddings", {**_EMBED, "input": [{"image": 5}]}),
+    ("embeddings", {**_EMBED, "input": [[]]}),
+    ("embeddings", {**_EMBED, "input": ["x"] * 100}),
+    ("embeddings", {**_EMBED, "input": "x" * 1_000_000}),  # one "word" of 250,000 tokens
+    ("embeddings", {**_EMBED, "dimensions": 2**63}),
+    ("embeddings", {**_EMBED, "dimensions": "1024"}),
+    ("embeddings", {**_EMBED, "dimensions": 1e309}),
+    ("embeddings", {**_EMBED, "encoding_format": "hex"}),
+    ("embeddings", {**_EMBED, "model": 5}),
+    ("chat/completions", {**_CHAT, "messages": []}),
+    ("chat/completions", {**_CHAT, "messages": [5]}),
+    ("chat/completions", {**_CHAT, "messages": [{"role": "user", "content": 5}]}),
+    ("chat/completions", {**_CHAT, "stream": "yes"}),
+    ("chat/completions", {**_CHAT, "temperature": "hot"}),
+    ("chat/completions", {**_CHAT, "temperature": 1e309}),
+    ("chat/completions", {**_CHAT, "n": 10**6}),
+    ("chat/completions", {**_CHAT, "max_tokens": 10**30}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), ODD_BODIES, ids=lambda case: str(case)[:60])
+def test_an_odd_but_well_formed_body_gets_a_4xx_answer(emulator, path, body):
+    with httpx.Client(headers=HEADERS, timeout=30) as client:
+        response = client.post(f"{emulator.base_url}/{path}", content=json.dumps(body).encode())
+        assert 400 <= response.status_code < 500, response.text[:200]
+        assert response.json()["message"]
+        # Answered, not dropped: the same connection serves the next request.
+        assert client.post(f"{emulator.base_url}/rerank", json=_RERANK).status_code == 200
+    assert emulator.stats.connections == 1
+
+
+def test_stalled_uploads_are_dropped_and_free_the_handlers():
+    with RerankEmulator(max_workers=2, read_timeout=1.0) as emulator:
+        host, port = emulator.base_url.split("//")[1].split("/")[0].split(":")
+        head = (
+            b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
+            b"Content-Length: 1000\r\n\r\n{"
+        )
+        stalled = [socket.create_connection((host, int(port))) for _ in range(2)]
+        for sock in stalled:
+            sock.sendall(head)  # and then nothing: both handler threads wait on these
+        wait_until(lambda: emulator.stats.connections == 2)
+        # Without the read deadline this call would wait for the handlers' 60 s socket timeout.
+        response = httpx.post(
+            emulator.base_url + "/rerank", json=rerank_body(), headers=HEADERS, timeout=30
+        )
+        assert response.status_code == 200
+        for sock in stalled:
+            sock.settimeout(10)
+            assert sock.recv(1024) == b""  # closed by the emulator, nothing answered
+            sock.close()
+        assert emulator.stats.requests == 1  # an upload that never arrived is no request
