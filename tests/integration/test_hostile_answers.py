@@ -497,3 +497,23 @@ def test_a_huge_error_body_is_kept_as_an_excerpt(make_runner):
     assert "an error body of 5000015 bytes" in str(error)
     assert len(repr(error.body)) < 1_000
     assert len(pickle.dumps(error)) < 10_000  # what crosses a process boundary, or is kept
+
+
+# -- 2: an answer is held only as what the caller asked for ---------------------------------------
+
+
+def test_documents_a_server_sends_unasked_are_not_kept(make_runner):
+    # A server may echo every document (megabytes) without being asked: the ranking keeps
+    # indices and scores only, as asked for. Asked for, the documents are kept.
+    results = [
+        {"index": i, "relevance_score": 1 - i / 10, "document": {"text": "x" * 100_000}}
+        for i in range(3)
+    ]
+    body = json.dumps({"results": results}).encode()
+    with ScriptedServer(_serving(b"200 OK", body)) as server:
+        runner = make_runner(base_url=server.base_url, max_retries=0)
+        unasked = runner.rerank("apple", ["a", "b", "c"])
+        asked = runner.rerank("apple", ["a", "b", "c"], return_documents=True)
+    assert [r.index for r in unasked.results] == [0, 1, 2]
+    assert all(r.document is None for r in unasked.results)
+    assert [r.document.text for r in asked.results if r.document] == ["x" * 100_000] * 3
