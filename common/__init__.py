@@ -71,7 +71,8 @@ from ._media import (
 from ._protocols import Booking, Budget, Cache
 from ._ranking import RankedResults, RerankDocument, RerankResponse, RerankResult
 from ._ratelimit import InMemoryRateLimit
-from ._redis import RedisEmbeddingCache, RedisRateLimit, RedisRerankCache
+from ._redis import RedisEmbeddingCache, RedisRerankCache
+from ._redis_budget import BudgetStats, RedisRateLimit
 from ._rerank import RerankOptions, validate_options
 from ._retry import RetryPolicy
 from ._settings import ClientSettings, HiddenInputsModel
@@ -102,6 +103,7 @@ __all__ = [
     "BilledUnits",
     "Booking",
     "Budget",
+    "BudgetStats",
     "Cache",
     "ClientOwner",
     "ClientSettings",

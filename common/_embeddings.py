@@ -35,8 +35,10 @@ from ._wire import (
     Usage,
     UsageSum,
     encode_body,
+    estimate_tokens,
     invalid_answer,
     join_trace_ids,
+    media_sizes,
     name_batch,
     read_answer,
     usage_from,
@@ -155,6 +157,11 @@ class EmbeddingRequest:
         """Size of the body in bytes."""
         content = self.content
         return len(content) if isinstance(content, bytes) else content.length
+
+    @property
+    def estimated_tokens(self) -> int:
+        """The tokens the service will bill, estimated high: every input once."""
+        return estimate_tokens(self.content_length, media_sizes(self.body))
 
 
 def _wire_inputs(inputs: object) -> list[WireItem]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import logging
 import sys
 import time
@@ -36,7 +37,7 @@ from ._exceptions import (
     status_error,
 )
 from ._protocols import Booking, Budget, Cache
-from ._ratelimit import InMemoryRateLimit, estimate_tokens, media_sizes
+from ._ratelimit import InMemoryRateLimit
 from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._settings import ClientSettings, derived_deadline
 from ._version import __version__
@@ -75,6 +76,12 @@ class Request(Protocol):
     @property
     def content_length(self) -> int:
         """Size of the body in bytes."""
+        ...
+
+    @property
+    def estimated_tokens(self) -> int:
+        """The tokens the service will bill for it, estimated high (a budget books these, then
+        the usage the answer reports)."""
         ...
 
 
@@ -183,6 +190,7 @@ class Pipeline:
                 settings.requests_per_minute, settings.tokens_per_minute
             )
         self.account = account_of(base_url, self.secret)
+        self._by_model = self.budget is not None and _takes_model(self.budget)
         self.headers = httpx.Headers(
             {
                 "Authorization": f"Bearer {self.secret}",
@@ -215,12 +223,19 @@ class Pipeline:
         """Book `request` in the budget (may block, for a shared budget)."""
         if self.budget is None:
             return None
-        return self.budget.acquire(_tokens(request), account=self.account)
+        return self.budget.acquire(request.estimated_tokens, **self._whose(request))
 
     async def abook(self, request: Request) -> Booking | None:
         if self.budget is None:
             return None
-        return await self.budget.aacquire(_tokens(request), account=self.account)
+        return await self.budget.aacquire(request.estimated_tokens, **self._whose(request))
+
+    def _whose(self, request: Request) -> dict[str, Any]:
+        """Whom a request is booked for: the account, and its model when the budget takes one
+        (a budget written before `model` existed is still called without it)."""
+        if self._by_model:
+            return {"account": self.account, "model": request.body.get("model")}
+        return {"account": self.account}
 
     def cancel(self, booking: Booking | None) -> None:
         """Give back a booking whose request was never sent."""
@@ -297,16 +312,20 @@ def _plain(headers: Mapping[str, str]) -> httpx.Headers:
     )
 
 
+def _takes_model(budget: Budget) -> bool:
+    try:
+        parameters = inspect.signature(budget.acquire).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: called the way every budget takes
+        return False
+    return any(p.name == "model" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def _text(value: str | None) -> str | None:
     """A header value as text that encodes as UTF-8: aiohttp reads bytes that are not UTF-8 as
     lone surrogates, which no JSON dump or log handler can write."""
     if value is None or value.isascii():
         return value
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _tokens(request: Request) -> int:
-    return estimate_tokens(request.content_length, media_sizes(request.body))
 
 
 _LARGE_BODY = 1 << 20

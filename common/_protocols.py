@@ -55,14 +55,16 @@ class Budget(Protocol):
     `acquire` books one request of an estimated number of tokens; the client waits the booking's
     `wait`, sends, and then either `settle`s it with the tokens the answer reports, or `cancel`s
     it when nothing was sent. `account` partitions one budget object among API keys (a digest of
-    the server and key, never the key). Implementations must be safe to call from several threads.
+    the server and key, never the key); `model` is the request's model, for budgets kept per
+    model as the service keeps its limits (a budget whose `acquire` has no `model` parameter is
+    called without it). Implementations must be safe to call from several threads.
     """
 
-    def acquire(self, tokens: int, *, account: str) -> Booking:
+    def acquire(self, tokens: int, *, account: str, model: str | None = None) -> Booking:
         """Book one request; may block (a shared budget waits here for room)."""
         ...
 
-    async def aacquire(self, tokens: int, *, account: str) -> Booking:
+    async def aacquire(self, tokens: int, *, account: str, model: str | None = None) -> Booking:
         """`acquire` for the async client: never blocks the event loop."""
         ...
 

@@ -1,37 +1,16 @@
-"""The in-process budget: requests- and tokens-per-minute buckets shared by all calls of a client,
-and the token estimate every budget books with."""
+"""The in-process budget: requests- and tokens-per-minute buckets shared by all calls of a
+client."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable
 
 from ._options import checked_count
 from ._protocols import Booking
 
-__all__ = ["MEDIA_TOKENS", "InMemoryRateLimit", "estimate_tokens", "media_sizes"]
-
-MEDIA_TOKENS = {"image": 1_700, "video": 16_384}
-"""A generous estimate of what one media item is billed, in tokens: the service downsizes images
-to about 1.3 megapixels, about 1,700 tokens at 28-pixel patches; a short video's frames add up to
-far more. Corrected by the usage each answer reports, like every estimate here."""
-
-
-def estimate_tokens(content_bytes: int, media: Sequence[tuple[str, int]] = ()) -> int:
-    """A deliberately high estimate of a request's tokens from its JSON size.
-
-    About 3 bytes per token fits CJK text (3 bytes a character) and overstates Latin text (about 4
-    characters a token), so a limiter that uses it stays under the account's real limit. The
-    estimate is corrected with the server's reported usage after each answer.
-
-    `media` lists the request's media items as (kind, bytes in the body): they are billed as
-    media tokens, not by the length of their base64 (a 5 MB image is not 2 million tokens).
-    """
-    media_bytes = sum(size for _, size in media)
-    text = max(content_bytes - media_bytes, 0) // 3 + 1
-    return text + sum(MEDIA_TOKENS.get(kind, MEDIA_TOKENS["video"]) for kind, _ in media)
+__all__ = ["InMemoryRateLimit"]
 
 
 class InMemoryRateLimit:
@@ -101,13 +80,16 @@ class InMemoryRateLimit:
                     wait = max(wait, -self._tokens * 60.0 / self.tokens_per_minute)
             return wait
 
-    def acquire(self, tokens: int, *, account: str = "") -> Booking:
-        """Book one request of `tokens` tokens; never blocks (the wait is the caller's)."""
+    def acquire(self, tokens: int, *, account: str = "", model: str | None = None) -> Booking:
+        """Book one request of `tokens` tokens; never blocks (the wait is the caller's). One
+        budget for every account and model."""
         return Booking(self.reserve(tokens), tokens)
 
-    async def aacquire(self, tokens: int, *, account: str = "") -> Booking:
+    async def aacquire(
+        self, tokens: int, *, account: str = "", model: str | None = None
+    ) -> Booking:
         """`acquire`: it neither blocks nor does I/O."""
-        return self.acquire(tokens, account=account)
+        return self.acquire(tokens, account=account, model=model)
 
     def settle(self, booking: Booking, used: int) -> None:
         """Correct the token bucket with what the request used."""
@@ -131,19 +113,3 @@ class InMemoryRateLimit:
             # claiming 10^15 tokens must not stall every later call for ever).
             tokens = self._tokens + estimated - actual
             self._tokens = min(max(tokens, -float(self.tokens_per_minute)), self.tokens_per_minute)
-
-
-def media_sizes(body: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """The media items of a request body (rerank or embeddings) as (kind, bytes in the body)."""
-    items: list[Any] = []
-    for name in ("query", "documents", "input"):
-        value = body.get(name)
-        items.extend(value if isinstance(value, list) else [value])
-    sizes = []
-    for item in items:
-        if isinstance(item, dict) and len(item) == 1:
-            ((kind, value),) = item.items()
-            if kind in ("image", "video"):
-                size = len(value) if isinstance(value, str) else getattr(value, "encoded_length", 0)
-                sizes.append((kind, size))
-    return sizes

@@ -1,81 +1,28 @@
-"""Budgets and caches shared through Redis by every process and host that names the same Redis.
+"""Caches shared through Redis by every process and host that names the same Redis, and the link
+to Redis that they and the shared budget (`_redis_budget`) use.
 
 Needs the `redis` package (the `redis` extra), imported only when one of these is made. Whatever
-Redis does, calls go on: when it cannot be reached, the rate limit falls back to a limiter in this
-process and the caches to no cache, with one WARNING per outage and an INFO when Redis is back;
-`on_redis_error="raise"` makes a rate limit fail closed instead.
+Redis does, calls go on: when it cannot be reached, the caches work as no cache, with one WARNING
+per outage and an INFO when Redis is back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
-from ._exceptions import APIConnectionError, InvalidRequestError
-from ._options import checked_count, checked_seconds
-from ._protocols import Booking
-from ._ratelimit import InMemoryRateLimit
+from ._options import checked_seconds
 
-__all__ = ["RedisEmbeddingCache", "RedisRateLimit", "RedisRerankCache"]
+__all__ = ["RedisEmbeddingCache", "RedisRerankCache"]
 
 logger = logging.getLogger("siliconflow_rerank")
 
 _PREFIX = "siliconflow-rerank"
 _FORMAT = b"v2:"
 """Every cached value starts with its format's version: a value of another format is a miss."""
-
-# Every request booked in the window is a member "<ms>:<tokens>:<nonce>" of one sorted set, scored
-# by Redis's own clock (so hosts whose clocks differ agree). A booking dated after Redis's now (its
-# clock stepped back, or another writer's) counts as booked now: it never holds the budget for the
-# whole skew. A request is admitted, and booked,
-# only if the window then holds at most the budget of requests and of tokens; otherwise the script
-# answers how many milliseconds until enough of the window has passed.
-_BOOK = """
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local max_requests, max_tokens = tonumber(ARGV[1]), tonumber(ARGV[2])
-local window, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - window)
-local future = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ms, '+inf')
-for i = 1, #future do redis.call('ZADD', KEYS[1], ms, future[i]) end
-local booked = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local count = #booked / 2
-local wait = 0
-if max_requests > 0 and count >= max_requests then
-  wait = tonumber(booked[(count - max_requests) * 2 + 2]) + window - ms
-end
-if max_tokens > 0 then
-  local used = 0
-  for i = 1, #booked, 2 do used = used + tonumber(string.match(booked[i], ':(%d+):')) end
-  local freed = 0
-  local i = 1
-  while used - freed + tokens > max_tokens and i <= #booked do
-    freed = freed + tonumber(string.match(booked[i], ':(%d+):'))
-    wait = math.max(wait, tonumber(booked[i + 1]) + window - ms)
-    i = i + 2
-  end
-end
-if wait > 0 then return {0, tostring(wait)} end
-local member = ms .. ':' .. tokens .. ':' .. ARGV[5]
-redis.call('ZADD', KEYS[1], ms, member)
-redis.call('PEXPIRE', KEYS[1], window * 2)
-return {1, member}
-"""
-
-# Once the answer says how many tokens a request used, its booking is rewritten with that count.
-_CORRECT = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-local ms, nonce = string.match(ARGV[1], '^(%d+):%d+:(.+)$')
-redis.call('ZADD', KEYS[1], score, ms .. ':' .. ARGV[2] .. ':' .. nonce)
-return 1
-"""
 
 
 def _rebuild(cls: type[Any], arguments: dict[str, Any]) -> Any:
@@ -100,12 +47,15 @@ class _Link:
     success after it is logged too."""
 
     def __init__(self, url: str, timeout: float, what: str, *, then: str) -> None:
-        redis = _redis_module()
-        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        redis = self._redis = _redis_module()
+        cluster_error = redis.exceptions.RedisClusterException
+        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, cluster_error, OSError)
         self._unreachable = (redis.ConnectionError, redis.TimeoutError, OSError)
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        self._url, self._timeout = url, timeout
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self.cluster = False
+        """Whether the server is a Redis Cluster (known once the client is made)."""
         self.what = what
         self.then = then
         """What calls do while Redis fails (for the WARNING)."""
@@ -115,12 +65,47 @@ class _Link:
         self.last_problem = ""
         """What went wrong the last time Redis failed, in words."""
 
+    @property
+    def client(self) -> Any:
+        """The client, made on first use (no I/O before the first call): a cluster client when
+        the server says it is a Redis Cluster node, else a plain one.
+
+        Raises:
+            The link's `errors`: Redis could not be asked.
+        """
+        with self._lock:
+            if self._client is None:
+                redis, url = self._redis, self._url
+                timeouts = {
+                    "socket_timeout": self._timeout,
+                    "socket_connect_timeout": self._timeout,
+                }
+                plain = redis.Redis.from_url(url, **timeouts)
+                if plain.info("cluster").get("cluster_enabled"):
+                    plain.close()
+                    self._client = redis.RedisCluster.from_url(url, **timeouts)
+                    self.cluster = True
+                else:
+                    self._client = plain
+            return self._client
+
+    def run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a Lua script (loaded once) on the keys' node."""
+        client = self.client
+        with self._lock:
+            registered = self._scripts.get(script)
+            if registered is None:
+                registered = self._scripts[script] = client.register_script(script)
+        return registered(keys=keys, args=args)
+
     def usable(self) -> bool:
         return time.monotonic() >= self._down_until
 
     def describe(self, error: BaseException) -> str:
         """What happened: Redis could not be reached, or it answered with an error (a key of
         another type, a script it refused, ...)."""
+        if isinstance(error, self._redis.AuthenticationError):
+            return f"Redis refused the credentials ({type(error).__name__}: {error})"
         if isinstance(error, self._unreachable):
             return f"Redis cannot be reached ({type(error).__name__}: {error})"
         return f"Redis answered with an error ({type(error).__name__}: {error})"
@@ -142,161 +127,6 @@ class _Link:
                     logger.info("%s: Redis is reachable again and answering", self.what)
 
 
-class RedisRateLimit:
-    """A `Budget` of requests and tokens per window, kept in Redis and shared by every client,
-    process and host that names the same Redis, budget `name` and API key.
-
-    Never more than `requests_per_minute` requests (and `tokens_per_minute` estimated tokens,
-    corrected by the usage each answer reports) in any `window_seconds`, counted by Redis's clock,
-    atomically in one script. Budgets are kept per API key (a digest of it names the budget; the
-    key itself never reaches Redis). Pass it as `rate_limit=` to a client or an adapter.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        requests_per_minute: int | None = None,
-        tokens_per_minute: int | None = None,
-        name: str = "default",
-        window_seconds: float = 60.0,
-        margin_seconds: float = 0.5,
-        on_redis_error: Literal["local", "raise"] = "local",
-        timeout: float = 0.5,
-    ) -> None:
-        """Describe the budget; Redis is first asked on the first call.
-
-        Args:
-            url: The Redis URL, e.g. `redis://cache.internal:6379/0`.
-            requests_per_minute: Requests per window, or None for no request budget.
-            tokens_per_minute: Tokens per window, or None for no token budget.
-            name: The budget's name: clients naming the same one share it.
-            window_seconds: The window the budgets count over (a minute, as the service counts).
-            margin_seconds: Added to the window when counting: a request reaches the server a
-                moment after it is booked, and not always in the order booked (on a busy host,
-                by a few hundred milliseconds); the margin keeps the server's own count of its
-                window from seeing an old request and a new one together.
-            on_redis_error: `"local"` falls back to a limiter in this process while Redis cannot
-                be reached; `"raise"` fails the call with `APIConnectionError` instead.
-            timeout: Seconds to wait for Redis before counting it as unreachable.
-        """
-        self._arguments = {
-            "url": url,
-            "requests_per_minute": requests_per_minute,
-            "tokens_per_minute": tokens_per_minute,
-            "name": name,
-            "window_seconds": window_seconds,
-            "margin_seconds": margin_seconds,
-            "on_redis_error": on_redis_error,
-            "timeout": timeout,
-        }
-        if requests_per_minute is None and tokens_per_minute is None:
-            raise InvalidRequestError(
-                "RedisRateLimit needs requests_per_minute or tokens_per_minute"
-            )
-        for count in ("requests_per_minute", "tokens_per_minute"):
-            if self._arguments[count] is not None:
-                checked_count(count, self._arguments[count], 1)
-        checked_seconds("window_seconds", window_seconds)
-        checked_seconds("margin_seconds", margin_seconds, zero=True)
-        checked_seconds("timeout", timeout)
-        if on_redis_error not in ("local", "raise"):
-            raise InvalidRequestError("on_redis_error must be 'local' or 'raise'")
-        self.requests_per_minute = requests_per_minute
-        self.tokens_per_minute = tokens_per_minute
-        self.name = name
-        self.window_seconds = window_seconds
-        self.margin_seconds = margin_seconds
-        self.on_redis_error = on_redis_error
-        then = (
-            "failing calls until it works again"
-            if on_redis_error == "raise"
-            else "counting in this process until it works again"
-        )
-        self._link = _Link(url, timeout, f"rate limit {name!r}", then=then)
-        self._book = self._link.client.register_script(_BOOK)
-        self._correct = self._link.client.register_script(_CORRECT)
-        per_minute = 60.0 / window_seconds
-        self._local = InMemoryRateLimit(
-            round(requests_per_minute * per_minute) if requests_per_minute else None,
-            round(tokens_per_minute * per_minute) if tokens_per_minute else None,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"RedisRateLimit(name={self.name!r}, requests_per_minute={self.requests_per_minute}, "
-            f"tokens_per_minute={self.tokens_per_minute}, window_seconds={self.window_seconds})"
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled as its description (the budget is in Redis): for worker processes and actors.
-        return (_rebuild, (type(self), self._arguments))
-
-    def _key(self, account: str) -> str:
-        return f"{_PREFIX}:rate:{self.name}:{account}"
-
-    def acquire(self, tokens: int, *, account: str) -> Booking:
-        """Book one request of `tokens` tokens, sleeping until the window has room for it."""
-        tokens = min(tokens, self.tokens_per_minute or tokens)
-        window = self.window_seconds + self.margin_seconds
-        key = self._key(account)
-        args = [
-            self.requests_per_minute or 0,
-            self.tokens_per_minute or 0,
-            round(window * 1000),
-            tokens,
-        ]
-        link = self._link
-        while link.usable():
-            try:
-                admitted, answer = self._book(keys=[key], args=[*args, secrets.token_hex(6)])
-            except link.errors as error:
-                link.failed(error)
-                break
-            link.worked()
-            if admitted:
-                member = answer.decode() if isinstance(answer, bytes) else answer
-                return Booking(0.0, tokens, (key, member))
-            time.sleep(min(float(answer) / 1000, window))
-        if self.on_redis_error == "raise":
-            problem = link.last_problem or "Redis failed a moment ago"
-            raise APIConnectionError(
-                f"the shared rate limit {self.name!r} cannot use Redis: {problem}"
-            )
-        return self._local.acquire(tokens)
-
-    async def aacquire(self, tokens: int, *, account: str) -> Booking:
-        """`acquire`, in a worker thread (it waits, and asks Redis)."""
-        return await asyncio.to_thread(self.acquire, tokens, account=account)
-
-    def settle(self, booking: Booking, used: int) -> None:
-        """Rewrite a booking with the tokens the answer says it used (at most one window's)."""
-        if booking.handle is None:  # booked in this process while Redis was away
-            self._local.settle(booking, used)
-            return
-        key, member = booking.handle
-        used = max(0, min(used, self.tokens_per_minute or used))
-        if not self._link.usable():
-            return
-        try:
-            self._correct(keys=[key], args=[member, used])
-        except self._link.errors as error:
-            self._link.failed(error)
-
-    def cancel(self, booking: Booking) -> None:
-        """Take back a booking whose request was never sent."""
-        if booking.handle is None:
-            self._local.cancel(booking)
-            return
-        key, member = booking.handle
-        if not self._link.usable():
-            return
-        try:
-            self._link.client.zrem(key, member)
-        except self._link.errors as error:
-            self._link.failed(error)
-
-
 class _RedisValues:
     """Cached values in Redis: versioned, with a time to live; unreachable Redis is a miss."""
 
@@ -312,7 +142,9 @@ class _RedisValues:
         if not keys or not link.usable():
             return [None] * len(keys)
         try:
-            values = link.client.mget([self._prefix + key.hex().encode() for key in keys])
+            client, names = link.client, [self._prefix + key.hex().encode() for key in keys]
+            # A cluster keeps keys on several nodes: asked node by node, in one call.
+            values = client.mget_nonatomic(names) if link.cluster else client.mget(names)
         except link.errors as error:
             link.failed(error)
             return [None] * len(keys)

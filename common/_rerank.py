@@ -40,8 +40,10 @@ from ._wire import (
     assembled,
     check_encodable,
     encode_body,
+    estimate_tokens,
     invalid_answer,
     join_trace_ids,
+    media_sizes,
     name_batch,
     usage_from,
 )
@@ -158,6 +160,29 @@ class RerankRequest:
         """Size of the body in bytes."""
         content = self.content
         return len(content) if isinstance(content, bytes) else content.length
+
+    @property
+    def estimated_tokens(self) -> int:
+        """The tokens the service will bill, estimated high. Rerank bills the query with every
+        document, and again with every chunk of a document longer than the model's context:
+        the documents once, and the query (with two separator tokens) once per chunk."""
+        body = self.body
+        query = body["query"]
+        query_tokens = estimate_tokens(
+            len(query.encode()) if isinstance(query, str) else 0,
+            media_sizes({"query": query}),
+        )
+        caps = model_capabilities(body["model"])
+        room = max((caps.context_tokens if caps else 8192) - query_tokens - 2, 16)
+        chunks = len(self.documents)
+        if caps is None or caps.chunking:
+            # A character is at most a token: a document of fewer characters than the room is
+            # one chunk (nearly always), counted without encoding it.
+            chunks += sum(
+                (len(item) - 1) // room for item in self.documents if isinstance(item, str)
+            )
+        billed = estimate_tokens(self.content_length, media_sizes(body))
+        return billed + chunks * (query_tokens + 2)
 
     def subset(self, positions: Sequence[int], *, cut: bool) -> RerankRequest:
         """A request for some of the documents (by position); `cut` asks for the best `top_n`

@@ -14,7 +14,7 @@ import pytest
 
 from siliconflow_rerank.emulator import RerankEmulator
 
-from .helpers import Handler, RedisServer, Runner, SocksProxy, wait_until
+from .helpers import Handler, RedisClusterServer, RedisServer, Runner, SocksProxy, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +79,17 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServer]:
+    """A real Redis Cluster of three nodes of this test's own, on free loopback ports."""
+    cluster = RedisClusterServer(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

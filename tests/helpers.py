@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -233,6 +234,8 @@ class RedisServer:
         self.binary = _redis_binary()
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []
+        """Further arguments to redis-server (a password, say)."""
 
     @property
     def url(self) -> str:
@@ -240,7 +243,7 @@ class RedisServer:
 
     def start(self) -> None:
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        command += ["--save", "", "--appendonly", "no", "--protected-mode", "no", *self.extra]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -249,7 +252,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     sock.sendall(b"PING\r\n")
-                    return sock.recv(16).startswith(b"+PONG")
+                    return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
             except OSError:
                 return False
 
@@ -296,6 +299,81 @@ class SocksProxy:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+class RedisClusterServer:
+    """A real Redis Cluster of three masters on free loopback ports (each with its cluster bus
+    port, 10,000 above, free too), slots spread evenly; its files in `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.binary = _redis_binary()
+        self.folder = folder
+        self.ports: list[int] = []
+        while len(self.ports) < 3:
+            port = free_port()
+            if port + 10_000 < 65_536 and _free(port + 10_000) and port not in self.ports:
+                self.ports.append(port)
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        import redis
+
+        for port in self.ports:
+            command = [self.binary, "--port", str(port), "--bind", "127.0.0.1"]
+            command += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
+            command += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
+            self.processes.append(
+                subprocess.Popen(
+                    command,
+                    cwd=self.folder,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        nodes: list[Any] = [redis.Redis(port=port) for port in self.ports]
+        for node in nodes:
+            wait_until(functools.partial(_answers, node), timeout=10)
+        for i, node in enumerate(nodes):
+            slots = range(i * 16384 // 3, (i + 1) * 16384 // 3)
+            node.execute_command("CLUSTER ADDSLOTS", *slots)
+        for port in self.ports[1:]:
+            nodes[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
+
+        def ready() -> bool:
+            infos = [node.execute_command("CLUSTER INFO") for node in nodes]
+            return all(info.get("cluster_state") == "ok" for info in infos)
+
+        wait_until(ready, timeout=30)
+        if not ready():
+            raise RuntimeError("the Redis Cluster did not come up within 30 s")
+        for node in nodes:
+            node.close()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+            process.wait(timeout=10)
+        self.processes = []
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _answers(node: Any) -> bool:
+    try:
+        return bool(node.ping())
+    except Exception:
+        return False
 
 
 def _redis_binary() -> str:

@@ -279,9 +279,9 @@ def test_a_budget_key_redis_cannot_read_is_reported_as_such(redis_server, emulat
     client = SiliconFlowClient(api_key=KEY, base_url=emulator.base_url, rate_limit=budget)
     client.rerank("apple", ["apple pie"])  # books in Redis: the budget's key now exists
     store = redis.Redis.from_url(redis_server.url)
-    (key,) = store.keys("siliconflow-rerank:rate:*")
+    (key,) = store.keys("siliconflow-rerank:rate:*:log")
     store.delete(key)
-    store.set(key, b"not a sorted set")  # data the booking script cannot read
+    store.set(key, b"not a list")  # data the booking script cannot read
     with caplog.at_level(logging.WARNING, logger="siliconflow_rerank"):
         if mode == "raise":
             with pytest.raises(APIConnectionError, match="answered with an error") as info:
@@ -292,7 +292,7 @@ def test_a_budget_key_redis_cannot_read_is_reported_as_such(redis_server, emulat
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "Redis answered with an error" in warning
     assert "cannot be reached" not in warning
-    expected = "failing calls" if mode == "raise" else "counting in this process"
+    expected = "failing calls" if mode == "raise" else "pacing calls in this process"
     assert expected in warning
     client.close()
 
@@ -311,10 +311,14 @@ def test_bookings_dated_in_redis_future_never_stall_the_budget(redis_server):
     budget.acquire(1, account="tenant")
     budget.acquire(1, account="tenant")
     store = redis.Redis.from_url(redis_server.url)
-    (key,) = store.keys("siliconflow-rerank:rate:*")
-    booked: Any = store.zrange(key, 0, -1, withscores=True)
-    for member, score in booked:
-        store.zadd(key, {member: float(score) + 3_600_000})  # an hour after Redis's now
+    # The bookings dated an hour after Redis's now, as a clock stepped back by an hour leaves them.
+    (log,) = store.keys("siliconflow-rerank:rate:*:log")
+    (clock,) = store.keys("siliconflow-rerank:rate:*:clock")
+    booked: Any = store.lrange(log, 0, -1)
+    later = [b"%d:%s" % (int(m.split(b":")[0]) + 3_600_000, m.split(b":")[1]) for m in booked]
+    store.delete(log)
+    store.rpush(log, *later)
+    store.hset(clock, "last", int(later[-1].split(b":")[0]))
     done = threading.Event()
 
     def book() -> None:

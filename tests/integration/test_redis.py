@@ -83,8 +83,22 @@ def _run_workers(base_url: str, redis_url: str | None, tokens: int | None = None
     return [sum(r[0] for r in results), sum(r[1] for r in results)]
 
 
-def _members(store: redis.Redis, key: bytes | str) -> list[bytes]:
-    return cast(list[bytes], store.zrange(key, 0, -1))
+def _everything(store: redis.Redis) -> bytes:
+    """Every key and value in Redis, as bytes."""
+    dump = []
+    for key in cast(list[bytes], store.keys("*")):
+        dump.append(key)
+        kind = store.type(key)
+        if kind == b"list":
+            dump += cast(list[bytes], store.lrange(key, 0, -1))
+        elif kind == b"hash":
+            for field, value in cast(dict[bytes, bytes], store.hgetall(key)).items():
+                dump += [field, value]
+        elif kind == b"zset":
+            dump += cast(list[bytes], store.zrange(key, 0, -1))
+        else:
+            dump.append(cast(bytes, store.get(key)))
+    return b"".join(dump)
 
 
 @pytest.fixture
@@ -138,9 +152,9 @@ def test_two_keys_never_share_a_budget_and_no_key_reaches_redis(redis_server, em
         other.rerank("apple", TEXTS)  # its own budget: not slowed by the first key's two calls
     assert emulator.stats.requests == 4
     store = redis.Redis.from_url(redis_server.url)
-    keys = cast(list[bytes], store.keys("*"))
-    assert len(keys) == 2  # one budget per key
-    dump = b"".join(keys) + b"".join(m for k in keys for m in _members(store, k))
+    logs = cast(list[bytes], store.keys("*:log"))
+    assert len(logs) == 2  # one budget per key
+    dump = _everything(store)
     assert KEY.encode() not in dump
     assert b"sk-other" not in dump
 
@@ -157,13 +171,14 @@ def test_a_full_budget_makes_the_next_call_wait_for_the_window(redis_server, emu
 def test_the_budget_takes_the_corrected_token_count(redis_server, emulator):
     budget = RedisRateLimit(redis_server.url, tokens_per_minute=10_000, window_seconds=30)
     client = SiliconFlowClient(api_key=KEY, base_url=emulator.base_url, rate_limit=budget)
-    client.rerank("apple", TEXTS)
+    first = client.rerank("apple", TEXTS).usage
     store = redis.Redis.from_url(redis_server.url)
-    (key,) = store.keys("*")
-    (member,) = _members(store, key)
-    used = client.rerank("apple", TEXTS).usage
-    assert used is not None
-    assert int(member.split(b":")[1]) == used.total_tokens  # the estimate, replaced by the usage
+    (key,) = store.keys("*:tokens")
+    (booked,) = cast(dict[bytes, bytes], store.hgetall(key)).values()
+    assert first is not None
+    assert int(booked.split(b":")[0]) == first.total_tokens  # the estimate, replaced by the usage
+    (total,) = store.keys("*:sum")
+    assert int(cast(bytes, store.get(total))) == first.total_tokens
 
 
 def test_redis_down_calls_go_on_with_one_warning_then_recovery(redis_server, emulator, caplog):
@@ -187,7 +202,9 @@ def test_redis_down_calls_go_on_with_one_warning_then_recovery(redis_server, emu
     plain = SiliconFlowClient(api_key=KEY, base_url=emulator.base_url)
     assert client.rerank("pear", TEXTS).results == plain.rerank("pear", TEXTS).results
     store = redis.Redis.from_url(redis_server.url)
-    assert any(store.zcard(k) for k in cast(list[bytes], store.keys("siliconflow-rerank:rate:*")))
+    assert any(
+        store.llen(k) for k in cast(list[bytes], store.keys("siliconflow-rerank:rate:*:log"))
+    )
     client.close()
     plain.close()
 

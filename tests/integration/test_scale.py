@@ -19,12 +19,8 @@ from siliconflow_rerank import (
     SiliconFlowClient,
     image_item,
 )
-from siliconflow_rerank._ratelimit import (
-    MEDIA_TOKENS,
-    InMemoryRateLimit,
-    estimate_tokens,
-    media_sizes,
-)
+from siliconflow_rerank._ratelimit import InMemoryRateLimit
+from siliconflow_rerank._wire import MEDIA_TOKENS, estimate_tokens, media_sizes
 from siliconflow_rerank.emulator import Fault, RerankEmulator
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16

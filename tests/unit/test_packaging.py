@@ -40,6 +40,7 @@ EXPECTED_CORE = [
     "BilledUnits",
     "Booking",
     "Budget",
+    "BudgetStats",
     "Cache",
     "ClientOwner",
     "ClientSettings",
