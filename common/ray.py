@@ -17,8 +17,11 @@ default ("numpy") batch format hands it over, and an Arrow table comes back.
         batch_size=64,
     )
 
-The API key is read from `SILICONFLOW_API_KEY` in each actor (pass it with Ray's
-`runtime_env={"env_vars": ...}`), so it is never pickled into the job.
+The API key never travels with the job: each actor reads it from `api_key_file` (a mounted secret,
+say; only the path goes through Ray), or else from `SILICONFLOW_API_KEY` in the environment Ray's
+processes were started with (`ray start` on each node, or the process that calls `ray.init()` for
+a local instance). Ray's `runtime_env={"env_vars": ...}` would also reach the actors, but Ray writes
+those values to its own log files (`runtime_env_agent.log`): do not pass the key that way.
 """
 
 from __future__ import annotations
@@ -69,6 +72,21 @@ def _lists_of_texts(values: Sequence[Any], column: str) -> list[list[str]]:
     return rows
 
 
+def _client(api_key_file: str | None, settings: dict[str, Any]) -> SiliconFlowClient:
+    """This actor's client, its key read from `api_key_file` when one is named."""
+    if api_key_file is not None:
+        if "api_key" in settings:
+            raise InvalidRequestError("give api_key or api_key_file, not both")
+        try:
+            with open(api_key_file, encoding="utf-8") as file:
+                settings = {**settings, "api_key": file.read().strip()}
+        except OSError as error:
+            raise InvalidRequestError(
+                f"api_key_file {api_key_file!r} cannot be read ({type(error).__name__})"
+            ) from None
+    return SiliconFlowClient(**settings)
+
+
 def _arrow(values: Any) -> Any:
     """A column Ray handed over (a numpy array, of arrays where rows hold lists) as Arrow."""
     if isinstance(values, np.ndarray) and values.dtype == object:
@@ -87,11 +105,13 @@ class RerankBatches:
         query_column: str = "query",
         candidates_column: str = "candidates",
         instruction: str | None = None,
+        api_key_file: str | None = None,
         **client_settings: Any,
     ) -> None:
         """Build this actor's client from the client settings (`base_url`, `rate_limit`,
-        `max_concurrency` rows at once, ...); the key comes from `SILICONFLOW_API_KEY`."""
-        self.client = SiliconFlowClient(**client_settings)
+        `max_concurrency` rows at once, ...); the key is read from `api_key_file`, else from
+        `SILICONFLOW_API_KEY` in the actor's environment."""
+        self.client = _client(api_key_file, client_settings)
         self.model = model
         self.query_column = query_column
         self.candidates_column = candidates_column
@@ -132,11 +152,12 @@ class EmbedBatches:
         model: str = DEFAULT_EMBEDDING_MODEL,
         text_column: str = "text",
         dimensions: int | None = None,
+        api_key_file: str | None = None,
         **client_settings: Any,
     ) -> None:
-        """Build this actor's client from the client settings; the key comes from
-        `SILICONFLOW_API_KEY`."""
-        self.client = SiliconFlowClient(**client_settings)
+        """Build this actor's client from the client settings; the key is read from
+        `api_key_file`, else from `SILICONFLOW_API_KEY` in the actor's environment."""
+        self.client = _client(api_key_file, client_settings)
         self.model = model
         self.text_column = text_column
         self.dimensions = dimensions

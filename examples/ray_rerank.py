@@ -47,11 +47,11 @@ def main() -> None:
     arguments = parser.parse_args()
 
     with real_api_or_emulator(), tempfile.TemporaryDirectory() as folder:
-        # The key and server reach the actors as environment variables, never in a pickle.
-        env = {name: os.environ[name] for name in ("SILICONFLOW_API_KEY", "SILICONFLOW_BASE_URL")
-               if name in os.environ}  # fmt: skip
+        # The key and server reach the actors in the environment the local instance starts with
+        # (never runtime_env, whose values Ray writes to its logs; on a cluster, start each node
+        # with SILICONFLOW_API_KEY set, or mount a file and pass api_key_file=).
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env})  # fmt: skip
+                 _node_ip_address="127.0.0.1")  # fmt: skip
         settings: dict[str, object] = {}
         if os.environ.get("REDIS_URL"):  # one budget for every actor (and every other job)
             settings["rate_limit"] = RedisRateLimit(

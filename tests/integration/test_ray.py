@@ -3,7 +3,9 @@ real sockets, with one Redis budget shared by every actor."""
 
 from __future__ import annotations
 
+import os
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,8 @@ from siliconflow_rerank.ray import EmbedBatches, RerankBatches  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 KEY = "sk-ray-canary-6161"
+SESSION: list[str] = []
+"""The local Ray instance's session folder (its logs among it)."""
 WORDS = ["apple", "pear", "bus", "car", "fridge", "pie", "lemon", "bike"]
 
 
@@ -34,8 +38,23 @@ def rows(count: int, candidates: int) -> list[dict[str, object]]:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"SILICONFLOW_API_KEY": KEY}})  # fmt: skip
+    # Loopback only, no dashboard. The key reaches the actors through the environment Ray's
+    # processes start with (never runtime_env, whose values Ray writes to its logs).
+    saved = os.environ.get("SILICONFLOW_API_KEY")
+    os.environ["SILICONFLOW_API_KEY"] = KEY
+    try:
+        context = ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
+    finally:
+        if saved is None:
+            del os.environ["SILICONFLOW_API_KEY"]
+        else:
+            os.environ["SILICONFLOW_API_KEY"] = saved
+    SESSION[:] = [context.address_info["session_dir"]]
     yield ray
     ray.shutdown()
 
@@ -69,8 +88,8 @@ def test_a_dataset_is_reranked_by_actors_sharing_one_budget(local_ray, emulator,
     import redis
 
     store = redis.Redis.from_url(redis_server.url)
-    (key,) = store.keys("siliconflow-rerank:rate:ray:*")
-    assert 0 < store.zcard(key) <= 20
+    (key,) = store.keys("siliconflow-rerank:rate:{ray:*:log")
+    assert 0 < store.llen(key) <= 20
 
 
 def test_a_dataset_is_embedded_and_written_to_parquet(local_ray, emulator, tmp_path):
@@ -99,3 +118,33 @@ def test_budgets_and_caches_pickle_as_their_description(redis_server):
     assert (copy.requests_per_minute, copy.name, copy.window_seconds) == (5, "x", 2)
     cache = pickle.loads(pickle.dumps(RedisRerankCache(redis_server.url, ttl=9)))
     assert cache._redis._ttl_ms == 9000
+
+
+def test_a_key_from_a_file_reaches_the_actors_and_no_key_reaches_rays_files(
+    local_ray, emulator, tmp_path
+):
+    secret = tmp_path / "siliconflow-key"
+    secret.write_text("sk-ray-file-canary-4242\n", encoding="utf-8")
+    settings = {"base_url": emulator.base_url, "api_key_file": str(secret)}
+    ranked = (
+        ray.data.from_items(rows(4, 3))
+        .map_batches(RerankBatches, fn_constructor_kwargs=settings, concurrency=1, batch_size=4)
+        .take_all()
+    )
+    assert len(ranked) == 4
+    assert emulator.stats.last_request_headers["authorization"] == "Bearer sk-ray-file-canary-4242"
+    # Neither key, the file's nor the environment's, is in any file Ray wrote.
+    for path in Path(SESSION[0]).rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"sk-ray-file-canary-4242" not in data, path
+            assert KEY.encode() not in data, path
+
+
+def test_an_unreadable_key_file_is_a_clear_error(tmp_path):
+    from siliconflow_rerank import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match=r"api_key_file .* cannot be read"):
+        RerankBatches(api_key_file=str(tmp_path / "missing"))
+    with pytest.raises(InvalidRequestError, match="not both"):
+        EmbedBatches(api_key="k", api_key_file=str(tmp_path / "missing"))
