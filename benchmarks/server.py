@@ -7,6 +7,7 @@ or embeddings answer (scores fixed per position, `top_n` honoured), an optional 
 
     python benchmarks/server.py --port 0 --latency-ms 100    # prints its API root on stderr
     python benchmarks/server.py --port 0 --answer FILE --gzip # FILE's bytes to every request
+    python benchmarks/server.py --port 0 --arrivals FILE      # FILE gets each request's arrival
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import argparse
 import asyncio
 import gzip
 import json
+import signal
 import sys
+import time
 from pathlib import Path
 
 _HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
@@ -57,6 +60,10 @@ def embeddings_answer(body: dict[str, object]) -> bytes:
 ANSWERS = {b"/v1/rerank": rerank_answer, b"/v1/embeddings": embeddings_answer}
 
 
+ARRIVALS: list[float] = []
+"""When each request arrived (`time.monotonic()`, the same clock in every process of a host)."""
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, latency: float, canned: bytes | None = None) -> None:
         self.latency = latency
@@ -84,6 +91,7 @@ class _Connection(asyncio.Protocol):
             self.answer(lines[0].split(b" ", 2)[1], body)
 
     def answer(self, path: bytes, body: bytes) -> None:
+        ARRIVALS.append(time.monotonic())
         make = ANSWERS.get(path)
         if make is None:
             reply = _MISSING
@@ -128,11 +136,20 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--answer", type=Path, help="answer every request with this file")
     parser.add_argument("--gzip", action="store_true", help="gzip the --answer file")
+    parser.add_argument("--arrivals", type=Path, help="write each request's arrival time here")
     arguments = parser.parse_args()
     canned = None
     if arguments.answer is not None:
         canned = canned_reply(arguments.answer.read_bytes(), arguments.gzip)
+    if arguments.arrivals is not None:
+        # Written when the server is stopped (SIGTERM), not per request.
+        signal.signal(signal.SIGTERM, lambda *_: _stop(arguments.arrivals))
     asyncio.run(serve(arguments.port, arguments.latency_ms / 1000, canned))
+
+
+def _stop(arrivals: Path) -> None:
+    arrivals.write_text("".join(f"{t:.6f}\n" for t in ARRIVALS), encoding="utf-8")
+    sys.exit(0)
 
 
 if __name__ == "__main__":
