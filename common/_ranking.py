@@ -42,6 +42,7 @@ __all__ = [
     "from_scores",
     "make_ranked",
     "merged",
+    "ranked_by_score",
     "read_ranking",
 ]
 
@@ -337,6 +338,25 @@ def read_ranking(content: bytes, trace_id: str | None, documents: bool) -> Ranki
         echoed = _echoed([result.get("document") for result in every])
     return Ranking(
         array(INDEX_CODE, map(_INDEX, every)), doubles(list(map(_SCORE, every))), echoed, checked
+    )
+
+
+def ranked_by_score(read: Ranking) -> RankedResults:
+    """An answer's results best first, ties in index order."""
+    given, scores, documents = read.indices, read.scores, read.documents
+    if all(map(operator.gt, scores, islice(scores, 1, None))):
+        # Ranked by the server, no score tied (as servers send them): nothing to sort.
+        return make_ranked(given, scores, documents)
+    # Positions sorted by index, then (stably) by score: a position and a key per result, not a
+    # tuple.
+    order: Sequence[int] = range(len(given))
+    if any(map(operator.gt, given, islice(given, 1, None))):
+        order = sorted(order, key=given.__getitem__)
+    order = sorted(order, key=scores.__getitem__, reverse=True)
+    return make_ranked(
+        array(INDEX_CODE, map(given.__getitem__, order)),
+        doubles(list(map(scores.__getitem__, order))),
+        None if documents is None else list(map(documents.__getitem__, order)),
     )
 
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from array import array
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import islice, repeat
-from operator import gt
+from itertools import repeat
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,15 +21,13 @@ from ._media import DocumentItem, QueryItem, WireItem, item_kind, normalize_item
 from ._options import NOT_IN_CACHE_KEY, cache_keys, checked_count, key_prefix
 from ._pipeline import Pipeline, Plan, ProgressCallback
 from ._ranking import (
-    INDEX_CODE,
     RankedResults,
     RerankDocument,
     RerankResponse,
-    doubles,
     finished,
     from_scores,
-    make_ranked,
     merged,
+    ranked_by_score,
     read_ranking,
 )
 from ._wire import (
@@ -249,23 +245,8 @@ def parse(content: bytes, request: RerankRequest, trace_id: str | None) -> Reran
             asked for) not every document.
     """
     read = read_ranking(content, trace_id, request.return_documents)
-    given, given_scores, documents = read.indices, read.scores, read.documents
-    if all(map(gt, given_scores, islice(given_scores, 1, None))):
-        # Ranked by the server, no score tied (as servers send them): nothing to sort.
-        ranked = make_ranked(given, given_scores, documents)
-    else:
-        # Best first, ties in index order: positions sorted by index, then (stably) by score.
-        # Sorting positions by a key holds a position and a key per result, not a tuple.
-        order: Sequence[int] = range(len(given))
-        if any(map(gt, given, islice(given, 1, None))):
-            order = sorted(order, key=given.__getitem__)
-        order = sorted(order, key=given_scores.__getitem__, reverse=True)
-        ranked = make_ranked(
-            array(INDEX_CODE, map(given.__getitem__, order)),
-            doubles(list(map(given_scores.__getitem__, order))),
-            None if documents is None else list(map(documents.__getitem__, order)),
-        )
-        del order
+    given = read.indices
+    ranked = ranked_by_score(read)
     total = len(request.documents)
     if given and max(given) >= total:
         _find_bad_index(given, total, content, trace_id)
