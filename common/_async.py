@@ -94,6 +94,7 @@ class AsyncClientBase(ClientBase):
         url = pipe.url(plan.path)
         attempt = 0
         while True:
+            transport = await self._transport()  # before the booking, as in the sync client
             booking = await pipe.abook(request)
             if booking is not None and booking.wait > 0:
                 try:
@@ -101,7 +102,6 @@ class AsyncClientBase(ClientBase):
                 except asyncio.CancelledError:
                     pipe.cancel(booking)  # never sent: what it booked is given back
                     raise
-            transport = await self._transport()
             try:
                 with translate_transport_errors():
                     status, headers, content = await self._exchange(transport, url, request)

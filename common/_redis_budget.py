@@ -277,18 +277,25 @@ class RedisRateLimit:
         if self.on_booking is not None and "bookings" in changes:
             self.on_booking(self._stats)
 
-    def _answered(self, answer: Any, plan: _Plan, tokens: int) -> Booking | float:
-        """A booking, or the seconds to wait before asking again."""
+    def _answered(
+        self, answer: Any, plan: _Plan, tokens: int, waited: float
+    ) -> Booking | float | None:
+        """The booking the script made, or the seconds to wait before asking again, or None
+        when Redis could not be asked."""
+        if answer is None:
+            return None
         admitted, detail, sharers, count, used = answer
         self._note(
             fallback=False, sharers=max(int(sharers), 1), requests_in_window=int(count),
             tokens_in_window=int(used),
         )  # fmt: skip
-        if admitted:
-            member = detail.decode() if isinstance(detail, bytes) else str(detail)
-            booking_id = member.split(":", 1)[1]
-            return Booking(0.0, tokens, (plan.keys[2:], booking_id))
-        return min(float(detail) / 1000, self.window_seconds + self.margin_seconds)
+        if not admitted:
+            return min(float(detail) / 1000, self.window_seconds + self.margin_seconds)
+        member = detail.decode() if isinstance(detail, bytes) else str(detail)
+        with self._lock:
+            self._paced.clear()  # Redis works: an outage starts its share from nothing again
+        self._note(bookings=1, waits=waited > 0, waited_seconds=waited)
+        return Booking(0.0, tokens, (plan.keys[2:], member.split(":", 1)[1]))
 
     def _fallback(self, tokens: int, plan: _Plan, model: str | None) -> Booking:
         if self.on_redis_error == "raise":
@@ -327,11 +334,10 @@ class RedisRateLimit:
         try:
             while self._link.usable():
                 answer = self._ask(plan.keys, self._args(plan, tokens))
-                if answer is None:
+                outcome = self._answered(answer, plan, tokens, waited)
+                if outcome is None:
                     break
-                outcome = self._answered(answer, plan, tokens)
                 if isinstance(outcome, Booking):
-                    self._booked(waited)
                     return outcome
                 time.sleep(outcome)
                 waited += outcome
@@ -360,11 +366,10 @@ class RedisRateLimit:
                     handle = (plan.keys[2:], args[1])
                     asked.add_done_callback(functools.partial(self._give_back, handle))
                     raise
-                if answer is None:
+                outcome = self._answered(answer, plan, tokens, waited)
+                if outcome is None:
                     break
-                outcome = self._answered(answer, plan, tokens)
                 if isinstance(outcome, Booking):
-                    self._booked(waited)
                     return outcome
                 await asyncio.sleep(outcome)
                 waited += outcome
@@ -390,11 +395,6 @@ class RedisRateLimit:
                 self._threads = ThreadPoolExecutor(4, thread_name_prefix="siliconflow-redis")
                 self._threads_pid = pid
             return self._threads
-
-    def _booked(self, waited: float) -> None:
-        with self._lock:
-            self._paced.clear()  # Redis works: an outage starts its share from nothing again
-        self._note(bookings=1, waits=waited > 0, waited_seconds=waited)
 
     def _give_back(self, handle: tuple[list[str], str], asked: object) -> None:
         """Cancel a booking Redis may have made for a call cancelled meanwhile (`asked`: the

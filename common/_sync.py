@@ -92,10 +92,12 @@ class SyncClientBase(ClientBase):
         url = pipe.url(plan.path)
         attempt = 0
         while True:
+            # The pool first, then the booking: what a cold client does before it can send
+            # (making its pool) is not spent between the booking and the wire.
+            transport = self._transport()
             booking = pipe.book(request)
             if booking is not None and booking.wait > 0:
                 pipe.retry_policy.sleep(booking.wait)
-            transport = self._transport()
             try:
                 with translate_transport_errors():
                     status, headers, content = self._exchange(transport, url, request)
