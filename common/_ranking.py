@@ -291,8 +291,8 @@ _PLAIN_DOCUMENT = attrgetter("document")
 class Ranking(NamedTuple):
     """What `parse` takes from an answer, in the server's order."""
 
-    indices: array[int]
-    scores: array[float]
+    indices: list[int]
+    scores: list[float]
     documents: list[RerankDocument | None] | None
     wire: Mapping[str, Any]
     """The answer's other fields: id, model and the usage report's."""
@@ -311,14 +311,13 @@ def _read_plainly(content: bytes, documents: bool) -> _BareAnswer | _PlainAnswer
 def read_ranking(content: bytes, trace_id: str | None, documents: bool) -> Ranking:
     """The results of an answer, with their echoed documents when `documents` were asked for.
 
-    Indices and scores come as arrays: the objects read from the answer (an int, a float and a
-    struct per result) are dropped as soon as their values are copied, so that a large answer
-    is held as Python objects only while it is read.
+    Indices and scores come as lists of the int and float objects read: the reader's struct per
+    result is dropped as soon as they are taken out.
     """
     plain = _read_plainly(content, documents)
     if plain is not None:
         results = plain.results
-        scores = array("d", map(_PLAIN_SCORE, results))
+        scores = list(map(_PLAIN_SCORE, results))
         # Every score finite (the sum of any non-finite one is not; a sum that only overflows is
         # read again, and accepted, below).
         if isfinite(sum(scores)):
@@ -329,16 +328,14 @@ def read_ranking(content: bytes, trace_id: str | None, documents: bool) -> Ranki
                 "tokens": plain.tokens,
                 "usage": plain.usage,
             }
-            return Ranking(array(INDEX_CODE, map(_PLAIN_INDEX, results)), scores, None, wire)
+            return Ranking(list(map(_PLAIN_INDEX, results)), scores, None, wire)
         del results, plain
     checked = read_answer(_read_wire, content, trace_id)
     every = checked["results"]
     echoed = None
     if documents and max(map(len, every), default=0) > 2:  # a bare result: a dict of two keys
         echoed = _echoed([result.get("document") for result in every])
-    return Ranking(
-        array(INDEX_CODE, map(_INDEX, every)), doubles(list(map(_SCORE, every))), echoed, checked
-    )
+    return Ranking(list(map(_INDEX, every)), list(map(_SCORE, every)), echoed, checked)
 
 
 def ranked_by_score(read: Ranking) -> RankedResults:
@@ -346,7 +343,7 @@ def ranked_by_score(read: Ranking) -> RankedResults:
     given, scores, documents = read.indices, read.scores, read.documents
     if all(map(operator.gt, scores, islice(scores, 1, None))):
         # Ranked by the server, no score tied (as servers send them): nothing to sort.
-        return make_ranked(given, scores, documents)
+        return make_ranked(array(INDEX_CODE, given), doubles(scores), documents)
     # Positions sorted by index, then (stably) by score: a position and a key per result, not a
     # tuple.
     order: Sequence[int] = range(len(given))

@@ -250,11 +250,7 @@ def parse(content: bytes, request: RerankRequest, trace_id: str | None) -> Reran
     total = len(request.documents)
     if given and max(given) >= total:
         _find_bad_index(given, total, content, trace_id)
-    # One byte per document marks those ranked (a set of the indices would hold an int object
-    # and a hash slot per result).
-    ranked_ones = bytearray(total)
-    deque(map(ranked_ones.__setitem__, given, repeat(1)), maxlen=0)
-    distinct = total - ranked_ones.count(0)
+    distinct = _distinct(given, total)
     if distinct != len(given):
         _find_bad_index(given, total, content, trace_id)
     if distinct < (total if request.top_n is None else request.top_n):
@@ -286,6 +282,20 @@ def parse(content: bytes, request: RerankRequest, trace_id: str | None) -> Reran
 
 
 _EVERY_RESPONSE_FIELD = set(RerankResponse.model_fields)
+
+
+_SET_AT_MOST = 1 << 15
+"""Up to this many results, repeats are found with a set (the fastest way); beyond it, with a
+byte per document (a set of 200,000 ints holds 8 MiB)."""
+
+
+def _distinct(indices: list[int], count: int) -> int:
+    """How many different indices there are, each below `count`."""
+    if len(indices) <= _SET_AT_MOST:
+        return len(set(indices))
+    marks = bytearray(count)
+    deque(map(marks.__setitem__, indices, repeat(1)), maxlen=0)
+    return count - marks.count(0)
 
 
 def _find_bad_index(
