@@ -18,12 +18,13 @@ from pydantic import (
     BaseModel,
     Field,
     PrivateAttr,
+    SecretStr,
     StrictInt,
     model_validator,
 )
 
 from ._client import AsyncSiliconFlowClient, SiliconFlowClient
-from ._config import DEFAULT_MODEL
+from ._config import API_KEY_ENV, DEFAULT_MODEL, resolve_api_key
 from ._exceptions import InvalidRequestError, SiliconFlowError
 from ._ranking import RerankResponse
 from ._rerank import RerankOptions
@@ -98,6 +99,19 @@ class ClientOwner(ClientSettings):
                         f"{cls.__name__} has no setting {wrong!r}; did you mean {right!r}?"
                     )
         return values
+
+    @model_validator(mode="after")
+    def _key_from_the_environment(self) -> ClientOwner:
+        # Readable where the frameworks' own tests look for it (`api_key`), as the clients will
+        # use it; an adapter without a key anywhere can still be made (its first call says so).
+        if self.api_key is None and os.environ.get(API_KEY_ENV, "").strip():
+            self.__dict__["api_key"] = resolve_api_key(None)
+        return self
+
+    @property
+    def siliconflow_api_key(self) -> SecretStr | None:
+        """The key, by the vendor package's name for it."""
+        return self.api_key
 
     @model_validator(mode="after")
     def _no_settings_beside_a_client(self) -> ClientOwner:

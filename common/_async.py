@@ -103,7 +103,7 @@ class AsyncClientBase(ClientBase):
                     pipe.cancel(booking)  # never sent: what it booked is given back
                     raise
             try:
-                with translate_transport_errors():
+                with translate_transport_errors(url):
                     status, headers, content = await self._exchange(transport, url, request)
                 return pipe.handle(status, headers, content, request, plan, booking)
             except SiliconFlowError as error:

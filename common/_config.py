@@ -92,12 +92,21 @@ def resolve_api_key(api_key: str | SecretStr | None) -> SecretStr:
     return SecretStr(key)
 
 
+SILICONFLOW_SITES = {
+    "api.siliconflow.cn": "https://api.siliconflow.com/v1",
+    "api.siliconflow.com": "https://api.siliconflow.cn/v1",
+}
+"""SiliconFlow's two sites (mainland China and international), each with the other's API root:
+a key works only on the site that issued it."""
+
+
 def resolve_base_url(base_url: str | None) -> str:
     """Return the API root from the argument, else `SILICONFLOW_BASE_URL`, else the default.
 
     A trailing `/`, `/rerank` or `/embeddings` is dropped, so `https://host/v1`,
     `https://host/v1/`, `https://host/v1/rerank` and `https://host/v1/embeddings` (how the peers
-    take the URL) all mean the same root.
+    take the URL) all mean the same root; a SiliconFlow site named without a path
+    (`https://api.siliconflow.com`, as the vendor's package takes it) means its `/v1`.
 
     Raises:
         InvalidRequestError: The URL is not an absolute http(s) URL.
@@ -121,6 +130,8 @@ def resolve_base_url(base_url: str | None) -> str:
             f"base_url {shown!r} holds credentials (user:password@); pass the key as api_key "
             "and leave them out of the URL"
         )
+    if parsed.host in SILICONFLOW_SITES and parsed.path in ("", "/"):
+        url += "/v1"
     return url
 
 

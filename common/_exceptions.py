@@ -24,6 +24,7 @@ that the adapters' `on_error="passthrough"` absorbs, while bad input always rais
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
@@ -340,6 +341,33 @@ def _redact(value: Any, secret: str) -> Any:
     return value
 
 
+def _key_hint(base_url: str) -> str:
+    """Which site a refused key was sent to, and how to send it to the other one."""
+    from ._config import SILICONFLOW_SITES  # (_config reads this module's errors)
+
+    host = base_url.partition("//")[2].partition("/")[0].rpartition("@")[2]
+    other = SILICONFLOW_SITES.get(host)
+    if other is None:
+        return f"Check SILICONFLOW_API_KEY or api_key=; the key was sent to {base_url}"
+    site = "mainland (.cn)" if host.endswith(".cn") else "international (.com)"
+    return (
+        f"Check SILICONFLOW_API_KEY or api_key=. The key was sent to SiliconFlow's {site} site "
+        f"({base_url}); a key works only on the site that issued it: for a key from the other "
+        f"site, pass base_url={other!r} (or set SILICONFLOW_BASE_URL)"
+    )
+
+
+def _model_hint(model: str) -> str:
+    """The known models closest to a name the server does not know."""
+    from ._capabilities import known_embedding_models, known_models  # (imports no module here)
+
+    known = [*known_models(), *known_embedding_models()]
+    close = difflib.get_close_matches(model, known, n=3, cutoff=0.5)
+    if close:
+        return f"The server does not know model {model!r}; did you mean {' or '.join(close)}?"
+    return f"The server does not know model {model!r}; known models: {', '.join(known)}"
+
+
 def status_error(
     status_code: int,
     content: bytes,
@@ -348,8 +376,10 @@ def status_error(
     headers: Mapping[str, str] | None = None,
     base_url: str,
     secret: str | None,
+    model: str | None = None,
 ) -> APIStatusError:
-    """Build the right `APIStatusError` subclass for a non-2xx answer of any body shape."""
+    """Build the right `APIStatusError` subclass for a non-2xx answer of any body shape
+    (`model`: the one the request named, for a hint when the server does not know it)."""
     body, code, message = _describe_body(content)
     if secret and len(secret) >= 8:
         # Belt and braces: a proxy that echoes the request must not put the key into our error.
@@ -357,10 +387,9 @@ def status_error(
         body = _redact(body, secret)
     hint = None
     if status_code == 401:
-        hint = (
-            "Check SILICONFLOW_API_KEY or api_key=; keys work only on the site that issued them "
-            f"(.cn or .com), and base_url is {base_url}"
-        )
+        hint = _key_hint(base_url)
+    elif status_code == 400 and model and (code == 20012 or "does not exist" in message):
+        hint = _model_hint(model)
     elif status_code == 403:
         hint = "The model may need identity verification, or the account balance is too low"
     elif status_code == 404:

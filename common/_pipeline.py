@@ -264,6 +264,7 @@ class Pipeline:
                 headers=_plain(headers),  # a copy that pickles, and outlives the pool
                 base_url=self.base_url,
                 secret=self.secret,
+                model=request.body.get("model"),
             )
         try:
             part = plan.read(content, request, trace_id)

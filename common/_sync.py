@@ -99,7 +99,7 @@ class SyncClientBase(ClientBase):
             if booking is not None and booking.wait > 0:
                 pipe.retry_policy.sleep(booking.wait)
             try:
-                with translate_transport_errors():
+                with translate_transport_errors(url):
                     status, headers, content = self._exchange(transport, url, request)
                 return pipe.handle(status, headers, content, request, plan, booking)
             except SiliconFlowError as error:

@@ -167,10 +167,14 @@ class AsyncHttpxTransport(_HttpxClient[httpx.AsyncClient]):
 
 
 class _TranslatedErrors:
-    """The one place where transport exceptions become ours (a plain context manager: every
-    attempt enters one, and a generator-based one cost a generator and a wrapper per attempt)."""
+    """The one place where transport exceptions become ours, naming the server they happened
+    with (a plain context manager: every attempt enters one, and a generator-based one cost a
+    generator and a wrapper per attempt)."""
 
-    __slots__ = ()
+    __slots__ = ("url",)
+
+    def __init__(self, url: httpx.URL | None) -> None:
+        self.url = url
 
     def __enter__(self) -> None:
         return None
@@ -178,11 +182,15 @@ class _TranslatedErrors:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: Any
     ) -> None:
+        if error is None:
+            return
+        where = "" if self.url is None else f" talking to {self.url.host}:{self.url.port or ''}"
+        where = where.rstrip(":")
         if isinstance(error, httpx.RequestError):
             own = _raised_by_the_body(error)
             if own is not None:
                 raise own from None
-            raise _transport_error(error) from error
+            raise _transport_error(error, where) from error
         if isinstance(error, _POOL_ERRORS):
             # The own pools' errors: httpcore's (sync) and aiohttp's (async), malformed answers
             # among them (a bad status line or chunk size, conflicting lengths, large headers).
@@ -191,19 +199,17 @@ class _TranslatedErrors:
                 raise own from None
             if isinstance(error, _POOL_TIMEOUTS):
                 raise APITimeoutError(
-                    f"request timed out ({type(error).__name__}): {error}"
+                    f"request timed out ({type(error).__name__}){where}: {error}"
                 ) from error
             raise APIConnectionError(
-                f"connection failed ({type(error).__name__}): {error or 'no details'}"
+                f"connection failed ({type(error).__name__}){where}: {error or 'no details'}"
             ) from error
 
 
-_TRANSLATED = _TranslatedErrors()
-
-
-def translate_transport_errors() -> _TranslatedErrors:
-    """A context manager that raises our error for a transport exception raised in it."""
-    return _TRANSLATED
+def translate_transport_errors(url: httpx.URL | None = None) -> _TranslatedErrors:
+    """A context manager that raises our error for a transport exception raised in it, naming
+    the server of `url`."""
+    return _TranslatedErrors(url)
 
 
 _POOL_TIMEOUTS = (httpcore.TimeoutException, aiohttp.ServerTimeoutError)
@@ -236,7 +242,7 @@ def _raised_by_the_body(error: BaseException) -> InvalidRequestError | None:
     return None
 
 
-def _transport_error(error: httpx.RequestError) -> SiliconFlowError:
+def _transport_error(error: httpx.RequestError, where: str) -> SiliconFlowError:
     if isinstance(error, httpx.TimeoutException):
         cause = error.__cause__
         # The aiohttp transport reports a dropped connection as a connect timeout; only a cause
@@ -248,11 +254,11 @@ def _transport_error(error: httpx.RequestError) -> SiliconFlowError:
         )
         if dropped:
             return APIConnectionError(
-                f"connection failed ({type(cause).__name__}): {cause or 'no details'}"
+                f"connection failed ({type(cause).__name__}){where}: {cause or 'no details'}"
             )
-        return APITimeoutError(f"request timed out ({type(error).__name__}): {error}")
+        return APITimeoutError(f"request timed out ({type(error).__name__}){where}: {error}")
     return APIConnectionError(
-        f"connection failed ({type(error).__name__}): {error or 'no details'}"
+        f"connection failed ({type(error).__name__}){where}: {error or 'no details'}"
     )
 
 

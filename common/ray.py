@@ -13,7 +13,7 @@ default ("numpy") batch format hands it over, and an Arrow table comes back.
         RerankBatches,
         fn_constructor_kwargs={"model": "BAAI/bge-reranker-v2-m3",
                                "rate_limit": RedisRateLimit(url, requests_per_minute=2000)},
-        concurrency=4,
+        compute=ray.data.ActorPoolStrategy(size=4),
         batch_size=64,
     )
 

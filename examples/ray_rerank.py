@@ -62,7 +62,7 @@ def main() -> None:
         ranked = rows.map_batches(
             RerankBatches,
             fn_constructor_kwargs={"model": "BAAI/bge-reranker-v2-m3", **settings},
-            concurrency=2,
+            compute=ray.data.ActorPoolStrategy(size=2),  # two actors, each one client
             batch_size=100,
         )
         out = arguments.out or Path(folder) / "ranked"
@@ -75,7 +75,10 @@ def main() -> None:
         best = list(first["ranks"]).index(1)
         print(f"Reranked {count} queries x {arguments.candidates} candidates in {elapsed:.1f} s")
         print(f"Query {first['query']!r}: best candidate {first['candidates'][best]!r}")
-        print(f"Parquet written to {out}")
+        if arguments.out:
+            print(f"Parquet written to {out}")
+        else:
+            print("Parquet written to a temporary folder, removed now; --out PATH keeps it")
 
 
 if __name__ == "__main__":

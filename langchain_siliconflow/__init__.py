@@ -18,6 +18,8 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
         "(or, in a checkout of siliconflow-rerank, pip install '.[langchain]')"
     ) from error
 
+from siliconflow_rerank import __version__
+
 from .embeddings import SiliconFlowEmbeddings
 from .rerank import USAGE_EVENT, RerankResults, SiliconFlowRerank
 
@@ -30,6 +32,7 @@ __all__ = [
     "RerankResults",
     "SiliconFlowEmbeddings",
     "SiliconFlowRerank",
+    "__version__",
 ]
 
 VENDOR_DISTRIBUTION = "langchain-siliconflow"

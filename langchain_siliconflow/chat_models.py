@@ -43,6 +43,8 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
     checked as every client's are: a bad setting fails with an error that never shows the key,
     and the key is kept out of the HTTP libraries' log lines.
     Reasoning models' `reasoning_content` is in `message.additional_kwargs["reasoning_content"]`.
+    It pickles as its settings (for process pools and Ray), never with its key: the copy reads
+    `SILICONFLOW_API_KEY` where it is unpickled.
 
     Setup:
         `pip install ".[langchain-chat]"` from a checkout of siliconflow-rerank.
@@ -81,6 +83,29 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
         if isinstance(key, SecretStr):
             redact_in_logs(self, key.get_secret_value())
         return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its settings: openai's clients hold locks and sockets, and the key is read
+        # from SILICONFLOW_API_KEY again where it is unpickled (a pickle never holds it).
+        settings = {
+            name: getattr(self, name) for name in self.model_fields_set if name not in _REBUILT
+        }
+        return (_rebuilt, (type(self), {**settings, "model_name": self.model_name}))
+
+    @property
+    def api_key(self) -> SecretStr | None:
+        """The key (the vendor package's attribute name; also `siliconflow_api_key`)."""
+        key = self.openai_api_key
+        return key if isinstance(key, SecretStr) else None
+
+    @property
+    def siliconflow_api_key(self) -> SecretStr | None:
+        return self.api_key
+
+    @property
+    def base_url(self) -> str | None:
+        """The API root (the vendor package's attribute name)."""
+        return self.openai_api_base
 
     @property
     def _llm_type(self) -> str:
@@ -182,6 +207,25 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
         with self._key_redacted():
             async for chunk in chunks:
                 yield totals.as_delta(chunk)
+
+
+_REBUILT = frozenset(
+    {
+        "client",
+        "async_client",
+        "root_client",
+        "root_async_client",
+        "http_client",
+        "http_async_client",
+        "openai_api_key",
+        "profile",
+    }
+)
+"""Fields made again when a pickled chat model is rebuilt (and the key, never pickled)."""
+
+
+def _rebuilt(cls: type[ChatSiliconFlow], settings: dict[str, Any]) -> ChatSiliconFlow:
+    return cls(**settings)
 
 
 class _UsageTotals:

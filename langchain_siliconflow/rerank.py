@@ -191,28 +191,36 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
 
     def rerank(
         self,
-        documents: Sequence[str | Document | Mapping[str, str]],
+        documents: Sequence[str | Document | Mapping[str, Any]],
         query: QueryItem,
         *,
         top_n: int | None = -1,
+        rank_fields: Sequence[str] | None = None,
+        model: str | None = None,
     ) -> RerankResults:
         """Rank documents against a query and return indices with scores.
 
         Args:
-            documents: Strings, Documents, or ready items (`{"text"|"image"|"video": ...}`).
+            documents: Strings, Documents, ready items (`{"text"|"image"|"video": ...}`), or
+                records (any other dict), ranked as their fields in `key: value` lines, as
+                `CohereRerank` does.
             query: A string, or an image or video item (see `siliconflow_rerank.image_item`).
-            top_n: How many results; the default uses the `top_n` field, None returns all.
+            top_n: How many results; 0 or below (the default) uses the `top_n` field, None
+                returns all.
+            rank_fields: The fields of records to rank by, in this order (others are left out).
+            model: The model for this call, instead of the `model` field.
 
         Returns:
             `[{"index": int, "relevance_score": float}, ...]`, best first, as a `RerankResults`
             list that also carries `usage` and `trace_id`. Empty input gives `[]`, with no request.
         """
-        items = self._items(documents)
+        items = self._items(_records_as_text(documents, rank_fields))
         if not items:
             return RerankResults()
-        response = self._sync().rerank(
-            query, items, **self._rerank_options(self.top_n if top_n == -1 else top_n)
-        )
+        options = self._rerank_options(self.top_n if top_n is not None and top_n <= 0 else top_n)
+        if model is not None:
+            options["model"] = model
+        response = self._sync().rerank(query, items, **options)
         self._log_usage(response)
         return self._results(response)
 
@@ -348,3 +356,26 @@ def _async_callback_manager(
     if callbacks is not None:
         return AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
     return get_async_callback_manager_for_config(ensure_config())
+
+
+_ITEM_KEYS = frozenset({"text", "image", "video"})
+
+
+def _records_as_text(documents: object, fields: Sequence[str] | None) -> object:
+    """`documents` with each record (a dict that is no ready item) as the text of its fields,
+    one `key: value` line each; only `fields`, in their order, when given."""
+    if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
+        return documents  # refused, by name, where items are made
+    if not any(isinstance(d, Mapping) for d in documents):
+        if fields is not None:
+            raise InvalidRequestError("rank_fields= applies to dict documents; none was given")
+        return documents
+    converted: list[object] = []
+    for document in documents:
+        if isinstance(document, Mapping) and not (
+            len(document) == 1 and next(iter(document)) in _ITEM_KEYS and fields is None
+        ):
+            chosen = [name for name in fields if name in document] if fields else list(document)
+            document = "\n".join(f"{name}: {document[name]}" for name in chosen)
+        converted.append(document)
+    return converted

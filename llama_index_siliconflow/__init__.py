@@ -12,7 +12,9 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
         "(or, in a checkout of siliconflow-rerank, pip install '.[llama-index]')"
     ) from error
 
+from siliconflow_rerank import __version__
+
 from .embeddings import SiliconFlowEmbedding
 from .rerank import RerankUsageEvent, SiliconFlowRerank
 
-__all__ = ["RerankUsageEvent", "SiliconFlowEmbedding", "SiliconFlowRerank"]
+__all__ = ["RerankUsageEvent", "SiliconFlowEmbedding", "SiliconFlowRerank", "__version__"]

@@ -18,10 +18,12 @@ from siliconflow_rerank import (
     image_item,
 )
 
+from ._components import Serialized
+
 __all__ = ["SiliconFlowEmbedding"]
 
 
-class SiliconFlowEmbedding(ClientOwner, MultiModalEmbedding):
+class SiliconFlowEmbedding(Serialized, ClientOwner, MultiModalEmbedding):
     """Embed text and images with SiliconFlow, for `VectorStoreIndex` and
     `MultiModalVectorStoreIndex`, sync and async.
 

@@ -6,6 +6,7 @@ import base64
 import binascii
 import contextlib
 import functools
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 from llama_index.core.bridge.pydantic import (
     BaseModel,
     Field,
+    model_validator,
 )
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
@@ -49,6 +51,8 @@ from siliconflow_rerank import (
     video_item,
 )
 
+from ._components import Serialized
+
 __all__ = ["RerankUsageEvent", "SiliconFlowRerank"]
 
 dispatcher = get_dispatcher(__name__)
@@ -75,7 +79,7 @@ class RerankUsageEvent(BaseEvent):
         return "SiliconFlowRerankUsageEvent"
 
 
-class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
+class SiliconFlowRerank(Serialized, RerankerSettings, BaseNodePostprocessor):
     """Rerank LlamaIndex nodes with SiliconFlow: text, image and video nodes, sync and async.
 
     Setup:
@@ -103,6 +107,22 @@ class SiliconFlowRerank(RerankerSettings, BaseNodePostprocessor):
     def class_name(cls) -> str:
         """The component's name in LlamaIndex serialization."""
         return "SiliconFlowRerank"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _peer_fields(cls, values: Any) -> Any:
+        # A config saved by the LlamaIndex peer's `to_dict()` holds `return_documents`, which
+        # never changed what it returned (the caller's own nodes, as here): dropped, said.
+        if isinstance(values, dict) and "return_documents" in values:
+            warnings.warn(
+                "SiliconFlowRerank ignores return_documents: it returns your own nodes, "
+                "reordered (as the llama-index-postprocessor-siliconflow-rerank package did "
+                "whatever it was set to)",
+                UserWarning,
+                stacklevel=2,
+            )
+            values = {name: value for name, value in values.items() if name != "return_documents"}
+        return values
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Restore as is: re-running __init__ (as LlamaIndex components do) would drop the

@@ -64,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         read_timeout=args.read_timeout,
     )
     emulator.enqueue(*(_FAULTS[name]() for name in args.fault))
-    with emulator:
+    try:
+        emulator.start()
+    except OSError as error:
+        print(f"cannot start the emulator: {error.strerror}", file=sys.stderr)
+        return 2
+    try:
         print(
             f"SiliconFlow rerank emulator (lexical scores, not a model) serving "
             f"{emulator.base_url} ; Ctrl-C to stop",
@@ -73,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
+    finally:
+        emulator.stop()
     return 0
 
 

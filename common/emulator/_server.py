@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import json
 import math
 import socket
@@ -276,7 +277,16 @@ class RerankEmulator:
     def start(self) -> RerankEmulator:
         """Bind the socket and serve in a background thread."""
         handler = type("_BoundHandler", (_Handler,), {"emulator": self})
-        server = _Server((self.host, self.port), handler)
+        try:
+            server = _Server((self.host, self.port), handler)
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            raise OSError(
+                error.errno,
+                f"port {self.port} on {self.host} is already in use (another emulator or server "
+                "runs there): choose another port, or port 0 for a free one",
+            ) from None
         server.max_workers = self.max_workers
         server.emulator = self
         self._server = server

@@ -70,7 +70,12 @@ def test_a_dataset_is_reranked_by_actors_sharing_one_budget(local_ray, emulator,
     settings = {"base_url": emulator.base_url, "rate_limit": budget, "max_retries": 0}
     ranked = (
         ray.data.from_items(data)
-        .map_batches(RerankBatches, fn_constructor_kwargs=settings, concurrency=2, batch_size=16)
+        .map_batches(
+            RerankBatches,
+            fn_constructor_kwargs=settings,
+            compute=ray.data.ActorPoolStrategy(size=2),
+            batch_size=16,
+        )
         .take_all()
     )
     assert emulator.stats.by_status == {200: 60}
@@ -100,7 +105,7 @@ def test_a_dataset_is_embedded_and_written_to_parquet(local_ray, emulator, tmp_p
         .map_batches(
             EmbedBatches,
             fn_constructor_kwargs={"base_url": emulator.base_url, "dimensions": None},
-            concurrency=1,
+            compute=ray.data.ActorPoolStrategy(size=1),
             batch_size=40,
         )
         .write_parquet(str(out))
@@ -128,7 +133,12 @@ def test_a_key_from_a_file_reaches_the_actors_and_no_key_reaches_rays_files(
     settings = {"base_url": emulator.base_url, "api_key_file": str(secret)}
     ranked = (
         ray.data.from_items(rows(4, 3))
-        .map_batches(RerankBatches, fn_constructor_kwargs=settings, concurrency=1, batch_size=4)
+        .map_batches(
+            RerankBatches,
+            fn_constructor_kwargs=settings,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            batch_size=4,
+        )
         .take_all()
     )
     assert len(ranked) == 4
