@@ -9,6 +9,7 @@ starting from nothing; `on_redis_error="raise"` fails calls instead.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import secrets
@@ -269,13 +270,13 @@ class RedisRateLimit:
 
     def _note(self, **changes: Any) -> None:
         with self._lock:
-            stats = self._stats
-            values = {name: getattr(stats, name) for name in BudgetStats.__dataclass_fields__}
-            for name, value in changes.items():
-                values[name] = values[name] + value if name in _ADDED else value
-            self._stats = BudgetStats(**values)
+            old = self._stats
+            new = self._stats = dataclasses.replace(
+                old,
+                **{n: getattr(old, n) + v if n in _ADDED else v for n, v in changes.items()},
+            )
         if self.on_booking is not None and "bookings" in changes:
-            self.on_booking(self._stats)
+            self.on_booking(new)  # this booking's snapshot, whatever other threads do next
 
     def _answered(
         self, answer: Any, plan: _Plan, tokens: int, waited: float
