@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ._adapters import ClientOwner, RerankerSettings
 from ._cache import EmbeddingCache, MemoryCache, RerankCache
+from ._calibration import Calibration, ScoreMap, calibrate
 from ._capabilities import (
     EmbeddingCapabilities,
     ModelCapabilities,
@@ -105,6 +106,7 @@ __all__ = [
     "Budget",
     "BudgetStats",
     "Cache",
+    "Calibration",
     "ClientOwner",
     "ClientSettings",
     "DocumentItem",
@@ -138,6 +140,7 @@ __all__ = [
     "RerankerSettings",
     "ResponseValidationError",
     "RetryPolicy",
+    "ScoreMap",
     "ServiceUnavailableError",
     "SiliconFlowClient",
     "SiliconFlowError",
@@ -146,6 +149,7 @@ __all__ = [
     "VideoItem",
     "__version__",
     "assembled",
+    "calibrate",
     "copied",
     "embedding_capabilities",
     "image_item",

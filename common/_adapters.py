@@ -191,6 +191,9 @@ class RerankerSettings(ClientOwner):
     """Chunk limit for long documents (bge, bce and Qwen3-VL models)."""
     overlap_tokens: StrictInt | None = None
     """Token overlap between chunks, 0 to 80 (bge, bce and Qwen3-VL models)."""
+    min_relevance: float | None = None
+    """Drop results scoring below this (a probability when `calibration` is set), so that
+    fewer than `top_n` may come back; None keeps them all."""
     on_progress: Callable[[int, int], object] | None = Field(default=None, exclude=True)
     """Called with (requests done, requests in all) as a long call proceeds."""
     allow_local_media: bool = False
@@ -211,7 +214,10 @@ class RerankerSettings(ClientOwner):
             instruction=self.instruction,
             max_chunks_per_doc=self.max_chunks_per_doc,
             overlap_tokens=self.overlap_tokens,
+            min_relevance=self.min_relevance,
         )
+        if self.calibration is not None:
+            self.calibration.for_call(self.model, self.instruction)
         return self
 
     def _usage_report(self, response: RerankResponse) -> dict[str, Any]:
@@ -264,5 +270,6 @@ class RerankerSettings(ClientOwner):
             "instruction": self.instruction,
             "max_chunks_per_doc": self.max_chunks_per_doc,
             "overlap_tokens": self.overlap_tokens,
+            "min_relevance": self.min_relevance,
             "on_progress": self.on_progress,
         }

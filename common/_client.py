@@ -3,12 +3,14 @@ method comes from the endpoint's module (`name = sync_method(prepare_name)`)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
 from pydantic import SecretStr
 
 from ._async import AsyncClientBase, async_method
+from ._calibration import Calibration
 from ._config import (
     DEFAULT_KEEPALIVE_EXPIRY,
     DEFAULT_MAX_CONCURRENCY,
@@ -56,6 +58,8 @@ _CLIENT_ARGS = """
             embedding_cache: A `Cache` of vectors across calls, such as `EmbeddingCache`.
             share_cache_across_keys: Let calls with other API keys share cached answers (off:
                 a cache is partitioned by account, a digest of the server and key).
+            calibration: A `Calibration`, or the path of one saved as JSON: rerank scores
+                come back as probabilities of relevance (see `calibrate`).
             rate_limit: A `Budget`, such as `RedisRateLimit` (shared with every process that
                 names it), instead of requests_per_minute / tokens_per_minute (which count in
                 this client alone).
@@ -91,6 +95,7 @@ class _Constructor(Generic[_Http]):
         cache: Cache | None = None,
         embedding_cache: Cache | None = None,
         share_cache_across_keys: bool = False,
+        calibration: Calibration | str | os.PathLike[str] | None = None,
         rate_limit: Budget | None = None,
     ) -> None:
         # Every argument but http_client is a setting, checked once, here (a test keeps this
@@ -112,6 +117,7 @@ class _Constructor(Generic[_Http]):
             cache=cache,
             embedding_cache=embedding_cache,
             share_cache_across_keys=share_cache_across_keys,
+            calibration=calibration,
             rate_limit=rate_limit,
         )
         type(self)._base_init(self, settings, http_client)

@@ -466,3 +466,25 @@ def finished(ranked: RankedResults, top_n: int | None, fill: Fill | None) -> Ran
 
 Fill = Callable[[int], RerankDocument]
 """The document of a request's index, for results the server sent without it."""
+
+
+class Judge(NamedTuple):
+    """What is done to a call's final ranking: scores mapped by a calibration, then the results
+    below `min_relevance` dropped. A calibration is monotone, so the order stands and the
+    results dropped are a tail: dropping them after `top_n` equals dropping them before."""
+
+    score_map: Callable[[float], float] | None
+    min_relevance: float | None
+
+    def __call__(self, ranked: RankedResults) -> RankedResults:
+        scores = ranked._scores
+        if self.score_map is not None:
+            scores = doubles(list(map(self.score_map, scores)))
+        kept = len(scores)
+        if self.min_relevance is not None:
+            threshold = self.min_relevance
+            kept = next((i for i, score in enumerate(scores) if score < threshold), kept)
+        documents = ranked._documents
+        return make_ranked(
+            ranked._indices[:kept], scores[:kept], None if documents is None else documents[:kept]
+        )

@@ -21,6 +21,7 @@ from ._media import DocumentItem, QueryItem, WireItem, item_kind, normalize_item
 from ._options import NOT_IN_CACHE_KEY, cache_keys, checked_count, key_prefix
 from ._pipeline import Pipeline, Plan, ProgressCallback
 from ._ranking import (
+    Judge,
     RankedResults,
     RerankDocument,
     RerankResponse,
@@ -70,6 +71,7 @@ class RerankOptions:
     instruction: str | None = None
     max_chunks_per_doc: int | None = None
     overlap_tokens: int | None = None
+    min_relevance: float | None = field(default=None, metadata=NOT_IN_CACHE_KEY)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -86,6 +88,14 @@ class RerankOptions:
             checked_count("max_chunks_per_doc", self.max_chunks_per_doc, 1)
         if self.overlap_tokens is not None:
             checked_count("overlap_tokens", self.overlap_tokens, 0, 80)
+        if self.min_relevance is not None and (
+            isinstance(self.min_relevance, bool)
+            or not isinstance(self.min_relevance, int | float)
+            or not math.isfinite(self.min_relevance)
+        ):
+            raise InvalidRequestError(
+                f"min_relevance must be a finite number, got {self.min_relevance!r}"
+            )
         caps = model_capabilities(self.model)
         if caps is None:
             return
@@ -112,8 +122,8 @@ class RerankOptions:
 
 def validate_options(model: str, **options: Any) -> dict[str, Any]:
     """Check rerank options (`top_n`, `return_documents`, `instruction`, `max_chunks_per_doc`,
-    `overlap_tokens`) alone and against a known `model`, as `RerankOptions` does; return those
-    set, as they go on the wire.
+    `overlap_tokens`, `min_relevance`) alone and against a known `model`, as `RerankOptions`
+    does; return those that go on the wire.
 
     Raises:
         InvalidRequestError: A value the API would reject, or a field the model does not take.
@@ -349,8 +359,11 @@ class RerankPlan(Plan[RerankRequest, RerankResponse, RerankResponse]):
         *,
         cached: tuple[Pipeline, RerankOptions] | None = None,
         on_progress: ProgressCallback | None = None,
+        judge: Judge | None = None,
     ) -> None:
         self.call = request
+        self.judge = judge
+        """The calibration and threshold applied to the answer, if any."""
         self.size = size
         self.on_progress = on_progress
         self.known: dict[int, float] | None = None
@@ -419,7 +432,14 @@ class RerankPlan(Plan[RerankRequest, RerankResponse, RerankResponse]):
 
     def answer(self) -> RerankResponse:
         """The answer to the whole call: indices mapped back to the call's documents, results
-        best first with ties by index, `top_n` applied to the whole, usage summed."""
+        best first with ties by index, `top_n` applied to the whole, usage summed, then the
+        calibration and `min_relevance` applied."""
+        answer = self._merged()
+        if self.judge is None:
+            return answer
+        return answer.model_copy(update={"results": self.judge(answer.results)})
+
+    def _merged(self) -> RerankResponse:
         if self._only is not None:
             return self._only
         parts = [part for part in self._parts if part is not None]
@@ -454,6 +474,7 @@ def prepare_rerank(
     instruction: str | None = None,
     max_chunks_per_doc: int | None = None,
     overlap_tokens: int | None = None,
+    min_relevance: float | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> RerankPlan:
     """Rank `documents` by relevance to `query`.
@@ -467,6 +488,8 @@ def prepare_rerank(
         instruction: Task instruction (Qwen3-Reranker models only).
         max_chunks_per_doc: Chunk limit for long documents (bge, bce, Qwen3-VL).
         overlap_tokens: Token overlap between chunks, 0 to 80 (bge, bce, Qwen3-VL).
+        min_relevance: Drop results scoring below this (after the client's calibration, when
+            it has one), so that fewer than `top_n` may come back.
         on_progress: Called with (requests done, requests in all) as a long call proceeds.
 
     Returns:
@@ -479,18 +502,32 @@ def prepare_rerank(
         ResponseValidationError: The server's answer is not a valid rerank response.
     """
     options = RerankOptions(
-        model, top_n, return_documents, instruction, max_chunks_per_doc, overlap_tokens
+        model,
+        top_n,
+        return_documents,
+        instruction,
+        max_chunks_per_doc,
+        overlap_tokens,
+        min_relevance,
     )
     request = build_request(query, documents, options)
-    size = pipeline.settings.max_documents_per_request
-    cache = pipeline.settings.cache
+    settings = pipeline.settings
+    judge = None
+    if settings.calibration is not None or min_relevance is not None:
+        score_map = None
+        if settings.calibration is not None:
+            score_map = settings.calibration.for_call(model, instruction)
+        judge = Judge(score_map, min_relevance)
+    size = settings.max_documents_per_request
+    cache = settings.cache
     if cache is None and (size is None or len(request.documents) <= size):
-        return RerankPlan(request, on_progress=on_progress)  # the common case: sent as built
+        # The common case: sent as built.
+        return RerankPlan(request, on_progress=on_progress, judge=judge)
     # Every batch's text, before the first batch is sent (each body is encoded as it is sent).
     check_encodable(request.documents, "documents")
     encode_body({**request.body, "documents": []})  # the query and the other fields
     cached = None if cache is None else (pipeline, options)
-    return RerankPlan(request, size, cached=cached, on_progress=on_progress)
+    return RerankPlan(request, size, cached=cached, on_progress=on_progress, judge=judge)
 
 
 def _cut(positions: Sequence[int], size: int) -> list[Sequence[int]]:

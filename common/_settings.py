@@ -7,6 +7,7 @@ The clients check their arguments with `ClientSettings`; the adapters inherit it
 from __future__ import annotations
 
 import math
+import os
 from typing import Annotated, Any
 
 import httpx
@@ -24,6 +25,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+from ._calibration import Calibration
 from ._config import (
     DEFAULT_KEEPALIVE_EXPIRY,
     DEFAULT_MAX_CONCURRENCY,
@@ -83,6 +85,13 @@ def _seconds(minimum: float, *, inclusive: bool) -> BeforeValidator:
         )
 
     return BeforeValidator(check)
+
+
+def _calibration(value: object) -> object:
+    # A saved calibration's path is read here, once: a client never reads the file again.
+    if isinstance(value, str | os.PathLike):
+        return Calibration.load(value)
+    return value
 
 
 def _timeout(value: object) -> object:
@@ -182,6 +191,10 @@ class ClientSettings(HiddenInputsModel):
     """Let calls made with different API keys share cached answers. Off by default: a cache is
     partitioned by account (a digest of the server and key, never the key), so one tenant never
     gets another's answers without a request of its own."""
+    calibration: Annotated[Calibration | None, BeforeValidator(_calibration)] = None
+    """A `Calibration` (or the path of one saved as JSON): every rerank score is mapped to the
+    probability of relevance it fitted for the call's model and instruction, before
+    `min_relevance` and before it reaches you. A call with a model it has no map for is refused."""
     rate_limit: Budget | None = Field(default=None, exclude=True)
     """A `Budget`, such as `RedisRateLimit` (shared with every process that names it) or
     `InMemoryRateLimit`, instead of `requests_per_minute` / `tokens_per_minute` (which make a

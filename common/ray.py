@@ -36,6 +36,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 from ._client import SiliconFlowClient
 from ._config import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL
 from ._exceptions import InvalidRequestError
+from ._rerank import RerankOptions
 
 __all__ = ["EmbedBatches", "RerankBatches"]
 
@@ -96,7 +97,8 @@ def _arrow(values: Any) -> Any:
 
 class RerankBatches:
     """Rerank each row's candidates against its query: adds `scores` (one per candidate, in the
-    candidates' order) and `ranks` (1 for the best candidate) to every row."""
+    candidates' order) and `ranks` (1 for the best candidate) to every row. With
+    `min_relevance`, a candidate scoring below it has a null score and rank 0."""
 
     def __init__(
         self,
@@ -105,24 +107,31 @@ class RerankBatches:
         query_column: str = "query",
         candidates_column: str = "candidates",
         instruction: str | None = None,
+        min_relevance: float | None = None,
         api_key_file: str | None = None,
         **client_settings: Any,
     ) -> None:
         """Build this actor's client from the client settings (`base_url`, `rate_limit`,
-        `max_concurrency` rows at once, ...); the key is read from `api_key_file`, else from
-        `SILICONFLOW_API_KEY` in the actor's environment."""
+        `calibration`, `max_concurrency` rows at once, ...); the key is read from
+        `api_key_file`, else from `SILICONFLOW_API_KEY` in the actor's environment."""
         self.client = _client(api_key_file, client_settings)
         self.model = model
         self.query_column = query_column
         self.candidates_column = candidates_column
         self.instruction = instruction
+        self.min_relevance = min_relevance
+        RerankOptions(model, instruction=instruction, min_relevance=min_relevance)
         self._rows = ThreadPoolExecutor(self.client.settings.max_concurrency)
 
-    def _rank(self, query: str, candidates: Sequence[str]) -> tuple[list[float], list[int]]:
+    def _rank(self, query: str, candidates: Sequence[str]) -> tuple[list[float | None], list[int]]:
         response = self.client.rerank(
-            query, list(candidates), model=self.model, instruction=self.instruction
+            query,
+            list(candidates),
+            model=self.model,
+            instruction=self.instruction,
+            min_relevance=self.min_relevance,
         )
-        scores = [0.0] * len(candidates)
+        scores: list[float | None] = [None] * len(candidates)
         ranks = [0] * len(candidates)
         for rank, (index, score) in enumerate(response.results.pairs(), start=1):
             scores[index] = score

@@ -27,6 +27,7 @@ RERANK_FIELDS: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
     ),
     "max_chunks_per_doc": (RERANK_BASE, {"max_chunks_per_doc": 2}, False),
     "overlap_tokens": (RERANK_BASE, {"overlap_tokens": 20}, False),
+    "min_relevance": (RERANK_BASE, {"min_relevance": 0.5}, True),
 }
 EMBED_BASE = {"model": "Qwen/Qwen3-Embedding-0.6B"}
 EMBED_FIELDS: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
