@@ -40,6 +40,7 @@ from ._config import (
     resolve_base_url,
 )
 from ._embeddings import EmbeddingInput, EmbeddingOptions, EmbeddingResponse
+from ._evaluate import evaluate
 from ._exceptions import (
     SERVICE_ERRORS,
     APIConnectionError,
@@ -152,6 +153,7 @@ __all__ = [
     "calibrate",
     "copied",
     "embedding_capabilities",
+    "evaluate",
     "image_item",
     "known_embedding_models",
     "known_models",

@@ -99,14 +99,19 @@ class ScoreMap(BaseModel):
                 break
         return best
 
-    def threshold_for(self, precision: float) -> float:
+    def threshold_for(self, precision: float, *, min_kept: int = 20) -> float:
         """The lowest threshold at which the fitted pairs were at least `precision` relevant
-        (keeping the most documents that meet it).
+        (keeping the most documents that meet it), among thresholds that kept at least
+        `min_kept` of them (a precision over a handful of pairs promises nothing).
 
         Raises:
-            InvalidRequestError: No threshold reached that precision on the fitted pairs.
+            InvalidRequestError: No such threshold reached that precision on the fitted pairs.
         """
-        met = [point for point, reached, _ in self.precision if reached >= precision]
+        met = [
+            point
+            for point, reached, kept in self.precision
+            if reached >= precision and kept >= min_kept
+        ]
         if not met:
             best = max((reached for _, reached, _ in self.precision), default=0.0)
             raise InvalidRequestError(

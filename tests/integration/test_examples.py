@@ -13,6 +13,8 @@ from ..helpers import ROOT
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_"))
 SMALL = {"ray_rerank.py": ["--queries", "40", "--candidates", "8"]}
 """Arguments that make an example's run test-sized (the Ray one runs once, below)."""
+WRITES = {"evaluate_reranking.py"}
+"""Examples that write a report, run below with its folder in a temporary directory."""
 
 # What each extra does not bring in; blocking them proves an example needs only its own extra.
 NOT_IN_LANGCHAIN_EXTRA = ("numpy", "llama_index", "langchain_openai", "openai", "langchain_classic")
@@ -28,7 +30,7 @@ def _python(*args: str) -> subprocess.CompletedProcess[str]:
     return out
 
 
-@pytest.mark.parametrize("example", [e for e in EXAMPLES if e not in SMALL])
+@pytest.mark.parametrize("example", [e for e in EXAMPLES if e not in SMALL and e not in WRITES])
 def test_example_runs_on_the_emulator(example: str):
     out = _python(str(ROOT / "examples" / example))
     assert "using the bundled local emulator" in out.stdout
@@ -77,3 +79,17 @@ def test_the_ray_example_writes_every_query_ranked(tmp_path):
     assert any(line.startswith("Reranked 40 queries x 8 candidates") for line in lines)
     assert "Query 'apple apple': best candidate 'passage 0 about apple and apple'" in lines
     assert list(out.glob("*.parquet"))
+
+
+def test_the_evaluation_example_writes_its_report_and_a_calibration(tmp_path):
+    out = tmp_path / "report"
+    done = _python(str(ROOT / "examples" / "evaluate_reranking.py"), "--out", str(out))
+    assert "using the bundled local emulator" in done.stdout
+    assert {p.name for p in out.iterdir()} == {
+        "results.json",
+        "report.md",
+        "report.png",
+        "calibration.json",
+    }
+    assert "nDCG@10" in done.stdout
+    assert "documents pass it" in done.stdout
