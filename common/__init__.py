@@ -60,6 +60,8 @@ from ._exceptions import (
     redact_error,
     redact_in_logs,
 )
+from ._job_kinds import EmbedJob, RerankJob
+from ._job_state import JobSummary
 from ._media import (
     DocumentItem,
     ImageItem,
@@ -111,6 +113,7 @@ __all__ = [
     "ClientOwner",
     "ClientSettings",
     "DocumentItem",
+    "EmbedJob",
     "EmbeddingCache",
     "EmbeddingCapabilities",
     "EmbeddingInput",
@@ -122,6 +125,7 @@ __all__ = [
     "InlineMedia",
     "InternalServerError",
     "InvalidRequestError",
+    "JobSummary",
     "MemoryCache",
     "ModelCapabilities",
     "NotFoundError",
@@ -135,6 +139,7 @@ __all__ = [
     "RequestTooLargeError",
     "RerankCache",
     "RerankDocument",
+    "RerankJob",
     "RerankOptions",
     "RerankResponse",
     "RerankResult",

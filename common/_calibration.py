@@ -19,29 +19,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._config import needs
 from ._exceptions import InvalidRequestError
 
 if TYPE_CHECKING:
     from ._client import SiliconFlowClient
 
-__all__ = ["Calibration", "ScoreMap", "calibrate", "needs"]
+__all__ = ["Calibration", "ScoreMap", "calibrate"]
 
 Method = Literal["isotonic", "platt"]
 _METHODS: tuple[Method, ...] = ("isotonic", "platt")
 _EDGE = 1e-6
 _PRECISION_POINTS = 256
-
-
-def needs(module: str, extra: str = "evaluate") -> Any:
-    """Import an optional dependency, or say which extra brings it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise InvalidRequestError(
-            f"this needs {module.split('.')[0]}: pip install 'siliconflow-rerank[{extra}]'"
-        ) from None
 
 
 class ScoreMap(BaseModel):

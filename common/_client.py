@@ -10,7 +10,6 @@ import httpx
 from pydantic import SecretStr
 
 from ._async import AsyncClientBase, async_method
-from ._calibration import Calibration
 from ._config import (
     DEFAULT_KEEPALIVE_EXPIRY,
     DEFAULT_MAX_CONCURRENCY,
@@ -25,7 +24,7 @@ from ._embeddings import prepare_embed
 from ._protocols import Budget, Cache
 from ._rerank import prepare_rerank
 from ._retry import RetryPolicy
-from ._settings import ClientSettings, check_client_settings
+from ._settings import Calibration, ClientSettings, check_client_settings
 from ._sync import SyncClientBase, sync_method
 
 __all__ = ["AsyncSiliconFlowClient", "SiliconFlowClient"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import httpx
 from pydantic import SecretStr
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT",
     "TimeoutTypes",
+    "needs",
     "resolve_api_key",
     "resolve_base_url",
 ]
@@ -142,3 +144,15 @@ def _without_credentials(url: str) -> str:
     if separator and "@" in authority:
         authority = "***@" + authority.rpartition("@")[2]
     return f"{scheme}{separator}{authority}{slash}{path}"
+
+
+def needs(module: str, extra: str = "evaluate") -> Any:
+    """Import an optional dependency, or say which extra brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InvalidRequestError(
+            f"this needs {module.split('.')[0]}: pip install 'siliconflow-rerank[{extra}]'"
+        ) from None

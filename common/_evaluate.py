@@ -12,134 +12,20 @@ scipy. All of it is in the `evaluate` extra.
 from __future__ import annotations
 
 import json
-import math
 import os
-import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._calibration import Calibration, needs
+from ._calibration import Calibration
 from ._client import SiliconFlowClient
-from ._config import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL
+from ._config import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL, needs
+from ._evaluate_data import FirstStage, LabelledSet, RerankConfig, Run, load_beir
+from ._evaluate_report import build_report, markdown, plot, shown
 from ._exceptions import InvalidRequestError
-from ._rerank import RerankOptions
 
-__all__ = ["LabelledSet", "RerankConfig", "evaluate", "load_beir", "main"]
-
-FirstStage = Callable[[str], Sequence[str]]
-"""A query's text in, the ids of its candidate documents out, best first."""
-
-CONFIDENCE = 0.95
-WORST_SHOWN = 10
-
-
-@dataclass(frozen=True)
-class RerankConfig:
-    """One configuration to compare: `model=None` keeps the first stage's order."""
-
-    model: str | None = DEFAULT_MODEL
-    instruction: str | None = None
-    top_n: int | None = None
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.model is None:
-            if self.instruction is not None or self.top_n is not None:
-                raise InvalidRequestError("'none' takes no instruction or top_n")
-            return
-        RerankOptions(self.model, top_n=self.top_n, instruction=self.instruction)
-
-    @property
-    def label(self) -> str:
-        if self.name:
-            return self.name
-        if self.model is None:
-            return "none"
-        label = self.model
-        if self.instruction is not None:
-            label += f" [instruction: {self.instruction[:40]}]"
-        if self.top_n is not None:
-            label += f" top_n={self.top_n}"
-        return label
-
-    @classmethod
-    def parse(cls, spec: str) -> RerankConfig:
-        """`none`, `MODEL`, or `MODEL;instruction=TEXT;top_n=N;name=LABEL`."""
-        model, *options = spec.split(";")
-        fields: dict[str, Any] = {}
-        for option in options:
-            key, sep, value = option.partition("=")
-            key = key.strip()
-            if not sep or key not in ("instruction", "top_n", "name"):
-                raise InvalidRequestError(
-                    f"{option!r} in {spec!r}: options are instruction=, top_n= and name="
-                )
-            fields[key] = int(value) if key == "top_n" and value.strip().isdigit() else value
-        model = model.strip()
-        return cls(None if model.lower() == "none" else model, **fields)
-
-
-@dataclass(frozen=True)
-class LabelledSet:
-    """A labelled set: documents and queries by id, and graded labels by query."""
-
-    corpus: dict[str, str]
-    queries: dict[str, str]
-    qrels: dict[str, dict[str, int]]
-
-
-def load_beir(data_dir: str | os.PathLike[str], split: str = "test") -> LabelledSet:
-    """Read `corpus.jsonl`, `queries.jsonl` and `qrels/SPLIT.tsv` (BEIR's layout). Documents
-    are title and text joined; only queries with labels are kept.
-
-    Raises:
-        InvalidRequestError: A file is missing or malformed (named, with its line).
-    """
-    root = Path(data_dir)
-    corpus = {
-        row["_id"]: " ".join(part for part in (row.get("title"), row.get("text")) if part)
-        for row in _jsonl(root / "corpus.jsonl")
-    }
-    queries = {row["_id"]: row["text"] for row in _jsonl(root / "queries.jsonl")}
-    qrels: dict[str, dict[str, int]] = {}
-    path = root / "qrels" / f"{split}.tsv"
-    for number, line in enumerate(_lines(path), start=1):
-        parts = line.rstrip("\n").split("\t")
-        if number == 1 and not parts[-1].lstrip("-").isdigit():
-            continue  # the header
-        if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
-            raise InvalidRequestError(f"{path}:{number}: expected query-id, corpus-id, score")
-        qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
-    unknown = [q for q in qrels if q not in queries]
-    if unknown:
-        raise InvalidRequestError(
-            f"{path}: {len(unknown)} labelled queries are not in "
-            f"queries.jsonl (first: {unknown[0]!r})"
-        )
-    return LabelledSet(corpus, {q: queries[q] for q in qrels}, qrels)
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise InvalidRequestError(f"{path} cannot be read ({type(error).__name__})") from None
-
-
-def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
-    for number, line in enumerate(_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise InvalidRequestError(f"{path}:{number}: not JSON") from None
-        if not isinstance(row, dict) or not isinstance(row.get("_id"), str):
-            raise InvalidRequestError(f"{path}:{number}: a row needs a string '_id'")
-        yield row
+__all__ = ["evaluate", "main"]
 
 
 def embedding_first_stage(
@@ -196,18 +82,6 @@ def as_first_stage(retriever: Any, depth: int) -> FirstStage:
     if callable(retriever):
         return lambda query: ids_of(retriever(query))
     raise InvalidRequestError("retriever must be a callable, a LangChain or a LlamaIndex retriever")
-
-
-@dataclass
-class _Run:
-    """What one configuration produced."""
-
-    config: RerankConfig
-    run: dict[str, dict[str, float]] = field(default_factory=dict)
-    scored: list[tuple[float, bool]] = field(default_factory=list)
-    requests: int = 0
-    tokens: int = 0
-    latencies: list[float] = field(default_factory=list)
 
 
 def evaluate(
@@ -297,7 +171,7 @@ def evaluate(
     finally:
         if own:
             used.close()
-    report = _report(ir_measures, data, candidates, runs, depth, recall_at, resamples, seed)
+    report = build_report(ir_measures, data, candidates, runs, depth, recall_at, resamples, seed)
     report["data"] = {
         "directory": str(data_dir),
         "split": split,
@@ -319,8 +193,8 @@ def _rank(
     data: LabelledSet,
     candidates: dict[str, list[str]],
     bar: Any,
-) -> _Run:
-    result = _Run(config)
+) -> Run:
+    result = Run(config)
     calls: list[int] = []  # the requests of each call, as its progress reports them
     for query_id, found in candidates.items():
         if config.model is None or not found:
@@ -351,162 +225,7 @@ def _rank(
     return result
 
 
-def _measures(ir_measures: Any, recall_at: Sequence[int]) -> dict[str, Any]:
-    named = {"nDCG@10": ir_measures.nDCG @ 10, "MRR@10": ir_measures.RR @ 10}
-    for k in recall_at:
-        named[f"Recall@{k}"] = ir_measures.R @ k
-    return named
-
-
-def per_query(
-    ir_measures: Any, measures: dict[str, Any], qrels: dict[str, dict[str, int]], run: Any
-) -> dict[str, dict[str, float]]:
-    """Each measure of each labelled query (0 where the run has nothing for it)."""
-    by_measure = {str(measure): name for name, measure in measures.items()}
-    values = {query: dict.fromkeys(measures, 0.0) for query in qrels}
-    for metric in ir_measures.iter_calc(list(measures.values()), qrels, run):
-        values[metric.query_id][by_measure[str(metric.measure)]] = float(metric.value)
-    return values
-
-
-def _interval(values: Sequence[float], resamples: int, seed: int) -> dict[str, float]:
-    np = needs("numpy")
-    stats = needs("scipy.stats")
-    data = np.asarray(values, dtype=float)
-    mean = float(data.mean())
-    if len(data) < 2 or float(data.min()) == float(data.max()):
-        return {"mean": mean, "low": mean, "high": mean}
-    found = stats.bootstrap(
-        (data,),
-        np.mean,
-        confidence_level=CONFIDENCE,
-        n_resamples=resamples,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    interval = found.confidence_interval
-    return {"mean": mean, "low": float(interval.low), "high": float(interval.high)}
-
-
-def _paired(first: Sequence[float], other: Sequence[float], resamples: int, seed: int) -> float:
-    """Two-sided p-value of a paired permutation test (signs of the per-query differences)."""
-    np = needs("numpy")
-    stats = needs("scipy.stats")
-    a, b = np.asarray(other, dtype=float), np.asarray(first, dtype=float)
-    if np.array_equal(a, b):
-        return 1.0
-    found = stats.permutation_test(
-        (a, b),
-        lambda x, y, axis: np.mean(x - y, axis=axis),
-        permutation_type="samples",
-        n_resamples=resamples,
-        vectorized=True,
-        rng=np.random.default_rng(seed),
-    )
-    return float(found.pvalue)
-
-
-def _report(
-    ir_measures: Any,
-    data: LabelledSet,
-    candidates: dict[str, list[str]],
-    runs: list[_Run],
-    depth: int,
-    recall_at: Sequence[int],
-    resamples: int,
-    seed: int,
-) -> dict[str, Any]:
-    measures = _measures(ir_measures, recall_at)
-    ceiling_measure = {f"Recall@{depth}": ir_measures.R @ depth}
-    first_run = {
-        q: {d: float(len(found) - r) for r, d in enumerate(found)}
-        for q, found in candidates.items()
-    }
-    ceiling = per_query(ir_measures, ceiling_measure, data.qrels, first_run)
-    queries = list(data.qrels)
-    values = {
-        run.config.label: per_query(ir_measures, measures, data.qrels, run.run) for run in runs
-    }
-    baseline = runs[0].config.label
-    configurations = []
-    for run in runs:
-        label = run.config.label
-        mine = values[label]
-        entry: dict[str, Any] = {
-            "name": label,
-            **{k: v for k, v in asdict(run.config).items() if k != "name"},
-            "metrics": {
-                name: _interval([mine[q][name] for q in queries], resamples, seed)
-                for name in measures
-            },
-            "requests": run.requests,
-            "tokens": run.tokens,
-            "latency_seconds": _latency(run.latencies),
-        }
-        if label != baseline:
-            base = values[baseline]
-            entry["versus_first"] = {
-                name: {
-                    "delta": statistics.fmean(mine[q][name] - base[q][name] for q in queries),
-                    "p_value": _paired(
-                        [base[q][name] for q in queries],
-                        [mine[q][name] for q in queries],
-                        resamples,
-                        seed,
-                    ),
-                }
-                for name in measures
-            }
-            worse = sorted(
-                (mine[q]["nDCG@10"] - base[q]["nDCG@10"], q)
-                for q in queries
-                if mine[q]["nDCG@10"] < base[q]["nDCG@10"]
-            )
-            entry["worse_queries"] = {
-                "count": len(worse),
-                "worst": [
-                    {
-                        "query_id": q,
-                        "query": data.queries[q],
-                        "nDCG@10": mine[q]["nDCG@10"],
-                        "first": base[q]["nDCG@10"],
-                        "delta": delta,
-                    }
-                    for delta, q in worse[:WORST_SHOWN]
-                ],
-            }
-        configurations.append(entry)
-    return {
-        "first_stage": {
-            "depth": depth,
-            "recall_ceiling": _interval(
-                [ceiling[q][f"Recall@{depth}"] for q in queries], resamples, seed
-            ),
-        },
-        "configurations": configurations,
-        "per_query": values,
-        "rankings": {run.config.label: {q: list(run.run[q]) for q in queries} for run in runs},
-        "settings": {
-            "confidence": CONFIDENCE,
-            "resamples": resamples,
-            "seed": seed,
-            "measures": "trec_eval's, via ir-measures (nDCG with linear gains)",
-        },
-    }
-
-
-def _latency(latencies: list[float]) -> dict[str, float] | None:
-    if not latencies:
-        return None
-    ordered = sorted(latencies)
-    return {
-        "mean": statistics.fmean(ordered),
-        "p50": ordered[(len(ordered) - 1) // 2],
-        "p95": ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)],
-    }
-
-
-def _calibration(runs: list[_Run]) -> Calibration | None:
+def _calibration(runs: list[Run]) -> Calibration | None:
     fitted: Calibration | None = None
     for run in runs:
         model = run.config.model
@@ -523,85 +242,9 @@ def _write(out: Path, report: dict[str, Any], calibration: Calibration | None) -
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
-    _plot(report, out / "report.png")
+    plot(report, out / "report.png")
     if calibration is not None:
         calibration.save(out / "calibration.json")
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The report as a short Markdown page."""
-    configurations = report["configurations"]
-    names = list(configurations[0]["metrics"])
-    data, first = report.get("data", {}), report["first_stage"]
-    ceiling = first["recall_ceiling"]
-    lines = [
-        "# Does reranking help on this data?",
-        "",
-        f"{data.get('queries', '?')} queries, {data.get('documents', '?')} documents "
-        f"({data.get('directory', '')}). First stage: {first.get('kind', '')}, "
-        f"{first['depth']} candidates a query; its recall ceiling (Recall@{first['depth']}) is "
-        f"{_shown(ceiling)}: no reranking of these candidates can do better.",
-        "",
-        f"Means with {report['settings']['confidence']:.0%} bootstrap intervals over queries; "
-        "Δ and p against the first row (paired permutation test).",
-        "",
-        "| configuration | " + " | ".join(names) + " | requests | tokens | latency p50 |",
-        "|---" * (len(names) + 4) + "|",
-    ]
-    for entry in configurations:
-        cells = []
-        for name in names:
-            cell = _shown(entry["metrics"][name])
-            versus = entry.get("versus_first", {}).get(name)
-            if versus is not None:
-                cell += f"<br>Δ {versus['delta']:+.3f}, p = {versus['p_value']:.3f}"
-            cells.append(cell)
-        latency = entry["latency_seconds"]
-        shown = "n/a" if latency is None else f"{latency['p50'] * 1000:.0f} ms"
-        lines.append(
-            f"| {entry['name']} | "
-            + " | ".join(cells)
-            + f" | {entry['requests']} | {entry['tokens']} | {shown} |"
-        )
-    for entry in configurations[1:]:
-        worse = entry["worse_queries"]
-        lines += ["", f"## Queries that {entry['name']} made worse: {worse['count']}", ""]
-        for row in worse["worst"]:
-            lines.append(
-                f"- {row['query_id']} “{row['query']}”: nDCG@10 {row['first']:.3f} → "
-                f"{row['nDCG@10']:.3f}"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def _shown(interval: dict[str, float]) -> str:
-    return f"{interval['mean']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
-
-
-def _plot(report: dict[str, Any], path: Path) -> None:
-    matplotlib = needs("matplotlib")
-    matplotlib.use("Agg")
-    pyplot = needs("matplotlib.pyplot")
-    configurations = report["configurations"]
-    names = list(configurations[0]["metrics"])
-    width = 0.8 / len(configurations)
-    figure, axes = pyplot.subplots(figsize=(2 + 2 * len(names), 4))
-    for number, entry in enumerate(configurations):
-        means = [entry["metrics"][n]["mean"] for n in names]
-        errors = [
-            [entry["metrics"][n]["mean"] - entry["metrics"][n]["low"] for n in names],
-            [entry["metrics"][n]["high"] - entry["metrics"][n]["mean"] for n in names],
-        ]
-        positions = [i + number * width for i in range(len(names))]
-        axes.bar(positions, means, width, yerr=errors, capsize=3, label=entry["name"][:40])
-    axes.set_xticks([i + width * (len(configurations) - 1) / 2 for i in range(len(names))])
-    axes.set_xticklabels(names)
-    axes.set_ylim(0, 1)
-    axes.set_ylabel(f"mean over queries ({report['settings']['confidence']:.0%} interval)")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -651,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate: {error}", file=sys.stderr)
         return 1
     for entry in report["configurations"]:
-        metrics = ", ".join(f"{n} {_shown(v)}" for n, v in entry["metrics"].items())
+        metrics = ", ".join(f"{n} {shown(v)}" for n, v in entry["metrics"].items())
         print(f"{entry['name']}: {metrics}")
     print(f"report written to {arguments.out}")
     return 0

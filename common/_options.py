@@ -24,6 +24,7 @@ __all__ = [
     "NOT_IN_CACHE_KEY",
     "cache_keys",
     "checked_count",
+    "checked_number",
     "checked_seconds",
     "decisive",
     "key_prefix",
@@ -86,6 +87,17 @@ def checked_count(name: str, value: object, minimum: int, maximum: int | None = 
         allowed = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise InvalidRequestError(f"{name} must be {allowed}, got {value}")
     return value
+
+
+def checked_number(name: str, value: object) -> float:
+    """`value` if it is a finite number.
+
+    Raises:
+        InvalidRequestError: Naming the option.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequestError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def checked_seconds(name: str, value: object, *, zero: bool = False) -> float:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,7 +16,7 @@ from ._capabilities import model_capabilities
 from ._config import DEFAULT_MODEL
 from ._exceptions import InvalidRequestError, SiliconFlowError
 from ._media import DocumentItem, QueryItem, WireItem, item_kind, normalize_item, normalize_items
-from ._options import NOT_IN_CACHE_KEY, cache_keys, checked_count, key_prefix
+from ._options import NOT_IN_CACHE_KEY, cache_keys, checked_count, checked_number, key_prefix
 from ._pipeline import Pipeline, Plan, ProgressCallback
 from ._ranking import (
     Judge,
@@ -36,8 +34,10 @@ from ._wire import (
     UsageSum,
     assembled,
     check_encodable,
+    distinct_indices,
     encode_body,
     estimate_tokens,
+    find_bad_index,
     invalid_answer,
     join_trace_ids,
     media_sizes,
@@ -88,14 +88,8 @@ class RerankOptions:
             checked_count("max_chunks_per_doc", self.max_chunks_per_doc, 1)
         if self.overlap_tokens is not None:
             checked_count("overlap_tokens", self.overlap_tokens, 0, 80)
-        if self.min_relevance is not None and (
-            isinstance(self.min_relevance, bool)
-            or not isinstance(self.min_relevance, int | float)
-            or not math.isfinite(self.min_relevance)
-        ):
-            raise InvalidRequestError(
-                f"min_relevance must be a finite number, got {self.min_relevance!r}"
-            )
+        if self.min_relevance is not None:
+            checked_number("min_relevance", self.min_relevance)
         caps = model_capabilities(self.model)
         if caps is None:
             return
@@ -259,10 +253,10 @@ def parse(content: bytes, request: RerankRequest, trace_id: str | None) -> Reran
     ranked = ranked_by_score(read)
     total = len(request.documents)
     if given and max(given) >= total:
-        _find_bad_index(given, total, content, trace_id)
-    distinct = _distinct(given, total)
+        find_bad_index(given, total, content, trace_id)
+    distinct = distinct_indices(given, total)
     if distinct != len(given):
-        _find_bad_index(given, total, content, trace_id)
+        find_bad_index(given, total, content, trace_id)
     if distinct < (total if request.top_n is None else request.top_n):
         # A missing result would shift nothing but silently lose a document (the adapters would
         # return fewer than asked for): every document, or the best top_n, was asked for.
@@ -292,36 +286,6 @@ def parse(content: bytes, request: RerankRequest, trace_id: str | None) -> Reran
 
 
 _EVERY_RESPONSE_FIELD = set(RerankResponse.model_fields)
-
-
-_SET_AT_MOST = 1 << 15
-"""Up to this many results, repeats are found with a set (the fastest way); beyond it, with a
-byte per document (a set of 200,000 ints holds 8 MiB)."""
-
-
-def _distinct(indices: list[int], count: int) -> int:
-    """How many different indices there are, each below `count`."""
-    if len(indices) <= _SET_AT_MOST:
-        return len(set(indices))
-    marks = bytearray(count)
-    deque(map(marks.__setitem__, indices, repeat(1)), maxlen=0)
-    return count - marks.count(0)
-
-
-def _find_bad_index(
-    indices: Sequence[int], count: int, content: bytes, trace_id: str | None
-) -> None:
-    """Raise for the first index out of range or repeated (checked in bulk first, as answers
-    are almost always right)."""
-    seen: set[int] = set()
-    for index in indices:
-        if index >= count:
-            raise invalid_answer(
-                f"result index {index} is out of range for {count} documents", content, trace_id
-            )
-        if index in seen:
-            raise invalid_answer(f"result index {index} appears twice", content, trace_id)
-        seen.add(index)
 
 
 def _filler(request: RerankRequest) -> functools.partial[RerankDocument] | None:

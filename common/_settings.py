@@ -42,6 +42,7 @@ from ._retry import RetryPolicy
 
 __all__ = [
     "CLIENT_SETTINGS",
+    "Calibration",
     "ClientSettings",
     "HiddenInputsModel",
     "check_client_settings",

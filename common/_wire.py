@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, TypeVar
 
 import pydantic_core
@@ -25,8 +27,10 @@ __all__ = [
     "assembled",
     "check_encodable",
     "copied",
+    "distinct_indices",
     "encode_body",
     "estimate_tokens",
+    "find_bad_index",
     "invalid_answer",
     "join_trace_ids",
     "media_sizes",
@@ -374,3 +378,33 @@ def media_sizes(body: Mapping[str, Any]) -> list[tuple[str, int]]:
                 size = len(value) if isinstance(value, str) else getattr(value, "encoded_length", 0)
                 sizes.append((kind, size))
     return sizes
+
+
+_SET_AT_MOST = 1 << 15
+"""Up to this many results, repeats are found with a set (the fastest way); beyond it, with a
+byte per document (a set of 200,000 ints holds 8 MiB)."""
+
+
+def distinct_indices(indices: list[int], count: int) -> int:
+    """How many different indices there are, each below `count`."""
+    if len(indices) <= _SET_AT_MOST:
+        return len(set(indices))
+    marks = bytearray(count)
+    deque(map(marks.__setitem__, indices, repeat(1)), maxlen=0)
+    return count - marks.count(0)
+
+
+def find_bad_index(
+    indices: Sequence[int], count: int, content: bytes, trace_id: str | None
+) -> None:
+    """Raise for the first index out of range or repeated (checked in bulk first, as answers
+    are almost always right)."""
+    seen: set[int] = set()
+    for index in indices:
+        if index >= count:
+            raise invalid_answer(
+                f"result index {index} is out of range for {count} documents", content, trace_id
+            )
+        if index in seen:
+            raise invalid_answer(f"result index {index} appears twice", content, trace_id)
+        seen.add(index)

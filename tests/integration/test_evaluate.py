@@ -23,7 +23,9 @@ from siliconflow_rerank import (
     calibrate,
     evaluate,
 )
-from siliconflow_rerank._evaluate import RerankConfig, embedding_first_stage, load_beir, per_query
+from siliconflow_rerank._evaluate import embedding_first_stage
+from siliconflow_rerank._evaluate_data import RerankConfig, load_beir
+from siliconflow_rerank._evaluate_report import per_query
 from siliconflow_rerank.emulator import RerankEmulator
 
 PANTRY = Path(__file__).parents[2] / "examples" / "data" / "pantry"
