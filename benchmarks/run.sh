@@ -14,3 +14,4 @@ if [ ! -d benchmarks/.vendor ]; then
     "$venv/bin/python" -m pip install -q --no-deps --target benchmarks/.vendor langchain-siliconflow==1.0.0
 fi
 "$venv/bin/python" benchmarks/bench.py
+"$venv/bin/python" benchmarks/jobs.py

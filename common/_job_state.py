@@ -34,9 +34,11 @@ logger = logging.getLogger("siliconflow_rerank.jobs")
 
 DAILY_WORDS = ("per day", "RPD", "TPD", "daily")
 """Words of a 429 that says a daily limit is spent (waiting minutes would not help)."""
-RATE_LIMITED_WAIT = (0.05, 2.0)
+RATE_LIMITED_WAIT = (0.02, 1.0)
 """First and longest wait after consecutive 429s without `Retry-After`: short, so that a
 window's freed capacity is used within a fraction of it."""
+EARLY_PROBE = 0.95
+"""The first probe after a burst goes at this share of the learned window."""
 
 
 class DailyLimitReached(SiliconFlowError):
@@ -83,13 +85,29 @@ class JobSummary:
 
 @dataclass
 class Gate:
-    """How many batches may be in flight: halved on a 429, one more per success."""
+    """How many batches may be in flight, and when the next may go after a 429.
+
+    A 429 leaves one batch in flight (the probe) and the others waiting; each success lets one
+    more in. A server that counts a sliding window frees its first place one window after the
+    first request of the burst that filled it: the job learns that window (the shortest time
+    from the start of a burst to the first success after its 429s) and sends its probe then,
+    rather than after a growing backoff that would leave part of every window unused.
+    """
 
     limit: int
     most: int
     busy: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     paused_until: float = 0.0
+    burst_started: float | None = None
+    """When the first success since the last run of 429s came."""
+    window: float | None = None
+    """The server's window, as learned; None until a run of 429s has ended."""
+    saturated: bool = False
+    burst: int = 0
+    """Successes since `burst_started`."""
+    last_burst: int = 0
+    """Successes of the burst before (what filled the window last time)."""
 
     async def enter(self) -> None:
         async with self.changed:
@@ -99,13 +117,43 @@ class Gate:
         if pause > 0:
             await asyncio.sleep(pause)
 
-    async def leave(self, *, rate_limited: bool = False, wait: float = 0.0) -> None:
+    def wait_after_429(self, asked: float | None, consecutive: int) -> float:
+        """How long a batch waits after its `consecutive`-th 429 in a row: what the server
+        asked, else until a little before the learned window frees a place (a probe a little
+        early finds a shorter window, if there is one), else a short backoff."""
+        self.saturated = True
+        if asked is not None:
+            return asked
+        now = time.monotonic()
+        # Only a burst like the last one filled the window: a 429 after a few successes is
+        # someone else's use or the server's jitter, and waits only the short backoff.
+        filled = self.burst >= max(2, self.last_burst // 2)
+        if filled and self.window is not None and self.burst_started is not None:
+            freed = self.burst_started + self.window * EARLY_PROBE
+            if freed > now:
+                return freed - now
+        first, longest = RATE_LIMITED_WAIT
+        return float(min(first * 2**consecutive, longest))
+
+    async def leave(
+        self, *, rate_limited: bool = False, wait: float = 0.0, sent: float | None = None
+    ) -> None:
+        """A batch is done with its place: a 429 (wait `wait`), or answered when `sent` at
+        that time (None: it never went)."""
         async with self.changed:
             self.busy -= 1
             if rate_limited:
-                self.limit = max(1, self.limit // 2)
+                self.limit = 1
                 self.paused_until = max(self.paused_until, time.monotonic() + wait)
-            else:
+            elif sent is not None:
+                if self.saturated and self.burst_started is not None:
+                    measured = sent - self.burst_started
+                    self.window = measured if self.window is None else min(self.window, measured)
+                if self.saturated or self.burst_started is None:
+                    self.burst_started = sent
+                    self.last_burst, self.burst = self.burst, 0
+                self.burst += 1
+                self.saturated = False
                 self.limit = min(self.most, self.limit + 1)
             self.changed.notify_all()
 

@@ -35,7 +35,6 @@ from ._config import needs, resolve_base_url
 from ._exceptions import InvalidRequestError, RateLimitError, SiliconFlowError
 from ._job_state import (
     DAILY_WORDS,
-    RATE_LIMITED_WAIT,
     DailyLimitReached,
     Gate,
     JobSummary,
@@ -44,7 +43,7 @@ from ._job_state import (
     digest,
     tomorrow,
 )
-from ._retry import RetryPolicy, is_retryable, retry_delay
+from ._retry import RetryPolicy, is_retryable, retry_after_seconds, retry_delay
 
 __all__ = ["Job", "Send"]
 
@@ -352,6 +351,7 @@ class Job:
     ) -> None:
         attempt = limited = 0
         entered = True
+        answered: float | None = None  # when the request that was answered went
         requests = self.requests_of(batch.rows)
         daily = self.requests_per_day is not None or self.tokens_per_day is not None
         try:
@@ -360,6 +360,7 @@ class Job:
                     await gate.enter()
                     entered = True
                 try:
+                    sent = time.monotonic()
                     payload, tokens = await send(batch.rows)
                 except RateLimitError as error:
                     if any(word in error.message for word in DAILY_WORDS):
@@ -368,10 +369,7 @@ class Job:
                         )
                         return
                     summary.rate_limited += 1
-                    wait = retry_delay(limited, self.policy, headers=error.headers)
-                    if not error.headers:
-                        first, longest = RATE_LIMITED_WAIT
-                        wait = min(first * 2**limited, longest)
+                    wait = gate.wait_after_429(retry_after_seconds(error.headers), limited)
                     limited += 1
                     entered = False
                     await gate.leave(rate_limited=True, wait=wait)
@@ -391,12 +389,13 @@ class Job:
                 summary.tokens += tokens
                 summary.rows_sent += len(batch.rows)
                 progress.advance(len(batch.rows))
+                answered = sent
                 return
         finally:
             if daily:
                 self._reserved -= requests  # kept (and so counted), or never to be
             if entered:
-                await gate.leave()
+                await gate.leave(sent=answered)
 
     def _write(self, state: State, total: int) -> None:
         """The output from the state file, in input order: written beside it, then moved in

@@ -1,24 +1,28 @@
-"""The in-process budget: requests- and tokens-per-minute buckets shared by all calls of a
-client."""
+"""The in-process budget: requests- and tokens-per-minute over a sliding window, shared by all
+calls of a client."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
-from ._options import checked_count
+from ._options import checked_count, checked_seconds
 from ._protocols import Booking
 
 __all__ = ["InMemoryRateLimit"]
 
 
 class InMemoryRateLimit:
-    """A `Budget` in this process: requests-per-minute and tokens-per-minute buckets, safe to
+    """A `Budget` in this process: at most `requests_per_minute` requests, and
+    `tokens_per_minute` (estimated, then reported) tokens, in any window of a minute; safe to
     share across threads and tasks (and clients; `account` is not told apart).
 
-    Each request books its share up front and is told how long to wait for it; the buckets refill
-    continuously, so a steady stream is spread evenly instead of bursting and then stalling.
+    Each request is booked at the earliest moment that keeps every window within the budget,
+    and told how long to wait for it: the same rule as the service's (and `RedisRateLimit`'s).
+    A bucket that starts full and refills would let twice the budget through in the first
+    minute, and after every idle minute.
     """
 
     def __init__(
@@ -26,13 +30,19 @@ class InMemoryRateLimit:
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
         *,
+        window_seconds: float = 60.0,
+        margin_seconds: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Create the buckets, full.
+        """Create an empty budget.
 
         Args:
-            requests_per_minute: Request budget per minute, or None for no limit.
-            tokens_per_minute: Token budget per minute, or None for no limit.
+            requests_per_minute: Requests per window, or None for no limit.
+            tokens_per_minute: Tokens per window, or None for no limit.
+            window_seconds: The window (a minute, as the service counts).
+            margin_seconds: Counted as part of the window: a request arrives a little after
+                it is booked, and the service's window is measured at arrival (as
+                `RedisRateLimit`'s margin).
             clock: Monotonic seconds; injectable for tests.
         """
         for name, value in (
@@ -43,47 +53,60 @@ class InMemoryRateLimit:
                 checked_count(name, value, 1)
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
+        self.window = checked_seconds("window_seconds", window_seconds) + checked_seconds(
+            "margin_seconds", margin_seconds, zero=True
+        )
         self._clock = clock
         self._lock = threading.Lock()
-        self._requests = float(requests_per_minute or 0)
-        self._tokens = float(tokens_per_minute or 0)
-        self._updated = clock()
+        self._log: deque[list[float]] = deque()
+        """[time, tokens, counted] of each booking in the window (or booked for later), in
+        time order; `counted` is 0 once it has left the log's totals."""
+        self._tokens = 0.0
+        """The tokens of every booking in the log."""
 
-    def _refill(self, now: float) -> None:
-        elapsed = max(now - self._updated, 0.0)
-        self._updated = now
-        if self.requests_per_minute:
-            self._requests = min(
-                self._requests + elapsed * self.requests_per_minute / 60.0,
-                float(self.requests_per_minute),
-            )
-        if self.tokens_per_minute:
-            self._tokens = min(
-                self._tokens + elapsed * self.tokens_per_minute / 60.0,
-                float(self.tokens_per_minute),
-            )
+    def _forget(self, now: float) -> None:
+        log, edge = self._log, now - self.window
+        while log and log[0][0] <= edge:
+            entry = log.popleft()
+            self._tokens -= entry[1]
+            entry[2] = 0
+
+    def _book(self, tokens: int) -> list[float]:
+        now = self._clock()
+        self._forget(now)
+        log = self._log
+        at = max(now, log[-1][0]) if log else now  # first come, first served
+        limit = self.requests_per_minute
+        if limit and len(log) >= limit:
+            # The limit-th latest booking must have left the window.
+            at = max(at, log[-limit][0] + self.window)
+        cap = self.tokens_per_minute
+        if cap:
+            # A request larger than the whole budget waits for an empty window, not longer.
+            tokens = min(tokens, cap)
+            left = self._tokens
+            for entry in log:  # only when the window is too full: walk the oldest out
+                if left + tokens <= cap:
+                    break
+                left -= entry[1]
+                at = max(at, entry[0] + self.window)
+        entry = [at, float(tokens), 1.0]
+        log.append(entry)
+        self._tokens += tokens
+        return entry
 
     def reserve(self, tokens: int) -> float:
         """Book one request of `tokens` tokens; return the seconds to wait before sending it."""
         with self._lock:
-            self._refill(self._clock())
-            wait = 0.0
-            if self.requests_per_minute:
-                self._requests -= 1
-                if self._requests < 0:
-                    wait = max(wait, -self._requests * 60.0 / self.requests_per_minute)
-            if self.tokens_per_minute:
-                # A request larger than the whole budget waits for one full window, not longer.
-                self._tokens -= min(tokens, self.tokens_per_minute)
-                self._tokens = max(self._tokens, -float(self.tokens_per_minute))
-                if self._tokens < 0:
-                    wait = max(wait, -self._tokens * 60.0 / self.tokens_per_minute)
-            return wait
+            entry = self._book(tokens)
+            return max(entry[0] - self._clock(), 0.0)
 
     def acquire(self, tokens: int, *, account: str = "", model: str | None = None) -> Booking:
         """Book one request of `tokens` tokens; never blocks (the wait is the caller's). One
         budget for every account and model."""
-        return Booking(self.reserve(tokens), tokens)
+        with self._lock:
+            entry = self._book(tokens)
+            return Booking(max(entry[0] - self._clock(), 0.0), tokens, entry)
 
     async def aacquire(
         self, tokens: int, *, account: str = "", model: str | None = None
@@ -92,24 +115,29 @@ class InMemoryRateLimit:
         return self.acquire(tokens, account=account, model=model)
 
     def settle(self, booking: Booking, used: int) -> None:
-        """Correct the token bucket with what the request used."""
-        self.correct(booking.tokens, used)
-
-    def cancel(self, booking: Booking) -> None:
-        """Give back what a request that was never sent booked."""
-        with self._lock:
-            if self.requests_per_minute:
-                self._requests = min(self._requests + 1, float(self.requests_per_minute))
-            if self.tokens_per_minute:
-                tokens = self._tokens + min(booking.tokens, self.tokens_per_minute)
-                self._tokens = min(tokens, float(self.tokens_per_minute))
-
-    def correct(self, estimated: int, actual: int) -> None:
-        """Adjust the token bucket once the server has said how many tokens a request used."""
-        if not self.tokens_per_minute or actual < 0:
+        """Count what the request used instead of its estimate (at most one window's worth:
+        a broken usage report cannot stall the budget for longer)."""
+        if not self.tokens_per_minute or used < 0 or not isinstance(booking.handle, list):
             return
         with self._lock:
-            # One answer can cost at most one window of debt, whatever usage it claims (an answer
-            # claiming 10^15 tokens must not stall every later call for ever).
-            tokens = self._tokens + estimated - actual
-            self._tokens = min(max(tokens, -float(self.tokens_per_minute)), self.tokens_per_minute)
+            entry = booking.handle
+            if entry[2]:
+                used_tokens = float(min(used, self.tokens_per_minute))
+                self._tokens += used_tokens - entry[1]
+                entry[1] = used_tokens
+
+    def cancel(self, booking: Booking) -> None:
+        """Give back what a request that was never sent booked: the latest booking is taken
+        out; an earlier one keeps its request counted (a later one was booked behind it) but
+        gives back its tokens."""
+        if not isinstance(booking.handle, list):
+            return
+        with self._lock:
+            entry = booking.handle
+            if not entry[2]:
+                return
+            self._tokens -= entry[1]
+            entry[1] = 0.0
+            if self._log and self._log[-1] is entry:
+                self._log.pop()
+                entry[2] = 0

@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rpm", type=int, help="requests per minute before 429")
     parser.add_argument("--tpm", type=int, help="input tokens per minute before 429")
     parser.add_argument(
+        "--window-seconds", type=float, default=60.0, help="the window --rpm and --tpm count over"
+    )
+    parser.add_argument(
         "--read-timeout",
         type=float,
         default=30.0,
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_per_document=args.latency_per_doc_ms / 1000,
         requests_per_minute=args.rpm,
         tokens_per_minute=args.tpm,
+        window_seconds=args.window_seconds,
         read_timeout=args.read_timeout,
     )
     emulator.enqueue(*(_FAULTS[name]() for name in args.fault))

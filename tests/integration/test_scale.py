@@ -243,22 +243,62 @@ class Clock:
         return self.now
 
 
-def test_requests_per_minute_bucket():
+def test_requests_per_minute_window():
     clock = Clock()
-    limiter = InMemoryRateLimit(requests_per_minute=2, clock=clock)
+    limiter = InMemoryRateLimit(requests_per_minute=2, margin_seconds=0, clock=clock)
     assert [limiter.reserve(0), limiter.reserve(0)] == [0.0, 0.0]
-    assert limiter.reserve(0) == pytest.approx(30.0)
-    clock.now = 60.0
+    # The third fits once the first two have left the window, whatever time has passed.
+    assert limiter.reserve(0) == pytest.approx(60.0)
+    clock.now = 30.0
+    assert limiter.reserve(0) == pytest.approx(30.0)  # beside the third, at 60
+    assert limiter.reserve(0) == pytest.approx(90.0)  # the window (60, 120] holds two already
+    clock.now = 200.0
     assert limiter.reserve(0) == 0.0
 
 
-def test_tokens_per_minute_bucket_and_correction():
+def test_the_window_has_a_margin_for_the_requests_way_to_the_server():
     clock = Clock()
-    limiter = InMemoryRateLimit(tokens_per_minute=600, clock=clock)
-    assert limiter.reserve(500) == 0.0
-    assert limiter.reserve(200) == pytest.approx(10.0)  # 100 tokens short at 10 tokens/s
-    limiter.correct(estimated=700, actual=100)
-    assert limiter.reserve(500) == 0.0
+    limiter = InMemoryRateLimit(requests_per_minute=1, clock=clock)
+    assert limiter.reserve(0) == 0.0
+    assert limiter.reserve(0) == pytest.approx(60.5)
+
+
+def test_no_minute_holds_more_than_the_budget():
+    clock = Clock()
+    limiter = InMemoryRateLimit(
+        requests_per_minute=10, tokens_per_minute=1000, margin_seconds=0, clock=clock
+    )
+    sent: list[tuple[float, int]] = []
+    for number in range(200):
+        clock.now += (number * 7919 % 13) / 10  # irregular arrivals
+        tokens = 50 + number * 31 % 200
+        sent.append((clock.now + limiter.reserve(tokens), tokens))
+    for end, _ in sent:  # every window that ends at a request, as the service counts: (end-60, end]
+        inside = [t for at, t in sent if end - 60 + 1e-9 < at <= end]  # (clock sums round)
+        assert len(inside) <= 10
+        assert sum(inside) <= 1000
+    busy = sent[-1][0] - sent[0][0]
+    assert len(sent) >= 10 * busy / 60 * 0.9 or sum(t for _, t in sent) >= 1000 * busy / 60 * 0.9
+
+
+def test_tokens_per_minute_window_and_settlement():
+    clock = Clock()
+    limiter = InMemoryRateLimit(tokens_per_minute=600, margin_seconds=0, clock=clock)
+    first = limiter.acquire(500)
+    assert first.wait == 0.0
+    limiter.settle(first, 100)  # the answer reported 100
+    assert limiter.reserve(500) == 0.0  # 600 in the window
+    assert limiter.reserve(200) == pytest.approx(60.0)  # until the first two leave
+
+
+def test_a_cancelled_booking_gives_back_its_place():
+    clock = Clock()
+    limiter = InMemoryRateLimit(requests_per_minute=1, margin_seconds=0, clock=clock)
+    assert limiter.reserve(0) == 0.0
+    waiting = limiter.acquire(0)
+    assert waiting.wait == pytest.approx(60.0)
+    limiter.cancel(waiting)
+    assert limiter.acquire(0).wait == pytest.approx(60.0)  # not 120
 
 
 def test_token_estimate_is_generous():
@@ -268,11 +308,11 @@ def test_token_estimate_is_generous():
 
 def test_one_answer_cannot_poison_the_budget():
     clock = Clock()
-    limiter = InMemoryRateLimit(tokens_per_minute=600, clock=clock)
-    assert limiter.reserve(100) == 0.0
-    limiter.correct(estimated=100, actual=10**15)  # a broken or hostile usage report
-    assert limiter.reserve(100) <= 70.0  # at most one window of debt, plus this request
-    limiter.correct(estimated=100, actual=-5)  # nonsense is ignored
+    limiter = InMemoryRateLimit(tokens_per_minute=600, margin_seconds=0, clock=clock)
+    booking = limiter.acquire(100)
+    limiter.settle(booking, 10**15)  # a broken or hostile usage report counts one window
+    assert limiter.reserve(100) == pytest.approx(60.0)
+    limiter.settle(booking, -5)  # nonsense is ignored
     assert limiter.reserve(10**12) <= 120.0  # a request beyond the budget waits one window
 
 
@@ -298,9 +338,9 @@ def test_client_spaces_requests_to_its_budget(make_runner, emulator):
     runner = make_runner(base_url=emulator.base_url, requests_per_minute=3)
     for _ in range(5):
         runner.rerank("apple", corpus(2))
-    # Three fit the full bucket; the next two wait one and two refill periods (20 s each), as
-    # booked (the recorded sleeps do not pass real time).
-    assert runner.sleeps.delays == [pytest.approx(20.0, abs=2), pytest.approx(40.0, abs=2)]
+    # Three fit the first minute; the next two wait for the first three to leave it, as booked
+    # (the recorded sleeps do not pass real time).
+    assert runner.sleeps.delays == [pytest.approx(60.0, abs=2), pytest.approx(60.0, abs=2)]
     assert emulator.stats.by_status == {200: 5}
 
 
