@@ -324,3 +324,23 @@ def test_a_job_on_ray_shares_its_budget_through_redis_and_resumes(
     local = tmp_path / "local.parquet"
     RerankJob(source, local, api_key=KEY, base_url=emulator.base_url, progress=False).run()
     assert pq.read_table(out).equals(pq.read_table(local))
+
+
+def test_an_image_column_is_embedded_by_a_vision_model(
+    emulator: RerankEmulator, tmp_path: Path
+) -> None:
+    from siliconflow_rerank import SiliconFlowClient, image_item
+
+    urls = [f"https://example.test/{name}.png" for name in ("red-apple", "banana", "bread")]
+    source = write_jsonl(
+        tmp_path / "images.jsonl", [{"id": i, "image": u} for i, u in enumerate(urls)]
+    )
+    out = tmp_path / "vectors.parquet"
+    model = "Qwen/Qwen3-VL-Embedding-8B"
+    job = EmbedJob(source, out, model=model, image_field="image", api_key=KEY,
+                   base_url=emulator.base_url, progress=False)  # fmt: skip
+    assert job.run().complete
+    with SiliconFlowClient(api_key=KEY, base_url=emulator.base_url) as client:
+        direct = client.embed([image_item(u) for u in urls], model=model).embeddings
+    written = pq.read_table(out).column("embedding").to_pylist()
+    assert written == [pytest.approx(v, rel=1e-6) for v in direct]
