@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import threading
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import openai
@@ -12,7 +15,7 @@ from langchain_core.language_models import LangSmithParams
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai.chat_models.base import BaseChatOpenAI
-from pydantic import ConfigDict, Field, SecretStr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from siliconflow_rerank import (
@@ -63,6 +66,10 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
 
     model_name: str = Field(default=DEFAULT_CHAT_MODEL, alias="model")
     """The chat model's name on SiliconFlow."""
+
+    _per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = PrivateAttr(
+        default_factory=weakref.WeakKeyDictionary
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -173,6 +180,34 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
         with self._key_redacted():
             return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
 
+    async def _on_this_loop(self) -> None:
+        """Use an async client of this event loop's own.
+
+        langchain-openai shares one cached async HTTP client across the process; its pooled
+        connections belong to the loop that opened them, so a second loop (another
+        `asyncio.run`, a worker's loop, a test's) fails with "Event loop is closed". Each loop
+        gets a client here, closed within that loop when it shuts down (through an async
+        generator the loop finalizes in `shutdown_asyncgens`, as `asyncio.run` does). A client
+        the caller passed (`http_async_client`) is theirs and used as it is.
+        """
+        if self.http_async_client is not None:
+            return
+        loop = asyncio.get_running_loop()
+        with _PER_LOOP:
+            held = self._per_loop.get(loop)
+            closer = None
+            if held is None:
+                http = openai.DefaultAsyncHttpxClient(proxy=self.openai_proxy or None)
+                root = self.root_async_client.with_options(http_client=http)
+                # Held as long as the loop lives: the loop keeps only a weak reference.
+                closer = _closed_with_the_loop(root)
+                held = self._per_loop[loop] = (root, closer)
+            root = held[0]
+            self.root_async_client = root
+            self.async_client = root.chat.completions
+        if closer is not None:
+            await closer.asend(None)  # the loop finalizes it (closing the client) at shutdown
+
     async def _agenerate(
         self,
         messages: list[BaseMessage],
@@ -180,6 +215,7 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        await self._on_this_loop()
         with self._key_redacted():
             return await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
 
@@ -203,6 +239,7 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         totals = _UsageTotals()
+        await self._on_this_loop()
         chunks = super()._astream(messages, stop=stop, run_manager=run_manager, **kwargs)
         with self._key_redacted():
             async for chunk in chunks:
@@ -222,6 +259,17 @@ _REBUILT = frozenset(
     }
 )
 """Fields made again when a pickled chat model is rebuilt (and the key, never pickled)."""
+
+
+_PER_LOOP = threading.Lock()
+
+
+async def _closed_with_the_loop(client: Any) -> AsyncGenerator[None, None]:
+    """Suspended until its loop shuts down its async generators; then closes `client` there."""
+    try:
+        yield
+    finally:
+        await client.close()
 
 
 def _rebuilt(cls: type[ChatSiliconFlow], settings: dict[str, Any]) -> ChatSiliconFlow:

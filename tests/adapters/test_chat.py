@@ -6,6 +6,7 @@ streams the running usage totals in every chunk.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -16,12 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from langchain_core.messages import AIMessageChunk
 
 from langchain_siliconflow import ChatSiliconFlow
 
-from ..helpers import ROOT
+from ..helpers import ROOT, wait_until
 
 KEY = "sk-chat-canary-5151"
 ANSWER = ["Cold ", "slows ", "ripening."]
@@ -334,7 +336,12 @@ def test_the_vendors_distribution_beside_ours_logs_one_warning(tmp_path: Path):
 
 
 def test_the_emulator_answers_chat_whole_and_streamed(emulator):
-    chat = ChatSiliconFlow(model="deepseek-ai/DeepSeek-R1", api_key=KEY, base_url=emulator.base_url)
+    # A client of the test's own: langchain-openai's default sync client is shared by the
+    # process, and closing it would break every later chat model.
+    own = httpx.Client()
+    chat = ChatSiliconFlow(
+        model="deepseek-ai/DeepSeek-R1", api_key=KEY, base_url=emulator.base_url, http_client=own
+    )
     answer = chat.invoke("Why keep apples cold?")
     assert answer.content == "(emulated answer) You asked: Why keep apples cold?"
     assert answer.additional_kwargs["reasoning_content"].startswith("An emulator does not reason")
@@ -351,7 +358,7 @@ def test_the_emulator_answers_chat_whole_and_streamed(emulator):
         whole.additional_kwargs["reasoning_content"]
         == answer.additional_kwargs["reasoning_content"]
     )
-    chat.root_client.close()  # the emulator is shared: leave no connection open
+    own.close()  # the emulator is shared: leave no connection open
 
 
 async def test_the_emulator_answers_async_chat_without_reasoning_for_plain_models(emulator):
@@ -362,3 +369,21 @@ async def test_the_emulator_answers_async_chat_without_reasoning_for_plain_model
     streamed = [chunk async for chunk in chat.astream("Name a fruit.")]
     assert "".join(str(c.content) for c in streamed) == answer.content
     await chat.root_async_client.close()
+
+
+def test_async_calls_work_from_one_event_loop_after_another_and_leave_nothing_open(emulator):
+    # langchain-openai shares one async HTTP client in the process, bound to the first loop.
+    chat = ChatSiliconFlow(
+        model="Qwen/Qwen2.5-7B-Instruct", api_key="sk-t", base_url=emulator.base_url
+    )
+    for _ in range(3):
+        assert asyncio.run(chat.ainvoke("hi")).content
+        chunks = asyncio.run(_streamed(chat))
+        assert chunks
+    # Each loop's client was closed in that loop when asyncio.run shut it down.
+    wait_until(lambda: emulator.stats.open_connections == 0, timeout=5)
+    assert emulator.stats.open_connections == 0
+
+
+async def _streamed(chat: ChatSiliconFlow) -> list[str]:
+    return [str(chunk.content) async for chunk in chat.astream("hi")]
