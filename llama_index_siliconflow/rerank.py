@@ -122,6 +122,15 @@ class SiliconFlowRerank(Serialized, RerankerSettings, BaseNodePostprocessor):
                 stacklevel=2,
             )
             values = {name: value for name, value in values.items() if name != "return_documents"}
+        if isinstance(values, dict) and values.get("top_n") == 0 and values["top_n"] is not False:
+            # The peer sent top_n=0 to the service as it was; here 0 is no count: every node
+            # comes back, reordered (top_n=None), and the change is said.
+            warnings.warn(
+                "SiliconFlowRerank reads top_n=0 as top_n=None: every node, reordered",
+                UserWarning,
+                stacklevel=2,
+            )
+            values = {**values, "top_n": None}
         return values
 
     def __setstate__(self, state: dict[str, Any]) -> None:

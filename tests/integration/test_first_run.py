@@ -167,6 +167,12 @@ def test_a_config_saved_by_the_llama_index_peer_loads(emulator, monkeypatch):
     nodes = [NodeWithScore(node=TextNode(text=t)) for t in ("apple pie", "a bus", "green apples")]
     ranked = reranker.postprocess_nodes(nodes, QueryBundle("apple"))
     assert [n.node.get_content() for n in ranked] == ["apple pie", "green apples"]
+    # top_n=0 in a saved config: every node, reordered, and said.
+    peer = {name: value for name, value in saved.items() if name != "return_documents"}
+    with pytest.warns(UserWarning, match="reads top_n=0 as top_n=None"):
+        every = SiliconFlowRerank.from_dict({**peer, "top_n": 0})
+    assert every.top_n is None
+    assert len(every.postprocess_nodes(nodes, QueryBundle("apple"))) == 3
 
 
 def test_the_vendors_attribute_names_read_and_the_key_comes_from_the_environment(monkeypatch):
