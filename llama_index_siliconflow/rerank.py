@@ -36,6 +36,7 @@ from llama_index.core.schema import (
     QueryBundle,
     TextNode,
 )
+from typing_extensions import Self
 
 from siliconflow_rerank import (
     SERVICE_ERRORS,
@@ -122,16 +123,21 @@ class SiliconFlowRerank(Serialized, RerankerSettings, BaseNodePostprocessor):
                 stacklevel=2,
             )
             values = {name: value for name, value in values.items() if name != "return_documents"}
-        if isinstance(values, dict) and values.get("top_n") == 0 and values["top_n"] is not False:
-            # The peer sent top_n=0 to the service as it was; here 0 is no count: every node
-            # comes back, reordered (top_n=None), and the change is said.
+        return values
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> Self:
+        """A reranker from a saved config, ours or the peer's: its `top_n=0` (which the peer
+        sent to the service as it was) loads as `top_n=None`, every node reordered, with a
+        warning; a constructor still refuses 0."""
+        if data.get("top_n") == 0 and data["top_n"] is not False:
             warnings.warn(
                 "SiliconFlowRerank reads top_n=0 as top_n=None: every node, reordered",
                 UserWarning,
                 stacklevel=2,
             )
-            values = {**values, "top_n": None}
-        return values
+            data = {**data, "top_n": None}
+        return super().from_dict(data, **kwargs)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Restore as is: re-running __init__ (as LlamaIndex components do) would drop the

@@ -1,5 +1,6 @@
-"""LangChain's own standard test suites (langchain-tests) over our classes: the unit suites as
-they are, the integration suites against the emulator on a loopback socket."""
+"""LangChain's own standard test suites (langchain-tests) over our classes (embeddings, chat
+model, and our reranker in LangChain's reranked retriever): the unit suites as they are, the
+integration suites against an emulator on a loopback socket."""
 
 from __future__ import annotations
 
@@ -10,13 +11,21 @@ import pytest
 
 langchain_tests = pytest.importorskip("langchain_tests")
 
+from langchain_classic.retrievers import ContextualCompressionRetriever  # noqa: E402
+from langchain_core.callbacks import (  # noqa: E402
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
+from langchain_core.documents import Document  # noqa: E402
+from langchain_core.retrievers import BaseRetriever  # noqa: E402
 from langchain_tests.integration_tests import (  # noqa: E402
     ChatModelIntegrationTests,
     EmbeddingsIntegrationTests,
+    RetrieversIntegrationTests,
 )
 from langchain_tests.unit_tests import ChatModelUnitTests, EmbeddingsUnitTests  # noqa: E402
 
-from langchain_siliconflow import ChatSiliconFlow, SiliconFlowEmbeddings  # noqa: E402
+from langchain_siliconflow import ChatSiliconFlow, SiliconFlowEmbeddings, SiliconFlowRerank  # noqa: E402
 from siliconflow_rerank.emulator import RerankEmulator  # noqa: E402
 
 KEY = "sk-standard-suite-5150"
@@ -107,3 +116,67 @@ class TestChatIntegration(_OnTheEmulator, ChatModelIntegrationTests):
     @property
     def supports_image_inputs(self) -> bool:
         return False
+
+
+NOTES = [
+    "Store apples in the fridge crisper drawer; they stay fresh for weeks.",
+    "Apple pie is best with sour apples and cinnamon.",
+    "Keep cut apples fresh with a squeeze of lemon juice.",
+    "The city bus timetable changes in winter.",
+    "Bananas ripen faster next to apples.",
+]
+
+
+class _EveryNote(BaseRetriever):
+    """A first stage that returns every note (the reranker does the choosing)."""
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        return [Document(page_content=note, id=str(i)) for i, note in enumerate(NOTES)]
+
+
+class RerankedRetriever(ContextualCompressionRetriever):
+    """LangChain's reranked retriever with ours as the compressor; `top_n` from the constructor,
+    or per call."""
+
+    def __init__(self, *, base_url: str, top_n: int = 3) -> None:
+        reranker = SiliconFlowRerank(api_key=KEY, base_url=base_url, top_n=top_n)
+        super().__init__(base_compressor=reranker, base_retriever=_EveryNote())
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        compressor = self._compressor(kwargs.pop("top_n", None))
+        documents = self.base_retriever.invoke(query, **kwargs)
+        return list(compressor.compress_documents(documents, query))
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        compressor = self._compressor(kwargs.pop("top_n", None))
+        documents = await self.base_retriever.ainvoke(query, **kwargs)
+        return list(await compressor.acompress_documents(documents, query))
+
+    def _compressor(self, top_n: int | None) -> Any:
+        if top_n is None:
+            return self.base_compressor
+        return self.base_compressor.model_copy(update={"top_n": top_n})
+
+
+class TestRerankedRetrieverIntegration(_OnTheEmulator, RetrieversIntegrationTests):
+    @property
+    def retriever_constructor(self) -> type[RerankedRetriever]:
+        return RerankedRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict[str, Any]:
+        return {"base_url": self.base_url}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "how to keep apples fresh"
+
+    @property
+    def num_results_arg_name(self) -> str:
+        return "top_n"
