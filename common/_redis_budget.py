@@ -296,7 +296,8 @@ class RedisRateLimit:
         with self._lock:
             self._paced.clear()  # Redis works: an outage starts its share from nothing again
         self._note(bookings=1, waits=waited > 0, waited_seconds=waited)
-        return Booking(0.0, tokens, (plan.keys[2:], member.split(":", 1)[1]))
+        # The handle keeps the model's own token cap for the settlement.
+        return Booking(0.0, tokens, (plan.keys[2:], member.split(":", 1)[1], plan.token_cap))
 
     def _fallback(self, tokens: int, plan: _Plan, model: str | None) -> Booking:
         if self.on_redis_error == "raise":
@@ -318,7 +319,7 @@ class RedisRateLimit:
                     self.window_seconds + self.margin_seconds,
                 )
         booking = paced.acquire(tokens)
-        booking = Booking(booking.wait, booking.tokens, (None, model))
+        booking = Booking(booking.wait, booking.tokens, (None, model, None))
         self._note(fallback=True, bookings=1, waits=booking.wait > 0)
         return booking
 
@@ -364,7 +365,7 @@ class RedisRateLimit:
                     answer = await asked
                 except asyncio.CancelledError:
                     # Redis may book it all the same: given back once it has.
-                    handle = (plan.keys[2:], args[1])
+                    handle = (plan.keys[2:], args[1], plan.token_cap)
                     asked.add_done_callback(functools.partial(self._give_back, handle))
                     raise
                 outcome = self._answered(answer, plan, tokens, waited)
@@ -397,7 +398,7 @@ class RedisRateLimit:
                 self._threads_pid = pid
             return self._threads
 
-    def _give_back(self, handle: tuple[list[str], str], asked: object) -> None:
+    def _give_back(self, handle: tuple[list[str], str, int | None], asked: object) -> None:
         """Cancel a booking Redis may have made for a call cancelled meanwhile (`asked`: the
         finished question; the cancel asks Redis too, so it runs in a budget thread)."""
         self._executor().submit(self.cancel, Booking(0.0, 0, handle))
@@ -407,16 +408,15 @@ class RedisRateLimit:
             return self._paced.get(booking.handle[1])
 
     def settle(self, booking: Booking, used: int) -> None:
-        """Give a booking the tokens the answer says it used (at most the smallest token
-        limit)."""
-        keys, booking_id = booking.handle
+        """Give a booking the tokens the answer says it used (at most its model's smallest
+        token limit)."""
+        keys, booking_id, cap = booking.handle
         if keys is None:  # booked in this process while Redis was away
             paced = self._paced_for(booking)
             if paced is not None:
                 paced.settle(booking, used)
             return
-        caps = [v for v in (self.limits["tokens_per_minute"], self.limits["tokens_per_day"]) if v]
-        used = max(0, min([used, *caps]))
+        used = max(0, used if cap is None else min(used, cap))
         if not self._link.usable():
             return
         try:
@@ -426,7 +426,7 @@ class RedisRateLimit:
 
     def cancel(self, booking: Booking) -> None:
         """Take back a booking whose request was never sent."""
-        keys, booking_id = booking.handle
+        keys, booking_id, _ = booking.handle
         if keys is None:
             paced = self._paced_for(booking)
             if paced is not None:

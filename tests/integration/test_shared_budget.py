@@ -358,3 +358,23 @@ def test_a_tls_url_works(tmp_path, emulator):
         assert refused.acquire(1, account="a").handle[0] is None  # paced locally instead
     finally:
         server.stop()
+
+
+def test_a_settlement_is_capped_by_its_models_token_limit_not_the_budgets(redis_server):
+    budget = RedisRateLimit(
+        redis_server.url,
+        tokens_per_minute=1_000,
+        models={"big-model": {"tokens_per_minute": 100_000}},
+        window_seconds=30,
+    )
+    for model in ("big-model", "small-model"):
+        # 5,000 is over the budget-wide 1,000 but within big-model's own 100,000.
+        budget.settle(budget.acquire(10, account="acct", model=model), 5_000)
+    store = redis.Redis.from_url(redis_server.url)
+    sums = {
+        model: int(
+            cast(bytes, store.get(f"siliconflow-rerank:rate:{{default:acct:{model}}}:m:sum"))
+        )
+        for model in ("big-model", "small-model")
+    }
+    assert sums == {"big-model": 5_000, "small-model": 1_000}
