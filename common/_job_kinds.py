@@ -102,7 +102,7 @@ class EmbedJob(Job):
 
 
 class _Ranked(msgspec.Struct, array_like=True):
-    scores: list[float]
+    scores: list[float | None]  # every candidate is ranked: no None
     ranks: list[int]
 
 
@@ -179,13 +179,8 @@ class RerankJob(Job):
                 model=self.model,
                 instruction=self.instruction,
             )
-            scores = [0.0] * len(candidates)
-            ranks = [0] * len(candidates)
-            for rank, (index, score) in enumerate(response.results.pairs(), start=1):
-                scores[index] = score
-                ranks[index] = rank
             tokens = response.usage.total_tokens if response.usage else 0
-            return _Ranked(scores, ranks), tokens or 0
+            return _Ranked(*response.results.by_document(len(candidates))), tokens or 0
 
         ranked = await asyncio.gather(*(one(row) for row in rows))
         return _encode_ranked([r for r, _ in ranked]), sum(t for _, t in ranked)

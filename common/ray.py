@@ -131,12 +131,7 @@ class RerankBatches:
             instruction=self.instruction,
             min_relevance=self.min_relevance,
         )
-        scores: list[float | None] = [None] * len(candidates)
-        ranks = [0] * len(candidates)
-        for rank, (index, score) in enumerate(response.results.pairs(), start=1):
-            scores[index] = score
-            ranks[index] = rank
-        return scores, ranks
+        return response.results.by_document(len(candidates))
 
     def __call__(self, batch: dict[str, Any]) -> Any:
         """Score one batch of rows; the rows' other columns are kept as they are. Returns an
