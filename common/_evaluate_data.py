@@ -3,7 +3,6 @@ and what a configuration's run produced."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 
 from ._config import DEFAULT_MODEL
 from ._exceptions import InvalidRequestError
+from ._files import jsonl_rows, text_lines
 from ._rerank import RerankOptions
 
 __all__ = ["FirstStage", "LabelledSet", "RerankConfig", "Run", "load_beir"]
@@ -90,8 +90,8 @@ def load_beir(data_dir: str | os.PathLike[str], split: str = "test") -> Labelled
     queries = {row["_id"]: row["text"] for row in _jsonl(root / "queries.jsonl")}
     qrels: dict[str, dict[str, int]] = {}
     path = root / "qrels" / f"{split}.tsv"
-    for number, line in enumerate(_lines(path), start=1):
-        parts = line.rstrip("\n").split("\t")
+    for number, line in text_lines(path):
+        parts = line.split("\t")
         if number == 1 and not parts[-1].lstrip("-").isdigit():
             continue  # the header
         if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
@@ -106,22 +106,9 @@ def load_beir(data_dir: str | os.PathLike[str], split: str = "test") -> Labelled
     return LabelledSet(corpus, {q: queries[q] for q in qrels}, qrels)
 
 
-def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise InvalidRequestError(f"{path} cannot be read ({type(error).__name__})") from None
-
-
 def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
-    for number, line in enumerate(_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise InvalidRequestError(f"{path}:{number}: not JSON") from None
-        if not isinstance(row, dict) or not isinstance(row.get("_id"), str):
+    for number, row in jsonl_rows(path):
+        if not isinstance(row.get("_id"), str):
             raise InvalidRequestError(f"{path}:{number}: a row needs a string '_id'")
         yield row
 

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 from ._client import AsyncSiliconFlowClient
 from ._config import needs, resolve_base_url
 from ._exceptions import InvalidRequestError, RateLimitError, SiliconFlowError
+from ._files import jsonl_rows
 from ._job_state import (
     DAILY_WORDS,
     DailyLimitReached,
@@ -252,20 +253,11 @@ class Job:
             for record_batch in file.iter_batches(batch_size=4096, columns=wanted):
                 yield from record_batch.to_pylist()
             return
-        with open(self.input, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise InvalidRequestError(f"{self.input}:{number}: not JSON") from None
-                if not isinstance(row, dict):
-                    raise InvalidRequestError(f"{self.input}:{number}: not a JSON object")
-                missing = [name for name in wanted if name not in row]
-                if missing:
-                    raise InvalidRequestError(f"{self.input}:{number}: no field {missing[0]!r}")
-                yield {name: row[name] for name in wanted}
+        for number, row in jsonl_rows(self.input):
+            missing = [name for name in wanted if name not in row]
+            if missing:
+                raise InvalidRequestError(f"{self.input}:{number}: no field {missing[0]!r}")
+            yield {name: row[name] for name in wanted}
 
     async def _send(
         self, state: State, done: dict[int, int], summary: JobSummary, send: Send | None
