@@ -11,10 +11,11 @@ much, so that a user can see what the map rests on.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,7 +26,7 @@ from ._exceptions import InvalidRequestError
 if TYPE_CHECKING:
     from ._client import SiliconFlowClient
 
-__all__ = ["Calibration", "ScoreMap", "calibrate"]
+__all__ = ["Calibration", "ScoreMap", "calibrate", "client_for"]
 
 Method = Literal["isotonic", "platt"]
 _METHODS: tuple[Method, ...] = ("isotonic", "platt")
@@ -220,20 +221,14 @@ def calibrate(
     Raises:
         InvalidRequestError: Bad examples or settings, before any request.
     """
-    from ._client import SiliconFlowClient
-
     by_query: dict[str, list[tuple[str, bool]]] = defaultdict(list)
     for query, document, relevant in examples:
         by_query[query].append((document, bool(relevant)))
     if not by_query:
         raise InvalidRequestError("calibrate needs labelled examples")
-    own = client is None
-    used = SiliconFlowClient(**client_settings) if client is None else client
-    if used.settings.calibration is not None:
-        raise InvalidRequestError("calibrate needs raw scores: use a client without calibration")
     scores: list[float] = []
     labels: list[bool] = []
-    try:
+    with client_for(client, client_settings, raw=True) as used:
         for query, pairs in by_query.items():
             response = used.rerank(
                 query, [document for document, _ in pairs], model=model, instruction=instruction
@@ -241,10 +236,29 @@ def calibrate(
             for index, score in response.results.pairs():
                 scores.append(score)
                 labels.append(pairs[index][1])
-    finally:
-        if own:
-            used.close()
     return Calibration.fit(scores, labels, model=model, instruction=instruction, method=method)
+
+
+@contextlib.contextmanager
+def client_for(
+    client: SiliconFlowClient | None, settings: dict[str, Any], *, raw: bool
+) -> Iterator[SiliconFlowClient]:
+    """`client` (borrowed), else one built from `settings` and closed at the end; when the
+    scores are to be fitted (`raw`), one without a calibration of its own.
+
+    Raises:
+        InvalidRequestError: `raw`, and the client maps its scores.
+    """
+    from ._client import SiliconFlowClient
+
+    used = SiliconFlowClient(**settings) if client is None else client
+    try:
+        if raw and used.settings.calibration is not None:
+            raise InvalidRequestError("fitting needs raw scores: use a client without calibration")
+        yield used
+    finally:
+        if client is None:
+            used.close()
 
 
 def _logit(score: float) -> float:

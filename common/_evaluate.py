@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._calibration import Calibration
+from ._calibration import Calibration, client_for
 from ._client import SiliconFlowClient
 from ._config import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL, needs
 from ._evaluate_data import FirstStage, LabelledSet, RerankConfig, Run, load_beir
@@ -138,11 +138,7 @@ def evaluate(
     if depth < 1 or any(k < 1 for k in recall_at):
         raise InvalidRequestError("depth and recall_at must be at least 1")
     data = load_beir(data_dir, split)
-    own = client is None
-    used = SiliconFlowClient(**client_settings) if client is None else client
-    if calibrate and used.settings.calibration is not None:
-        raise InvalidRequestError("calibrate needs raw scores: use a client without calibration")
-    try:
+    with client_for(client, client_settings, raw=calibrate) as used:
         first_stage = (
             embedding_first_stage(used, data.corpus, embedding_model, depth)
             if retriever is None
@@ -168,9 +164,6 @@ def evaluate(
         for config in chosen:
             runs.append(_rank(used, config, data, candidates, bar))
         bar.close()
-    finally:
-        if own:
-            used.close()
     report = build_report(ir_measures, data, candidates, runs, depth, recall_at, resamples, seed)
     report["data"] = {
         "directory": str(data_dir),

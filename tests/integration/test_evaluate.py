@@ -294,3 +294,20 @@ def test_the_config_text_form() -> None:
     assert RerankConfig.parse("none").model is None
     with pytest.raises(InvalidRequestError, match="top_n must be an integer"):
         RerankConfig.parse(f"{MODEL};top_n=five")
+
+
+def test_fitting_refuses_a_client_whose_scores_are_already_mapped(
+    emulator: RerankEmulator, tmp_path: Path
+) -> None:
+    square = Calibration.fit([0.1, 0.2, 0.8, 0.9], [False, False, True, True], model=MODEL)
+    with SiliconFlowClient(
+        api_key="sk-test", base_url=emulator.base_url, calibration=square
+    ) as calibrated:
+        with pytest.raises(InvalidRequestError, match="raw scores"):
+            calibrate([("q", "d", True)], model=MODEL, client=calibrated)
+        with pytest.raises(InvalidRequestError, match="raw scores"):
+            evaluate(PANTRY, ["none"], client=calibrated, calibrate=True, progress=False)
+        assert emulator.stats.requests == 0
+        # Without fitting, a calibrated client may be evaluated.
+        report = evaluate(PANTRY, ["none"], client=calibrated, resamples=100, progress=False)
+    assert report["data"]["queries"] == 144
