@@ -89,13 +89,11 @@ class EmbedJob(Job):
         tokens = response.usage.total_tokens if response.usage else 0
         return len(vectors[0]).to_bytes(4, "little") + flat.tobytes(), tokens or 0
 
-    def columns(self, payloads: list[bytes], rows: int) -> dict[str, Any]:
+    def columns(self, payload: bytes, rows: int) -> dict[str, Any]:
         pa = needs("pyarrow", "jobs")
+        width = int.from_bytes(payload[:4], "little")
         values = array("f")
-        width = 0
-        for payload in payloads:
-            width = int.from_bytes(payload[:4], "little")
-            values.frombytes(payload[4:])
+        values.frombytes(payload[4:])
         flat = pa.array(values, type=pa.float32())
         offsets = pa.array(range(0, rows * width + 1, width), type=pa.int32())
         return {"embedding": pa.ListArray.from_arrays(offsets, flat)}
@@ -185,9 +183,9 @@ class RerankJob(Job):
         ranked = await asyncio.gather(*(one(row) for row in rows))
         return _encode_ranked([r for r, _ in ranked]), sum(t for _, t in ranked)
 
-    def columns(self, payloads: list[bytes], rows: int) -> dict[str, Any]:
+    def columns(self, payload: bytes, rows: int) -> dict[str, Any]:
         pa = needs("pyarrow", "jobs")
-        ranked = [r for payload in payloads for r in _decode_ranked(payload)]
+        ranked = _decode_ranked(payload)
         return {
             "scores": pa.array([r.scores for r in ranked], type=pa.list_(pa.float64())),
             "ranks": pa.array([r.ranks for r in ranked], type=pa.list_(pa.int32())),

@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._config import needs
-from ._exceptions import SiliconFlowError
 
 __all__ = [
     "DAILY_WORDS",
     "RATE_LIMITED_WAIT",
-    "DailyLimitReached",
     "Gate",
     "JobSummary",
     "Progress",
@@ -39,14 +37,6 @@ RATE_LIMITED_WAIT = (0.02, 1.0)
 window's freed capacity is used within a fraction of it."""
 EARLY_PROBE = 0.95
 """The first probe after a burst goes at this share of the learned window."""
-
-
-class DailyLimitReached(SiliconFlowError):
-    """A daily budget is spent: the job stopped, and can be run again after `resume_at`."""
-
-    def __init__(self, message: str, resume_at: datetime.datetime) -> None:
-        super().__init__(message)
-        self.resume_at = resume_at
 
 
 @dataclass
@@ -226,11 +216,12 @@ def tomorrow() -> datetime.datetime:
 
 
 def digest(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
+    """The size and a digest of a file's bytes: a job's input, recorded in its identity."""
+    hashed = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as file:
         while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return f"{path.stat().st_size}:{digest.hexdigest()}"
+            hashed.update(chunk)
+    return f"{path.stat().st_size}:{hashed.hexdigest()}"
 
 
 class Progress:

@@ -10,9 +10,9 @@ How a job keeps its promises:
   what differs, so vectors of two spaces never mix.
 - **Budget-aware.** The client's budget paces requests (`requests_per_minute`, ...; through
   Redis with `redis_url`, shared by every process and Ray actor naming it). A 429 is never
-  fatal: the job waits (`Retry-After`, or a short backoff), halves its concurrency, and grows it
-  back by one per success. Daily limits are counted in the state file, by UTC day: when one is
-  spent the job stops cleanly and says when to run it again.
+  fatal: the job waits (`Retry-After`, or until the server's window frees a place), goes on
+  with one batch in flight, and lets one more in per success. Daily limits are counted in the
+  state file, by UTC day: when one is spent the job stops cleanly and says when to run it again.
 - **Visible.** A progress bar on a terminal; otherwise a log line every `log_every` seconds; a
   summary at the end.
 """
@@ -36,7 +36,6 @@ from ._exceptions import InvalidRequestError, RateLimitError, SiliconFlowError
 from ._files import jsonl_rows
 from ._job_state import (
     DAILY_WORDS,
-    DailyLimitReached,
     Gate,
     JobSummary,
     Progress,
@@ -44,7 +43,9 @@ from ._job_state import (
     digest,
     tomorrow,
 )
+from ._options import checked_count
 from ._retry import RetryPolicy, is_retryable, retry_after_seconds, retry_delay
+from ._settings import check_client_settings
 
 __all__ = ["Job", "Send"]
 
@@ -94,11 +95,9 @@ class Job:
         self.state_path = self.output.with_name(self.output.name + ".job.sqlite")
         self.model = model
         self.id_field = id_field
-        self.batch_size = batch_size or self.default_batch
-        if self.batch_size < 1 or concurrency < 1 or max_retries < 0:
-            raise InvalidRequestError("batch_size and concurrency must be at least 1")
-        self.concurrency = concurrency
-        self.max_retries = max_retries
+        self.batch_size = checked_count("batch_size", batch_size or self.default_batch, 1)
+        self.concurrency = checked_count("concurrency", concurrency, 1)
+        self.max_retries = checked_count("max_retries", max_retries, 0)
         self.requests_per_day = requests_per_day
         self.tokens_per_day = tokens_per_day
         self.progress = progress
@@ -119,8 +118,10 @@ class Job:
         else:
             client_settings["requests_per_minute"] = requests_per_minute
             client_settings["tokens_per_minute"] = tokens_per_minute
-        # The job retries (and waits out 429s) itself; the client makes one attempt.
+        # The job retries (and waits out 429s) itself; the client makes one attempt. The
+        # settings are checked now: a bad one is refused before the input is read.
         self.client_settings = {**client_settings, "max_retries": 0}
+        check_client_settings(**self.client_settings)
         self.base_url = resolve_base_url(client_settings.get("base_url"))
         self.check()
 
@@ -143,8 +144,8 @@ class Job:
         """Send one batch; its payload for the state file, and the tokens it used."""
         raise NotImplementedError
 
-    def columns(self, payloads: list[bytes], rows: int) -> dict[str, Any]:
-        """The output columns (Arrow arrays) of some batches' payloads."""
+    def columns(self, payload: bytes, rows: int) -> dict[str, Any]:
+        """The output columns (Arrow arrays) of one batch's payload of `rows` rows."""
         raise NotImplementedError
 
     # The run --------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ class Job:
         self, state: State, done: dict[int, int], summary: JobSummary, send: Send | None
     ) -> None:
         gate = Gate(self.concurrency, self.concurrency)
-        stop: list[DailyLimitReached] = []
+        stop: list[str] = []  # why the job stops early: a daily limit spent
         failed: list[BaseException] = []
         in_flight: set[asyncio.Task[None]] = set()
         progress = Progress(self.kind, self.progress, self.log_every, summary)
@@ -278,11 +279,10 @@ class Job:
                     if stop or failed:
                         break
                     await gate.enter()
-                    try:
-                        self._check_daily(state, batch)
-                    except DailyLimitReached as reached:
+                    spent = self._check_daily(state, batch)
+                    if spent is not None:
                         await gate.leave()
-                        stop.append(reached)
+                        stop.append(spent)
                         break
                     task = asyncio.create_task(
                         self._one(send, gate, state, batch, summary, progress, stop, failed)
@@ -298,9 +298,7 @@ class Job:
         if failed:
             raise failed[0]
         if stop:
-            summary.stopped = (
-                f"{stop[0]}; run it again after {stop[0].resume_at:%Y-%m-%d %H:%M} UTC"
-            )
+            summary.stopped = f"{stop[0]}; run it again after {tomorrow():%Y-%m-%d %H:%M} UTC"
 
     async def _pending(self, done: dict[int, int]) -> AsyncIterator[_Batch]:
         for batch in self._batches():
@@ -312,23 +310,22 @@ class Job:
         """The requests one batch takes."""
         return 1
 
-    def _check_daily(self, state: State, batch: _Batch) -> None:
-        """Refuse a batch that would go over a daily limit (counting those in flight), else
-        reserve its requests."""
-        needed = self.requests_of(batch.rows)
+    def _check_daily(self, state: State, batch: _Batch) -> str | None:
+        """Which daily limit a batch would go over (counting those in flight); else None, and
+        its requests are reserved."""
         if self.requests_per_day is None and self.tokens_per_day is None:
-            return
+            return None
+        needed = self.requests_of(batch.rows)
         requests, tokens = state.used_today()
         if (
             self.requests_per_day is not None
             and requests + self._reserved + needed > self.requests_per_day
         ):
-            raise DailyLimitReached(
-                f"today's {self.requests_per_day} requests are spent", tomorrow()
-            )
+            return f"today's {self.requests_per_day} requests are spent"
         if self.tokens_per_day is not None and tokens >= self.tokens_per_day:
-            raise DailyLimitReached(f"today's {self.tokens_per_day} tokens are spent", tomorrow())
+            return f"today's {self.tokens_per_day} tokens are spent"
         self._reserved += needed
+        return None
 
     async def _one(
         self,
@@ -338,7 +335,7 @@ class Job:
         batch: _Batch,
         summary: JobSummary,
         progress: Progress,
-        stop: list[DailyLimitReached],
+        stop: list[str],
         failed: list[BaseException],
     ) -> None:
         attempt = limited = 0
@@ -356,9 +353,7 @@ class Job:
                     payload, tokens = await send(batch.rows)
                 except RateLimitError as error:
                     if any(word in error.message for word in DAILY_WORDS):
-                        stop.append(
-                            DailyLimitReached(f"the service says: {error.message}", tomorrow())
-                        )
+                        stop.append(f"the service says: {error.message}")
                         return
                     summary.rate_limited += 1
                     wait = gate.wait_after_429(retry_after_seconds(error.headers), limited)
@@ -402,7 +397,7 @@ class Job:
                 ids = [row[self.id_field] for row in batch.rows]
                 columns = {
                     "id": pa.array(ids),
-                    **self.columns([state.payload(batch.number)], len(ids)),
+                    **self.columns(state.payload(batch.number), len(ids)),
                 }
                 table = pa.table(columns)
                 if writer is None:

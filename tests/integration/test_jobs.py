@@ -344,3 +344,22 @@ def test_an_image_column_is_embedded_by_a_vision_model(
         direct = client.embed([image_item(u) for u in urls], model=model).embeddings
     written = pq.read_table(out).column("embedding").to_pylist()
     assert written == [pytest.approx(v, rel=1e-6) for v in direct]
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"timeout": -1}, "timeout"),
+        ({"max_connections": "many"}, "max_connections"),
+    ],
+)
+def test_a_bad_setting_is_refused_when_the_job_is_made(
+    tmp_path: Path, settings: dict[str, Any], named: str
+) -> None:
+    source = write_jsonl(tmp_path / "chunks.jsonl", texts(3))
+    with pytest.raises(InvalidRequestError, match=named):
+        EmbedJob(source, tmp_path / "out.parquet", api_key=KEY, **settings)
+    assert not (tmp_path / "out.parquet.job.sqlite").exists()
