@@ -21,7 +21,7 @@ from typing import Any
 from ._calibration import Calibration, client_for
 from ._client import SiliconFlowClient
 from ._config import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL, needs
-from ._evaluate_data import FirstStage, LabelledSet, RerankConfig, Run, load_beir
+from ._evaluate_data import FirstStage, LabelledSet, RerankConfig, Run, load_beir, ranked
 from ._evaluate_report import build_report, markdown, plot, shown
 from ._exceptions import InvalidRequestError
 
@@ -207,13 +207,13 @@ def _rank(
             if response.usage is not None and response.usage.total_tokens is not None:
                 result.tokens += response.usage.total_tokens
             judged = data.qrels[query_id]
+            order = []
             for index, score in response.results.pairs():
+                order.append(found[index])
                 result.scored.append((score, judged.get(found[index], 0) > 0))
-            order = [found[i] for i, _ in response.results.pairs()]
             if config.top_n is not None:
                 order = order[: config.top_n]
-        # Scores that fall with the rank: trec_eval sorts by score, and breaks ties by id.
-        result.run[query_id] = {doc: float(len(order) - rank) for rank, doc in enumerate(order)}
+        result.run[query_id] = ranked(order)
         bar.update()
     return result
 

@@ -14,7 +14,7 @@ from ._exceptions import InvalidRequestError
 from ._files import jsonl_rows, text_lines
 from ._rerank import RerankOptions
 
-__all__ = ["FirstStage", "LabelledSet", "RerankConfig", "Run", "load_beir"]
+__all__ = ["FirstStage", "LabelledSet", "RerankConfig", "Run", "load_beir", "ranked"]
 
 FirstStage = Callable[[str], Sequence[str]]
 """A query's text in, the ids of its candidate documents out, best first."""
@@ -111,6 +111,12 @@ def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
         if not isinstance(row.get("_id"), str):
             raise InvalidRequestError(f"{path}:{number}: a row needs a string '_id'")
         yield row
+
+
+def ranked(order: list[str]) -> dict[str, float]:
+    """A ranking as trec_eval takes it: scores that fall with the rank (it sorts by score and
+    breaks ties by id, which would reorder equal scores)."""
+    return {document: float(len(order) - rank) for rank, document in enumerate(order)}
 
 
 @dataclass

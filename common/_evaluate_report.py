@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ._config import needs
-from ._evaluate_data import LabelledSet, Run
+from ._evaluate_data import LabelledSet, Run, ranked
 
 __all__ = ["build_report", "markdown", "per_query", "plot", "shown"]
 
@@ -86,10 +86,7 @@ def build_report(
 ) -> dict[str, Any]:
     measures = _measures(ir_measures, recall_at)
     ceiling_measure = {f"Recall@{depth}": ir_measures.R @ depth}
-    first_run = {
-        q: {d: float(len(found) - r) for r, d in enumerate(found)}
-        for q, found in candidates.items()
-    }
+    first_run = {q: ranked(found) for q, found in candidates.items()}
     ceiling = per_query(ir_measures, ceiling_measure, data.qrels, first_run)
     queries = list(data.qrels)
     values = {
