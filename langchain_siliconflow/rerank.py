@@ -217,12 +217,16 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
         items = self._items(_records_as_text(documents, rank_fields))
         if not items:
             return RerankResults()
+        response = self._sync().rerank(query, items, **self._call_options(top_n, model))
+        self._log_usage(response)
+        return self._results(response)
+
+    def _call_options(self, top_n: int | None, model: str | None) -> dict[str, Any]:
+        """The options of one `rerank`/`arerank` call: `top_n` of 0 or below is the field's."""
         options = self._rerank_options(self.top_n if top_n is not None and top_n <= 0 else top_n)
         if model is not None:
             options["model"] = model
-        response = self._sync().rerank(query, items, **options)
-        self._log_usage(response)
-        return self._results(response)
+        return options
 
     def compress_documents(
         self,
@@ -256,18 +260,18 @@ class SiliconFlowRerank(RerankerSettings, BaseDocumentCompressor, Serializable):
 
     async def arerank(
         self,
-        documents: Sequence[str | Document | Mapping[str, str]],
+        documents: Sequence[str | Document | Mapping[str, Any]],
         query: QueryItem,
         *,
         top_n: int | None = -1,
+        rank_fields: Sequence[str] | None = None,
+        model: str | None = None,
     ) -> RerankResults:
-        """Async `rerank`, on the native async client."""
-        items = self._items(documents)
+        """Async `rerank` (the same arguments), on the native async client."""
+        items = self._items(_records_as_text(documents, rank_fields))
         if not items:
             return RerankResults()
-        response = await self._async().rerank(
-            query, items, **self._rerank_options(self.top_n if top_n == -1 else top_n)
-        )
+        response = await self._async().rerank(query, items, **self._call_options(top_n, model))
         self._log_usage(response)
         return self._results(response)
 

@@ -221,6 +221,15 @@ def test_cohere_style_records_rank_by_their_fields(emulator):
 
     with pytest.raises(InvalidRequestError, match="rank_fields"):
         reranker.rerank(["a", "b"], "apples", rank_fields=["title"])
+    # The async method takes the same arguments, to the same effect.
+    import asyncio
+
+    again = asyncio.run(reranker.arerank(records, "apples", rank_fields=["title", "text"]))
+    assert [r["index"] for r in again] == [1]
+    assert emulator.stats.last_request_body["documents"] == sent["documents"]
+    assert len(asyncio.run(reranker.arerank(records, "apples", top_n=0))) == 1
+    asyncio.run(reranker.arerank(records, "apples", model="Qwen/Qwen3-Reranker-8B", top_n=None))
+    assert emulator.stats.last_request_body["model"] == "Qwen/Qwen3-Reranker-8B"
 
 
 def _doctor(base_url: str, key: str | None) -> tuple[int, str]:
