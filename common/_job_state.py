@@ -13,8 +13,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ._config import needs
+from ._settings import check_client_settings
 
 __all__ = [
     "DAILY_WORDS",
@@ -24,6 +26,7 @@ __all__ = [
     "Progress",
     "State",
     "digest",
+    "job_client_settings",
     "today",
     "tomorrow",
 ]
@@ -202,6 +205,41 @@ class State:
 
     def close(self) -> None:
         self.db.close()
+
+
+def job_client_settings(
+    settings: dict[str, Any],
+    *,
+    requests_per_minute: int | None,
+    tokens_per_minute: int | None,
+    requests_per_day: int | None,
+    tokens_per_day: int | None,
+    redis_url: str | None,
+) -> dict[str, Any]:
+    """The client settings a job's clients are made with, checked now (a bad one is refused
+    before the input is read): its budget (in Redis, with the day limits there too, when
+    `redis_url` names one), and one attempt per request, as the job retries and waits out
+    429s itself.
+
+    Raises:
+        InvalidRequestError: A setting is invalid; the message names it.
+    """
+    settings = {**settings, "max_retries": 0}
+    if redis_url is not None:
+        from ._redis_budget import RedisRateLimit
+
+        settings["rate_limit"] = RedisRateLimit(
+            redis_url,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            requests_per_day=requests_per_day,
+            tokens_per_day=tokens_per_day,
+        )
+    else:
+        settings["requests_per_minute"] = requests_per_minute
+        settings["tokens_per_minute"] = tokens_per_minute
+    check_client_settings(**settings)
+    return settings
 
 
 def today() -> str:

@@ -41,11 +41,11 @@ from ._job_state import (
     Progress,
     State,
     digest,
+    job_client_settings,
     tomorrow,
 )
 from ._options import checked_count
 from ._retry import RetryPolicy, is_retryable, retry_after_seconds, retry_delay
-from ._settings import check_client_settings
 
 __all__ = ["Job", "Send"]
 
@@ -105,23 +105,14 @@ class Job:
         self._reserved = 0
         """Requests of the batches in flight, counted against the daily limit."""
         self.policy = client_settings.pop("retry_policy", None) or RetryPolicy()
-        if redis_url is not None:
-            from ._redis_budget import RedisRateLimit
-
-            client_settings["rate_limit"] = RedisRateLimit(
-                redis_url,
-                requests_per_minute=requests_per_minute,
-                tokens_per_minute=tokens_per_minute,
-                requests_per_day=requests_per_day,
-                tokens_per_day=tokens_per_day,
-            )
-        else:
-            client_settings["requests_per_minute"] = requests_per_minute
-            client_settings["tokens_per_minute"] = tokens_per_minute
-        # The job retries (and waits out 429s) itself; the client makes one attempt. The
-        # settings are checked now: a bad one is refused before the input is read.
-        self.client_settings = {**client_settings, "max_retries": 0}
-        check_client_settings(**self.client_settings)
+        self.client_settings = job_client_settings(
+            client_settings,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            requests_per_day=requests_per_day,
+            tokens_per_day=tokens_per_day,
+            redis_url=redis_url,
+        )
         self.base_url = resolve_base_url(client_settings.get("base_url"))
         self.check()
 

@@ -116,9 +116,8 @@ class RankedResults(Sequence[RerankResult]):
         return zip(self._indices, self._scores, strict=True)
 
     def by_document(self, count: int) -> tuple[list[float | None], list[int]]:
-        """The score and rank (1 for the best) of each of `count` documents, in the documents'
-        order: None and 0 for a document not among the results (cut by `top_n` or
-        `min_relevance`)."""
+        """Each of `count` documents' score and rank (1 for the best), in the documents' order;
+        None and 0 for one not among the results (cut by `top_n` or `min_relevance`)."""
         scores: list[float | None] = [None] * count
         ranks = [0] * count
         for rank, (index, score) in enumerate(self.pairs(), start=1):
