@@ -27,7 +27,13 @@ from ._pipeline import (
 )
 from ._pools import open_async_transport
 from ._settings import ClientSettings
-from ._transport import AsyncHttpxTransport, AsyncTransport, is_deadline, translate_transport_errors
+from ._transport import (
+    AsyncHttpxTransport,
+    AsyncTransport,
+    Sent,
+    is_deadline,
+    translate_transport_errors,
+)
 
 __all__ = ["AsyncClientBase", "async_method"]
 
@@ -73,7 +79,7 @@ class AsyncClientBase(ClientBase):
         # its loop shuts down.
         pipe = self._pipeline
         transport, guard = await open_async_transport(
-            pipe.root, pipe.headers, pipe.timeout, pipe.limits()
+            pipe.root, pipe.headers, pipe.timeout, pipe.limits(), pipe.tells_sent
         )
         with self._pools_lock:
             pool = self._pools.setdefault(loop, (transport, guard))
@@ -103,8 +109,8 @@ class AsyncClientBase(ClientBase):
                     pipe.cancel(booking)  # never sent: what it booked is given back
                     raise
             try:
-                with translate_transport_errors(url):
-                    status, headers, content = await self._exchange(transport, url, request)
+                with translate_transport_errors(url), pipe.on_the_wire(booking) as sent:
+                    status, headers, content = await self._exchange(transport, url, request, sent)
                 return pipe.handle(status, headers, content, request, plan, booking)
             except SiliconFlowError as error:
                 if transport.is_closed:
@@ -116,23 +122,23 @@ class AsyncClientBase(ClientBase):
                 attempt += 1
 
     async def _exchange(
-        self, transport: AsyncTransport, url: httpx.URL, request: Request
+        self, transport: AsyncTransport, url: httpx.URL, request: Request, sent: Sent | None
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One attempt within the attempt deadline (which also bounds an upload the server
         stopped reading)."""
         deadline = self._pipeline.deadline
         try:
-            return await within(deadline, self._attempt(transport, url, request))
+            return await within(deadline, self._attempt(transport, url, request, sent))
         except (TimeoutError, asyncio.TimeoutError) as error:  # distinct classes before 3.11
             if not is_deadline(error):
                 raise  # one phase's timeout: translate_transport_errors makes it ours
             raise past_deadline(deadline or 0.0) from None
 
     async def _attempt(
-        self, transport: AsyncTransport, url: httpx.URL, request: Request
+        self, transport: AsyncTransport, url: httpx.URL, request: Request, sent: Sent | None
     ) -> tuple[int, Mapping[str, str], bytes]:
         body, length = async_body(request)
-        async with transport.post(url, body, length) as reply:
+        async with transport.post(url, body, length, sent) as reply:
             answer = AnswerBody(self._pipeline.max_response_bytes, None)
             headers = reply.headers
             answer.expect(headers)

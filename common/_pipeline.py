@@ -7,6 +7,9 @@ plan (the endpoint's)  ->  budget.acquire  ->  transport.post  ->  answer read (
    answer  <-  plan.add  <-  plan.read  <-  redaction, status -> error  <-  retries (pure rules)
 ```
 
+A budget that has `sent` is told when each request is written (the transport's signal), so
+that it counts from the wire, not from the booking.
+
 `Plan` is what an endpoint module gives a client: the cache steps of one call, its requests,
 how to read each answer, and how to put the answers together. The clients (`_sync`, `_async`)
 hold the transports and run the loops; nothing here knows an endpoint.
@@ -15,6 +18,7 @@ hold the transports and run the loops; nothing here knows an endpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -45,6 +49,7 @@ from ._wire import StreamedBody, Usage, invalid_answer
 
 __all__ = [
     "TRACE_HEADER",
+    "OnTheWire",
     "Part",
     "Pipeline",
     "Plan",
@@ -191,6 +196,8 @@ class Pipeline:
             )
         self.account = account_of(base_url, self.secret)
         self._by_model = self.budget is not None and _takes_model(self.budget)
+        self.tells_sent = callable(getattr(self.budget, "sent", None))
+        """Whether the budget wants to know when each request goes on the wire."""
         self.headers = httpx.Headers(
             {
                 "Authorization": f"Bearer {self.secret}",
@@ -236,6 +243,14 @@ class Pipeline:
         if self._by_model:
             return {"account": self.account, "model": request.body.get("model")}
         return {"account": self.account}
+
+    def on_the_wire(self, booking: Booking | None) -> OnTheWire | contextlib.nullcontext[None]:
+        """A context for one attempt that gives the transport the callable telling the budget
+        the request has gone on the wire (None when the budget does not ask); left without the
+        transport having called it, the budget is told then (the latest the request went)."""
+        if booking is None or not self.tells_sent:
+            return _UNTOLD
+        return OnTheWire(self.budget.sent, booking)  # type: ignore[union-attr]
 
     def cancel(self, booking: Booking | None) -> None:
         """Give back a booking whose request was never sent."""
@@ -298,6 +313,31 @@ class Pipeline:
     def answer_reader(self) -> AnswerBody:
         """A reader for one answer's body, against the size cap and (sync) the deadline."""
         return AnswerBody(self.max_response_bytes, self.deadline)
+
+
+class OnTheWire:
+    """Tells a budget, once, that a booking's request has gone on the wire: called by the
+    transport when the request is written, or on leaving the attempt if it was not."""
+
+    __slots__ = ("_booking", "_tell")
+
+    def __init__(self, tell: Callable[[Booking], object], booking: Booking) -> None:
+        self._tell: Callable[[Booking], object] | None = tell
+        self._booking = booking
+
+    def __call__(self) -> None:
+        tell, self._tell = self._tell, None
+        if tell is not None:
+            tell(self._booking)
+
+    def __enter__(self) -> OnTheWire:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self()
+
+
+_UNTOLD = contextlib.nullcontext(None)
 
 
 def _plain(headers: Mapping[str, str]) -> httpx.Headers:

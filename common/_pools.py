@@ -37,10 +37,12 @@ from ._transport import (
     AsyncHttpxTransport,
     AsyncTransport,
     HttpxTransport,
+    Sent,
     SyncReply,
     SyncTransport,
     environment_proxy,
     proxy_settings_checked,
+    written_trace,
 )
 
 __all__ = ["AsyncPool", "LoopThread", "SyncPool", "open_async_transport", "open_sync_transport"]
@@ -94,16 +96,23 @@ class SyncPool:
 
     @contextlib.contextmanager
     def post(
-        self, url: httpx.URL, body: bytes | Iterator[bytes], length: int | None
+        self,
+        url: httpx.URL,
+        body: bytes | Iterator[bytes],
+        length: int | None,
+        sent: Sent | None = None,
     ) -> Iterator[SyncReply]:
-        """Send `body` (its `length` stated when it goes in pieces, not chunked); yield the
-        answer's status, headers and its body's pieces, decoded."""
+        """Send `body` (its `length` stated when it goes in pieces, not chunked), calling `sent`
+        once it is written; yield the answer's status, headers and its body's pieces, decoded."""
         target = _target(self._urls, url, _httpcore_url)
         headers = self._headers
         if length is not None:
             headers = [*headers, (b"Content-Length", str(length).encode())]
+        extensions: dict[str, Any] = self._timeouts
+        if sent is not None:
+            extensions = {**extensions, "trace": written_trace(sent)}
         with self._pool.stream(
-            "POST", target, headers=headers, content=body, extensions=self._timeouts
+            "POST", target, headers=headers, content=body, extensions=extensions
         ) as response:
             answer_headers = httpx.Headers(response.headers)
             pieces = _decoded(response.iter_stream(), answer_headers.get("content-encoding"))
@@ -237,7 +246,7 @@ class AsyncPool:
     `httpx.AsyncClient` is still used through httpx.
     """
 
-    __slots__ = ("_proxy", "_proxy_auth", "_targets", "session")
+    __slots__ = ("_proxy", "_proxy_auth", "_targets", "_traced", "session")
 
     def __init__(
         self,
@@ -245,8 +254,12 @@ class AsyncPool:
         headers: Mapping[str, str],
         timeout: httpx.Timeout,
         limits: httpx.Limits,
+        traced: bool = False,
     ) -> None:
         self._targets: dict[int, tuple[httpx.URL, str]] = {}
+        # Tracing costs aiohttp work on every request: only for a budget that asks when
+        # requests are written.
+        self._traced = traced
         self._proxy = None if proxy is None else str(proxy.url)
         self._proxy_auth = (
             None if proxy is None or proxy.auth is None else aiohttp.BasicAuth(*proxy.auth)
@@ -264,6 +277,7 @@ class AsyncPool:
             ),
             cookie_jar=aiohttp.DummyCookieJar(),  # an API answer's cookies are never sent back
             trust_env=False,  # the proxy is chosen by the client, as the sync client chooses it
+            trace_configs=[_written_trace()] if traced else None,
         )
 
     @property
@@ -271,10 +285,18 @@ class AsyncPool:
         return self.session.closed
 
     def post(
-        self, url: httpx.URL, body: bytes | AsyncIterator[bytes], length: int | None
+        self,
+        url: httpx.URL,
+        body: bytes | AsyncIterator[bytes],
+        length: int | None,
+        sent: Sent | None = None,
     ) -> _AiohttpPost:
-        """Send `body` (its `length` stated when it goes in pieces, not chunked)."""
+        """Send `body` (its `length` stated when it goes in pieces, not chunked), calling `sent`
+        once it is written (a pool opened `traced`)."""
         target = _target(self._targets, url, str)
+        written = None
+        if sent is not None and self._traced:
+            written = _Written(sent, len(body) if isinstance(body, bytes) else length)
         return _AiohttpPost(
             self.session.post(
                 target,
@@ -283,11 +305,42 @@ class AsyncPool:
                 proxy=self._proxy,
                 proxy_auth=self._proxy_auth,
                 allow_redirects=False,
+                trace_request_ctx=written,
             )
         )
 
     async def aclose(self) -> None:
         await self.session.close()
+
+
+class _Written:
+    """Counts a request's body as aiohttp writes it, and calls `sent` at its last byte."""
+
+    __slots__ = ("_left", "_sent")
+
+    def __init__(self, sent: Sent, length: int | None) -> None:
+        self._sent = sent
+        self._left = length or 0
+
+    def add(self, size: int) -> None:
+        self._left -= size
+        if self._left <= 0:
+            self._sent()
+
+
+async def _on_chunk_sent(
+    session: object, context: Any, params: aiohttp.TraceRequestChunkSentParams
+) -> None:
+    # aiohttp signals each piece of the body just before it writes it.
+    written = context.trace_request_ctx
+    if isinstance(written, _Written):
+        written.add(len(params.chunk))
+
+
+def _written_trace() -> aiohttp.TraceConfig:
+    config = aiohttp.TraceConfig()
+    config.on_request_chunk_sent.append(_on_chunk_sent)
+    return config
 
 
 class _AiohttpPost:
@@ -316,11 +369,16 @@ class _AiohttpPost:
 
 
 async def open_async_transport(
-    url: httpx.URL, headers: httpx.Headers, timeout: httpx.Timeout, limits: httpx.Limits
+    url: httpx.URL,
+    headers: httpx.Headers,
+    timeout: httpx.Timeout,
+    limits: httpx.Limits,
+    traced: bool = False,
 ) -> tuple[AsyncTransport, AsyncGenerator[None, None]]:
     """Open a transport for requests to `url`, on the running loop: aiohttp's pool, or httpx's
     when the environment names a SOCKS proxy (aiohttp speaks only HTTP to a proxy; httpx speaks
-    SOCKS5 with its `socks` extra, as on the sync side).
+    SOCKS5 with its `socks` extra, as on the sync side). `traced`: tell each request's `sent`
+    when it is written.
 
     Returns:
         The transport, and a guard to `aclose()` that closes it; left open, the guard closes the
@@ -333,7 +391,7 @@ async def open_async_transport(
             client = httpx.AsyncClient(timeout=timeout, limits=limits, proxy=proxy)
             transport = AsyncHttpxTransport(client, headers, timeout, owned=True)
         else:
-            transport = AsyncPool(proxy, headers, timeout, limits)
+            transport = AsyncPool(proxy, headers, timeout, limits, traced)
     guard = _close_with_loop(transport)
     await guard.__anext__()
     return transport, guard

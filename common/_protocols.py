@@ -57,7 +57,10 @@ class Budget(Protocol):
     it when nothing was sent. `account` partitions one budget object among API keys (a digest of
     the server and key, never the key); `model` is the request's model, for budgets kept per
     model as the service keeps its limits (a budget whose `acquire` has no `model` parameter is
-    called without it). Implementations must be safe to call from several threads.
+    called without it). A budget may also have `sent(booking)`: the client then calls it once
+    per booking, as soon as its request is written (or when the attempt ends, if the transport
+    could not tell), from the sending thread or the event loop, so it must not block.
+    Implementations must be safe to call from several threads.
     """
 
     def acquire(self, tokens: int, *, account: str, model: str | None = None) -> Booking:

@@ -24,7 +24,7 @@ from ._exceptions import APIConnectionError, InvalidRequestError
 from ._options import checked_count, checked_seconds
 from ._protocols import Booking
 from ._redis import _PREFIX, _Link, _rebuild
-from ._redis_scripts import BOOK, CANCEL, SETTLE
+from ._redis_scripts import BOOK, CANCEL, SENT, SETTLE
 
 __all__ = ["BudgetStats", "RedisRateLimit"]
 
@@ -102,6 +102,16 @@ _LIMITS = (
 """The limits a budget (or one model of it) can have, as SiliconFlow states them."""
 
 
+class _Handle(NamedTuple):
+    """A booking as the budget knows it: where it is kept, and the model's token cap (the
+    settlement's ceiling); `keys` is None for one made in this process while Redis was away."""
+
+    keys: list[str] | None
+    id: str | None
+    cap: int | None
+    model: str | None = None
+
+
 class _Plan(NamedTuple):
     """How one model's requests are booked: the script's keys and arguments but for a booking's
     own tokens and id."""
@@ -122,10 +132,12 @@ class RedisRateLimit:
     Never more than `requests_per_minute` requests (and `tokens_per_minute` estimated tokens,
     corrected by the usage each answer reports) in any `window_seconds`, nor more than the hour's
     and the day's limits when given, counted by Redis's clock, atomically in one script whose
-    cost does not grow with the budget. Budgets are kept per API key (a digest of it names the
-    budget; the key itself never reaches Redis). Waiting for room holds no thread in the async
-    client. Pass it as `rate_limit=` to a client or an adapter; `stats` says what it has done,
-    and `on_booking` is called with the same after each booking.
+    cost does not grow with the budget. A request counts from when it went on the wire (the
+    client calls `sent`); a booking whose request has not gone yet counts whatever its age.
+    Budgets are kept per API key (a digest of it names the budget; the key itself never reaches
+    Redis). Waiting for room holds no thread in the async client. Pass it as `rate_limit=` to
+    a client or an adapter; `stats` says what it has done, and `on_booking` is called with the
+    same after each booking.
     """
 
     def __init__(
@@ -162,10 +174,9 @@ class RedisRateLimit:
             name: The budget's name: clients naming the same one share it.
             window_seconds: The window the per-minute limits count over (a minute, as the
                 service counts; shorter in tests).
-            margin_seconds: Added to every window when counting: a request reaches the server a
-                moment after it is booked, and not always in the order booked; the margin keeps
-                the server's own count of its window from seeing an old request and a new one
-                together.
+            margin_seconds: Added to every window when counting: a request counts from when
+                it went on the wire, and reaches the service's count a moment later; the margin
+                keeps the service's window from seeing an old request and a new one together.
             on_redis_error: `"local"` paces calls in this process at its share of the budget
                 while Redis cannot be used; `"raise"` fails the call with `APIConnectionError`.
             timeout: Seconds to wait for Redis before counting it as unreachable.
@@ -296,8 +307,7 @@ class RedisRateLimit:
         with self._lock:
             self._paced.clear()  # Redis works: an outage starts its share from nothing again
         self._note(bookings=1, waits=waited > 0, waited_seconds=waited)
-        # The handle keeps the model's own token cap for the settlement.
-        return Booking(0.0, tokens, (plan.keys[2:], member.split(":", 1)[1], plan.token_cap))
+        return Booking(0.0, tokens, _Handle(plan.keys, member.split(":", 1)[1], plan.token_cap))
 
     def _fallback(self, tokens: int, plan: _Plan, model: str | None) -> Booking:
         if self.on_redis_error == "raise":
@@ -319,7 +329,7 @@ class RedisRateLimit:
                     self.window_seconds + self.margin_seconds,
                 )
         booking = paced.acquire(tokens)
-        booking = Booking(booking.wait, booking.tokens, (None, model, None))
+        booking = Booking(booking.wait, booking.tokens, _Handle(None, None, None, model))
         self._note(fallback=True, bookings=1, waits=booking.wait > 0)
         return booking
 
@@ -365,7 +375,7 @@ class RedisRateLimit:
                     answer = await asked
                 except asyncio.CancelledError:
                     # Redis may book it all the same: given back once it has.
-                    handle = (plan.keys[2:], args[1], plan.token_cap)
+                    handle = _Handle(plan.keys, args[1], plan.token_cap)
                     asked.add_done_callback(functools.partial(self._give_back, handle))
                     raise
                 outcome = self._answered(answer, plan, tokens, waited)
@@ -398,44 +408,58 @@ class RedisRateLimit:
                 self._threads_pid = pid
             return self._threads
 
-    def _give_back(self, handle: tuple[list[str], str, int | None], asked: object) -> None:
+    def _give_back(self, handle: _Handle, asked: object) -> None:
         """Cancel a booking Redis may have made for a call cancelled meanwhile (`asked`: the
         finished question; the cancel asks Redis too, so it runs in a budget thread)."""
         self._executor().submit(self.cancel, Booking(0.0, 0, handle))
 
     def _paced_for(self, booking: Booking) -> _Paced | None:
         with self._lock:
-            return self._paced.get(booking.handle[1])
+            return self._paced.get(booking.handle.model)
+
+    def sent(self, booking: Booking) -> None:
+        """Count `booking` in its windows from now on: its request has just gone on the wire
+        (the client calls this). Redis is told from the budget's own thread: the request never
+        waits for it."""
+        handle: _Handle = booking.handle
+        if handle.keys is not None:
+            self._executor().submit(self._tell_sent, handle, time.monotonic())
+
+    def _tell_sent(self, handle: _Handle, when: float) -> None:
+        assert handle.keys is not None
+        # Unsent in Redis's eyes (Redis away, say), it counts until it expires: never less.
+        ago = round((time.monotonic() - when) * 1000)
+        unsent = round((self.window_seconds + self.margin_seconds) * 1000)
+        self._run(SENT, [handle.keys[0], *handle.keys[2:]], [handle.id, ago, unsent * 2])
 
     def settle(self, booking: Booking, used: int) -> None:
         """Give a booking the tokens the answer says it used (at most its model's smallest
         token limit)."""
-        keys, booking_id, cap = booking.handle
-        if keys is None:  # booked in this process while Redis was away
+        handle: _Handle = booking.handle
+        if handle.keys is None:  # booked in this process while Redis was away
             paced = self._paced_for(booking)
             if paced is not None:
                 paced.settle(booking, used)
             return
-        used = max(0, used if cap is None else min(used, cap))
-        if not self._link.usable():
-            return
-        try:
-            self._link.run(SETTLE, keys, [booking_id, used])
-        except self._link.errors as error:
-            self._link.failed(error)
+        used = max(0, used if handle.cap is None else min(used, handle.cap))
+        self._run(SETTLE, handle.keys[2:], [handle.id, used])
 
     def cancel(self, booking: Booking) -> None:
         """Take back a booking whose request was never sent."""
-        keys, booking_id, _ = booking.handle
-        if keys is None:
+        handle: _Handle = booking.handle
+        if handle.keys is None:
             paced = self._paced_for(booking)
             if paced is not None:
                 paced.cancel(booking)
             return
+        self._run(CANCEL, handle.keys[2:], [handle.id])
+
+    def _run(self, script: str, keys: list[str], args: list[Any]) -> None:
+        """Run a script whose answer does not matter; a failure counts as an outage."""
         if not self._link.usable():
             return
         try:
-            self._link.run(CANCEL, keys, [booking_id])
+            self._link.run(script, keys, args)
         except self._link.errors as error:
             self._link.failed(error)
 

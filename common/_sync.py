@@ -23,7 +23,7 @@ from ._exceptions import APIConnectionError, SiliconFlowError
 from ._pipeline import Part, Pipeline, Plan, Request, closed_in_flight, sync_body
 from ._pools import LoopThread, SyncPool, open_sync_transport
 from ._settings import ClientSettings
-from ._transport import HttpxTransport, SyncTransport, translate_transport_errors
+from ._transport import HttpxTransport, Sent, SyncTransport, translate_transport_errors
 
 __all__ = ["SyncClientBase", "sync_method"]
 
@@ -99,8 +99,8 @@ class SyncClientBase(ClientBase):
             if booking is not None and booking.wait > 0:
                 pipe.retry_policy.sleep(booking.wait)
             try:
-                with translate_transport_errors(url):
-                    status, headers, content = self._exchange(transport, url, request)
+                with translate_transport_errors(url), pipe.on_the_wire(booking) as sent:
+                    status, headers, content = self._exchange(transport, url, request, sent)
                 return pipe.handle(status, headers, content, request, plan, booking)
             except SiliconFlowError as error:
                 if transport.is_closed:
@@ -112,7 +112,7 @@ class SyncClientBase(ClientBase):
                 attempt += 1
 
     def _exchange(
-        self, transport: SyncTransport, url: httpx.URL, request: Request
+        self, transport: SyncTransport, url: httpx.URL, request: Request, sent: Sent | None
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One attempt: the answer's status, headers and body, within the attempt deadline."""
         # httpx bounds each phase, not their sum (a server trickling its answer a byte at a time
@@ -120,7 +120,7 @@ class SyncClientBase(ClientBase):
         # against the deadline and the size cap.
         answer = self._pipeline.answer_reader()
         body, length = sync_body(request)
-        with transport.post(url, body, length) as (status, headers, pieces):
+        with transport.post(url, body, length, sent) as (status, headers, pieces):
             return status, headers, answer.read(headers, pieces)
 
     def _run(self, plan: Plan[Any, Any, _Answer]) -> _Answer:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
@@ -25,16 +25,22 @@ __all__ = [
     "AsyncReply",
     "AsyncTransport",
     "HttpxTransport",
+    "Sent",
     "SyncReply",
     "SyncTransport",
+    "async_written_trace",
     "environment_proxy",
     "is_deadline",
     "proxy_settings_checked",
     "translate_transport_errors",
+    "written_trace",
 ]
 
 SyncReply = tuple[int, Mapping[str, str], Iterator[bytes]]
 """A sync answer: status, headers and the body's (decoded) pieces."""
+
+Sent = Callable[[], None]
+"""Called by a transport once a request is written whole (for the budget: it is on the wire)."""
 
 
 class SyncTransport(Protocol):
@@ -44,9 +50,14 @@ class SyncTransport(Protocol):
     def is_closed(self) -> bool: ...
 
     def post(
-        self, url: httpx.URL, body: bytes | Iterator[bytes], length: int | None
+        self,
+        url: httpx.URL,
+        body: bytes | Iterator[bytes],
+        length: int | None,
+        sent: Sent | None = None,
     ) -> contextlib.AbstractContextManager[SyncReply]:
-        """Send `body` (its `length` stated when it goes in pieces); the answer, while open."""
+        """Send `body` (its `length` stated when it goes in pieces), calling `sent` once it is
+        written; the answer, while open."""
         ...
 
     def close(self) -> None: ...
@@ -74,9 +85,14 @@ class AsyncTransport(Protocol):
     def is_closed(self) -> bool: ...
 
     def post(
-        self, url: httpx.URL, body: bytes | AsyncIterator[bytes], length: int | None
+        self,
+        url: httpx.URL,
+        body: bytes | AsyncIterator[bytes],
+        length: int | None,
+        sent: Sent | None = None,
     ) -> contextlib.AbstractAsyncContextManager[AsyncReply]:
-        """Send `body` (its `length` stated when it goes in pieces); the answer, while open."""
+        """Send `body` (its `length` stated when it goes in pieces), calling `sent` once it is
+        written; the answer, while open."""
         ...
 
     async def aclose(self) -> None: ...
@@ -109,13 +125,14 @@ class _HttpxClient(Generic[_Client]):
     def is_closed(self) -> bool:
         return bool(self.client.is_closed)
 
-    def _stream_arguments(self, body: Any, length: int | None) -> dict[str, Any]:
+    def _stream_arguments(self, body: Any, length: int | None, trace: Any) -> dict[str, Any]:
         """What `client.stream("POST", url, ...)` takes for one request: the same on both."""
         return {
             "content": body,
             "headers": _with_length(self._headers, length),
             "timeout": self._timeout,
             "follow_redirects": False,
+            "extensions": None if trace is None else {"trace": trace},
         }
 
 
@@ -124,9 +141,13 @@ class HttpxTransport(_HttpxClient[httpx.Client]):
 
     @contextlib.contextmanager
     def post(
-        self, url: httpx.URL, body: bytes | Iterator[bytes], length: int | None
+        self,
+        url: httpx.URL,
+        body: bytes | Iterator[bytes],
+        length: int | None,
+        sent: Sent | None = None,
     ) -> Iterator[SyncReply]:
-        arguments = self._stream_arguments(body, length)
+        arguments = self._stream_arguments(body, length, sent and written_trace(sent))
         with self.client.stream("POST", url, **arguments) as response:
             yield response.status_code, response.headers, response.iter_bytes()
 
@@ -155,15 +176,44 @@ class AsyncHttpxTransport(_HttpxClient[httpx.AsyncClient]):
 
     @contextlib.asynccontextmanager
     async def post(
-        self, url: httpx.URL, body: bytes | AsyncIterator[bytes], length: int | None
+        self,
+        url: httpx.URL,
+        body: bytes | AsyncIterator[bytes],
+        length: int | None,
+        sent: Sent | None = None,
     ) -> AsyncIterator[AsyncReply]:
-        arguments = self._stream_arguments(body, length)
+        arguments = self._stream_arguments(body, length, sent and async_written_trace(sent))
         async with self.client.stream("POST", url, **arguments) as response:
             yield _HttpxReply(response)
 
     async def aclose(self) -> None:
         if self._owned:
             await self.client.aclose()
+
+
+_WRITTEN = ".send_request_body.complete"
+"""httpcore's trace event (`http11.` or `http2.`) once a request's body is written whole."""
+
+
+def written_trace(sent: Sent) -> Callable[[str, Any], None]:
+    """httpcore's `trace` extension (httpx passes it on), calling `sent` once the request is
+    written. A transport of the caller's that does not trace leaves it to the pipeline."""
+
+    def trace(event: str, info: Any) -> None:
+        if event.endswith(_WRITTEN):
+            sent()
+
+    return trace
+
+
+def async_written_trace(sent: Sent) -> Callable[[str, Any], Awaitable[None]]:
+    """`written_trace` for httpcore's async connections (which await the extension)."""
+
+    async def trace(event: str, info: Any) -> None:
+        if event.endswith(_WRITTEN):
+            sent()
+
+    return trace
 
 
 class _TranslatedErrors:

@@ -9,6 +9,7 @@ import itertools
 import time
 from typing import Any, cast
 
+import httpx
 import pytest
 import redis
 
@@ -67,6 +68,66 @@ def test_a_shared_token_budget_holds_with_a_long_query(redis_server):
             for _ in range(6):
                 client.rerank(LONG_QUERY, documents)  # a RateLimitError fails the test
         assert emulator.stats.by_status == {200: 6}
+
+
+# -- a booking counts from when its request went on the wire ------------------------------------
+
+
+def test_a_request_slowed_before_the_wire_keeps_its_place_in_the_window(redis_server):
+    # A process slowed between booking and sending (a cold start, a busy host; here an httpx
+    # event hook that sleeps before the request goes) must not have its requests arrive beside
+    # the next window's: its bookings count from when they went on the wire.
+    window, margin, delay = 1.0, 0.5, 2.0
+
+    def slow(request: httpx.Request) -> None:
+        time.sleep(delay)
+
+    def budget() -> RedisRateLimit:
+        return RedisRateLimit(
+            redis_server.url, requests_per_minute=2, window_seconds=window, margin_seconds=margin
+        )
+
+    with (
+        RerankEmulator(requests_per_minute=2, window_seconds=window) as emulator,
+        httpx.Client(event_hooks={"request": [slow]}) as slowed,
+        SiliconFlowClient(
+            api_key=KEY, base_url=emulator.base_url, rate_limit=budget(), http_client=slowed,
+            max_retries=0,
+        ) as late,
+        SiliconFlowClient(
+            api_key=KEY, base_url=emulator.base_url, rate_limit=budget(), max_retries=0
+        ) as prompt,
+        concurrent.futures.ThreadPoolExecutor(4) as threads,
+    ):  # fmt: skip
+        started = time.monotonic()
+        calls = [threads.submit(late.rerank, "apple", ["apple pie"]) for _ in range(2)]
+        time.sleep(0.2)  # both booked, both held before the wire
+        calls += [threads.submit(prompt.rerank, "apple", ["apple pie"]) for _ in range(2)]
+        for call in calls:
+            call.result()  # a 429 (RateLimitError) fails the test
+        prompt_done = time.monotonic() - started
+    assert emulator.stats.by_status == {200: 4}
+    # The prompt calls waited for the late ones' window, counted from when they were sent.
+    assert prompt_done >= delay + window
+
+
+def test_a_booking_counts_from_when_it_was_sent_or_until_it_expires_unsent(redis_server):
+    window = 1.0
+    budget = RedisRateLimit(
+        redis_server.url, requests_per_minute=1, window_seconds=window, margin_seconds=0.0
+    )
+    # Sent half a second after it was booked: the next waits a window from then.
+    first = budget.acquire(1, account="a")
+    time.sleep(0.5)
+    sent = time.monotonic()
+    budget.sent(first)
+    budget.acquire(1, account="a")
+    assert time.monotonic() - sent >= window - 0.05  # Redis's clock, read a moment after ours
+    # Never sent (its process died, say): it counts for a minute's window past its own.
+    started = time.monotonic()
+    budget.acquire(1, account="b")
+    budget.acquire(1, account="b")
+    assert time.monotonic() - started >= 2 * window - 0.05
 
 
 # -- during an outage a process keeps to its share, starting from nothing -----------------------
@@ -159,12 +220,14 @@ def test_the_budget_state_is_readable_and_hooked(redis_server, emulator):
     budget = RedisRateLimit(
         redis_server.url,
         requests_per_minute=2,
-        window_seconds=1.0,
+        window_seconds=1.5,
         margin_seconds=0.0,
         on_booking=seen.append,
     )
     with SiliconFlowClient(api_key=KEY, base_url=emulator.base_url, rate_limit=budget) as client:
-        for _ in range(3):
+        client.rerank("apple", ["apple pie"])
+        time.sleep(0.6)  # the second leaves the window 0.6 s after the first
+        for _ in range(2):
             client.rerank("apple", ["apple pie"])
     stats = budget.stats
     assert stats.bookings == 3

@@ -10,6 +10,7 @@ import gzip
 import json
 import pickle
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,15 +23,17 @@ from siliconflow_rerank import (
     APIStatusError,
     APITimeoutError,
     AsyncSiliconFlowClient,
+    Booking,
     InternalServerError,
     RateLimitError,
     ResponseValidationError,
     SiliconFlowClient,
     SiliconFlowError,
+    image_item,
 )
 from siliconflow_rerank.emulator import RerankEmulator
 
-from ..helpers import ScriptedServer, SleepRecorder, read_request_head
+from ..helpers import ScriptedServer, SleepRecorder, png_file, read_request_head
 
 KEY = "sk-contract-canary-0123456789"
 
@@ -39,10 +42,11 @@ PATHS = ["sync", "sync batched", "sync httpx", "async", "async httpx"]
 thread, over aiohttp), a caller's `httpx.Client`, the async client's own pool (aiohttp), and a
 caller's `httpx.AsyncClient`. The callers' clients follow redirects: the policy still refuses."""
 ENDPOINTS = ["rerank", "embed"]
+VL = "Qwen/Qwen3-VL-Reranker-8B"
 
 
-def call(path: str, endpoint: str, base_url: str, **settings: Any) -> Any:
-    """One call of `endpoint` through `path`; its answer or its error."""
+def call(path: str, endpoint: str, base_url: str, query: Any = "apple", **settings: Any) -> Any:
+    """One call of `endpoint` through `path` (a rerank of `query`); its answer or its error."""
     settings = {
         "api_key": KEY,
         "base_url": base_url,
@@ -52,8 +56,8 @@ def call(path: str, endpoint: str, base_url: str, **settings: Any) -> Any:
         **settings,
     }
     if endpoint == "rerank":
-        arguments: tuple[Any, ...] = ("apple", ["apple pie", "a red car"])
-        options: dict[str, Any] = {}
+        arguments: tuple[Any, ...] = (query, ["apple pie", "a red car"])
+        options: dict[str, Any] = {} if isinstance(query, str) else {"model": VL}
         if path == "sync batched":
             settings["max_documents_per_request"] = 1
     else:
@@ -222,3 +226,103 @@ def test_an_invalid_answer_echoing_the_key_is_refused_redacted(path, endpoint):
     assert isinstance(error, ResponseValidationError)
     assert "[redacted]" in str(error)
     assert_safe(error)
+
+
+class _WireBudget:
+    """A budget that books everything and records when it is told a request went on the wire."""
+
+    def __init__(self) -> None:
+        self.told = threading.Condition()
+        self.booked = self.sent_count = 0
+
+    def acquire(self, tokens: int, *, account: str, model: str | None = None) -> Booking:
+        with self.told:
+            self.booked += 1
+        return Booking(0.0, tokens, self.booked)
+
+    async def aacquire(self, tokens: int, *, account: str, model: str | None = None) -> Booking:
+        return self.acquire(tokens, account=account, model=model)
+
+    def sent(self, booking: Booking) -> None:
+        with self.told:
+            self.sent_count += 1
+            self.told.notify_all()
+
+    def settle(self, booking: Booking, used: int) -> None:
+        pass
+
+    def cancel(self, booking: Booking) -> None:
+        pass
+
+
+def _read_request(connection: socket.socket) -> dict[str, Any] | None:
+    head = read_request_head(connection)
+    if b"\r\n\r\n" not in head:
+        return None
+    head, _, body = head.partition(b"\r\n\r\n")
+    length = int(next(v for n, _, v in (h.partition(b":") for h in head.split(b"\r\n")[1:])
+                      if n.strip().lower() == b"content-length"))  # fmt: skip
+    while len(body) < length:
+        body += connection.recv(65536)
+    parsed: dict[str, Any] = json.loads(body)
+    return parsed
+
+
+def _valid_answer(request: dict[str, Any]) -> bytes:
+    if "documents" in request:
+        results = [{"index": i, "relevance_score": 0.5} for i in range(len(request["documents"]))]
+        return json.dumps({"id": "x", "results": results}).encode()
+    data = [{"object": "embedding", "index": i, "embedding": [0.5] * 4}
+            for i in range(len(request["input"]))]  # fmt: skip
+    return json.dumps({"object": "list", "model": request["model"], "data": data}).encode()
+
+
+def _told_before_answering(
+    budget: _WireBudget, fail_first: bool
+) -> tuple[Any, list[bool], list[int]]:
+    """A server that answers each request only once the budget has been told it was sent (or
+    after 10 s), noting whether it was; the first request fails with 500 when `fail_first`."""
+    read, told_in_time = [0], []
+
+    def serve(connection: socket.socket) -> None:
+        while (request := _read_request(connection)) is not None:
+            with budget.told:
+                read[0] += 1
+                number = read[0]
+                told = budget.told.wait_for(lambda n=number: budget.sent_count >= n, 10)  # type: ignore[misc]
+                told_in_time.append(told)
+            if number == 1 and fail_first:  # the first attempt fails, and is retried
+                _answer(connection, b"HTTP/1.1 500 Internal Server Error", b"{}")
+            else:
+                _answer(connection, b"HTTP/1.1 200 OK\r\nContent-Type: application/json",
+                        _valid_answer(request))  # fmt: skip
+
+    return serve, told_in_time, read
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("path", PATHS)
+def test_the_budget_is_told_each_attempt_is_on_the_wire_before_its_answer(path, endpoint):
+    # A shared budget counts a request from when it went on the wire: every transport tells
+    # it once per attempt, when the request is written, before any answer (the server below
+    # answers only once the budget has been told, and notes whether it was).
+    budget = _WireBudget()
+    serve, told_in_time, read = _told_before_answering(budget, fail_first=True)
+    with ScriptedServer(serve) as server:
+        call(path, endpoint, server.base_url, rate_limit=budget, max_retries=1)
+    assert told_in_time
+    assert all(told_in_time)
+    assert budget.booked == budget.sent_count == read[0]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_body_sent_in_pieces_is_told_once_whole(path, tmp_path):
+    # A file's body goes in pieces (the async pools: 1 MiB each): told once the last is written.
+    budget = _WireBudget()
+    serve, told_in_time, read = _told_before_answering(budget, fail_first=False)
+    image = png_file(tmp_path / "apple.png", "red apple", 3 * 1024 * 1024)
+    with ScriptedServer(serve) as server:
+        call(path, "rerank", server.base_url, image_item(image), rate_limit=budget)
+    assert told_in_time
+    assert all(told_in_time)
+    assert budget.booked == budget.sent_count == read[0]
