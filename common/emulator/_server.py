@@ -391,10 +391,11 @@ class RerankEmulator:
         with self._lock:
             self._stats.by_status[status] = self._stats.by_status.get(status, 0) + 1
 
-    def _rate_limited(self, tokens: int) -> str | None:
+    def _rate_limited(self, tokens: int, now: float) -> str | None:
+        """Whether a request that arrived at `now` (whole: the service counts a request when it
+        has it, however long answering it takes) is over a limit, and which."""
         if self.requests_per_minute is None and self.tokens_per_minute is None:
             return None  # no window to keep: it would grow with every request of a long run
-        now = time.monotonic()
         with self._lock:
             while self._window and self._window[0][0] <= now - self.window_seconds:
                 self._window_tokens -= self._window.popleft()[1]
@@ -578,6 +579,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         if raw is None:  # an abandoned upload is not a request: nothing to count or answer
             return
+        arrived = time.monotonic()
         self._arrived()
         with emulator._lock:
             emulator._stats.requests += 1
@@ -593,12 +595,12 @@ class _Handler(BaseHTTPRequestHandler):
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
             stats.last_request_headers = {k.lower(): v for k, v in self.headers.items()}
         try:
-            self._serve(raw, endpoint)
+            self._serve(raw, endpoint, arrived)
         finally:
             with emulator._lock:
                 emulator._stats.in_flight -= 1
 
-    def _serve(self, raw: bytes, endpoint: _Endpoint) -> None:
+    def _serve(self, raw: bytes, endpoint: _Endpoint, arrived: float) -> None:
         emulator = self.emulator
         try:
             body = json.loads(raw)
@@ -634,7 +636,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(error.status, payload)
             return
 
-        limited = emulator._rate_limited(endpoint.tokens(answer))
+        limited = emulator._rate_limited(endpoint.tokens(answer), arrived)
         if limited is not None:
             self._send_fault(Fault.rate_limited(which=limited))
             return
