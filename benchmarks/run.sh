@@ -15,3 +15,4 @@ if [ ! -d benchmarks/.vendor ]; then
 fi
 "$venv/bin/python" benchmarks/bench.py
 "$venv/bin/python" benchmarks/jobs.py
+"$venv/bin/python" benchmarks/budget.py --runs "${BUDGET_RUNS:-20}"

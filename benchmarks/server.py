@@ -8,6 +8,7 @@ or embeddings answer (scores fixed per position, `top_n` honoured), an optional 
     python benchmarks/server.py --port 0 --latency-ms 100    # prints its API root on stderr
     python benchmarks/server.py --port 0 --answer FILE --gzip # FILE's bytes to every request
     python benchmarks/server.py --port 0 --arrivals FILE      # FILE gets each request's arrival
+    python benchmarks/server.py --port 0 --bill               # rerank billed as the service bills
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
@@ -57,11 +59,36 @@ def embeddings_answer(body: dict[str, object]) -> bytes:
     ).encode()
 
 
-ANSWERS = {b"/v1/rerank": rerank_answer, b"/v1/embeddings": embeddings_answer}
+ANSWERS: dict[bytes, Callable[[dict[str, object]], bytes]] = {
+    b"/v1/rerank": rerank_answer,
+    b"/v1/embeddings": embeddings_answer,
+}
+
+RECORDING = False
+"""Whether arrivals are recorded (`--arrivals`)."""
 
 
-ARRIVALS: list[float] = []
-"""When each request arrived (`time.monotonic()`, the same clock in every process of a host)."""
+ARRIVALS: list[tuple[float, int]] = []
+"""When each request arrived (`time.monotonic()`, the same clock in every process of a host),
+and the tokens its answer reports."""
+
+
+def billed_rerank() -> Callable[[dict[str, object]], bytes]:
+    """Rerank answers billed as the service bills (the query once per document and chunk), by
+    the package's emulator: what a token budget is held to. Imported before the server starts:
+    an import on the first request would hold every request behind it."""
+    from siliconflow_rerank.emulator._server import _rerank_answer
+
+    def answer(body: dict[str, object]) -> bytes:
+        return json.dumps(_rerank_answer(body)).encode()
+
+    return answer
+
+
+def _tokens(content: bytes) -> int:
+    answer = json.loads(content)
+    usage = answer.get("meta", {}).get("tokens") or answer.get("usage") or {}
+    return int(usage.get("input_tokens") or usage.get("total_tokens") or 0)
 
 
 class _Connection(asyncio.Protocol):
@@ -91,7 +118,7 @@ class _Connection(asyncio.Protocol):
             self.answer(lines[0].split(b" ", 2)[1], body)
 
     def answer(self, path: bytes, body: bytes) -> None:
-        ARRIVALS.append(time.monotonic())
+        arrived = time.monotonic()
         make = ANSWERS.get(path)
         if make is None:
             reply = _MISSING
@@ -100,6 +127,8 @@ class _Connection(asyncio.Protocol):
         else:
             content = make(json.loads(body))
             reply = _HEAD % len(content) + content
+            if RECORDING:
+                ARRIVALS.append((arrived, _tokens(content)))
         if self.latency:
             asyncio.get_running_loop().call_later(self.latency, self.send, reply)
         else:
@@ -131,24 +160,29 @@ async def serve(port: int, latency: float, canned: bytes | None = None) -> None:
 
 
 def main() -> None:
+    global RECORDING
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--answer", type=Path, help="answer every request with this file")
     parser.add_argument("--gzip", action="store_true", help="gzip the --answer file")
     parser.add_argument("--arrivals", type=Path, help="write each request's arrival time here")
+    parser.add_argument("--bill", action="store_true", help="bill rerank as the service does")
     arguments = parser.parse_args()
+    if arguments.bill:
+        ANSWERS[b"/v1/rerank"] = billed_rerank()
     canned = None
     if arguments.answer is not None:
         canned = canned_reply(arguments.answer.read_bytes(), arguments.gzip)
     if arguments.arrivals is not None:
+        RECORDING = True
         # Written when the server is stopped (SIGTERM), not per request.
         signal.signal(signal.SIGTERM, lambda *_: _stop(arguments.arrivals))
     asyncio.run(serve(arguments.port, arguments.latency_ms / 1000, canned))
 
 
 def _stop(arrivals: Path) -> None:
-    arrivals.write_text("".join(f"{t:.6f}\n" for t in ARRIVALS), encoding="utf-8")
+    arrivals.write_text("".join(f"{t:.6f} {n}\n" for t, n in ARRIVALS), encoding="utf-8")
     sys.exit(0)
 
 
