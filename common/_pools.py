@@ -36,10 +36,12 @@ from ._exceptions import APIConnectionError
 from ._transport import (
     AsyncHttpxTransport,
     AsyncTransport,
+    BodyWritten,
     HttpxTransport,
     Sent,
     SyncReply,
     SyncTransport,
+    aiohttp_written_trace,
     environment_proxy,
     proxy_settings_checked,
     written_trace,
@@ -277,7 +279,7 @@ class AsyncPool:
             ),
             cookie_jar=aiohttp.DummyCookieJar(),  # an API answer's cookies are never sent back
             trust_env=False,  # the proxy is chosen by the client, as the sync client chooses it
-            trace_configs=[_written_trace()] if traced else None,
+            trace_configs=[aiohttp_written_trace()] if traced else None,
         )
 
     @property
@@ -296,7 +298,7 @@ class AsyncPool:
         target = _target(self._targets, url, str)
         written = None
         if sent is not None and self._traced:
-            written = _Written(sent, len(body) if isinstance(body, bytes) else length)
+            written = BodyWritten(sent, len(body) if isinstance(body, bytes) else length)
         return _AiohttpPost(
             self.session.post(
                 target,
@@ -311,36 +313,6 @@ class AsyncPool:
 
     async def aclose(self) -> None:
         await self.session.close()
-
-
-class _Written:
-    """Counts a request's body as aiohttp writes it, and calls `sent` at its last byte."""
-
-    __slots__ = ("_left", "_sent")
-
-    def __init__(self, sent: Sent, length: int | None) -> None:
-        self._sent = sent
-        self._left = length or 0
-
-    def add(self, size: int) -> None:
-        self._left -= size
-        if self._left <= 0:
-            self._sent()
-
-
-async def _on_chunk_sent(
-    session: object, context: Any, params: aiohttp.TraceRequestChunkSentParams
-) -> None:
-    # aiohttp signals each piece of the body just before it writes it.
-    written = context.trace_request_ctx
-    if isinstance(written, _Written):
-        written.add(len(params.chunk))
-
-
-def _written_trace() -> aiohttp.TraceConfig:
-    config = aiohttp.TraceConfig()
-    config.on_request_chunk_sent.append(_on_chunk_sent)
-    return config
 
 
 class _AiohttpPost:

@@ -24,10 +24,12 @@ __all__ = [
     "AsyncHttpxTransport",
     "AsyncReply",
     "AsyncTransport",
+    "BodyWritten",
     "HttpxTransport",
     "Sent",
     "SyncReply",
     "SyncTransport",
+    "aiohttp_written_trace",
     "async_written_trace",
     "environment_proxy",
     "is_deadline",
@@ -214,6 +216,37 @@ def async_written_trace(sent: Sent) -> Callable[[str, Any], Awaitable[None]]:
             sent()
 
     return trace
+
+
+class BodyWritten:
+    """Counts a request's body as aiohttp writes it, and calls `sent` at its last byte."""
+
+    __slots__ = ("_left", "_sent")
+
+    def __init__(self, sent: Sent, length: int | None) -> None:
+        self._sent = sent
+        self._left = length or 0
+
+    def add(self, size: int) -> None:
+        self._left -= size
+        if self._left <= 0:
+            self._sent()
+
+
+async def _on_chunk_sent(
+    session: object, context: Any, params: aiohttp.TraceRequestChunkSentParams
+) -> None:
+    # aiohttp signals each piece of the body just before it writes it.
+    written = context.trace_request_ctx
+    if isinstance(written, BodyWritten):
+        written.add(len(params.chunk))
+
+
+def aiohttp_written_trace() -> aiohttp.TraceConfig:
+    """aiohttp's tracing, calling the `BodyWritten` passed as a request's `trace_request_ctx`."""
+    config = aiohttp.TraceConfig()
+    config.on_request_chunk_sent.append(_on_chunk_sent)
+    return config
 
 
 class _TranslatedErrors:
