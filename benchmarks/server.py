@@ -77,10 +77,12 @@ def billed_rerank() -> Callable[[dict[str, object]], bytes]:
     """Rerank answers billed as the service bills (the query once per document and chunk), by
     the package's emulator: what a token budget is held to. Imported before the server starts:
     an import on the first request would hold every request behind it."""
-    from siliconflow_rerank.emulator._server import _rerank_answer
+    from siliconflow_rerank.emulator import RerankEmulator
+
+    rank = RerankEmulator().rank  # never started: only its answers
 
     def answer(body: dict[str, object]) -> bytes:
-        return json.dumps(_rerank_answer(body)).encode()
+        return json.dumps(rank(dict(body))).encode()
 
     return answer
 
