@@ -99,12 +99,17 @@ def test_an_interrupted_job_resumes_to_the_output_of_an_uninterrupted_run(
     emulator.enqueue(*[Fault.slow(0.0)] * 40, *[Fault.slow(600.0)] * 60)
     out = tmp_path / "resumed.parquet"
     state = tmp_path / "resumed.parquet.job.sqlite"
-    env = {**os.environ, "SILICONFLOW_API_KEY": KEY}
+    env = {**os.environ, "SILICONFLOW_API_KEY": KEY, "PYTHONFAULTHANDLER": "1"}
     process = subprocess.Popen(command("embed", source, out, emulator.base_url, *args), env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_until(lambda: batches_done(state) >= 30, timeout=120)
     process.send_signal(stop)
-    process.communicate(timeout=60)
+    try:
+        process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)  # its threads' stacks, on stderr
+        _, errors = process.communicate(timeout=30)
+        pytest.fail(f"the job had not stopped 60 s after {stop.name}:\n{errors[-6000:]}")
     assert process.returncode != 0
     assert not out.exists()
     kept = batches_done(state)
