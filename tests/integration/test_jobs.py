@@ -94,9 +94,9 @@ def test_an_interrupted_job_resumes_to_the_output_of_an_uninterrupted_run(
     args = ["--model", "Qwen/Qwen3-Embedding-0.6B", "--dimensions", "256", "--concurrency", "4"]
     assert run(command("embed", source, whole, emulator.base_url, *args)).returncode == 0
     emulator.reset()
-    # 40 batches answered, then the job stalls (answers held until the emulator is reset): it
-    # is stopped part way, however quickly or slowly this machine runs it.
-    emulator.enqueue(*[Fault.slow(0.0)] * 40, *[Fault.slow(600.0)] * 60)
+    # 40 batches answered, then the job slows down (each answer held 5 s): it is stopped part
+    # way, however quickly or slowly this machine runs it.
+    emulator.enqueue(*[Fault.slow(0.0)] * 40, *[Fault.slow(5.0)] * 60)
     out = tmp_path / "resumed.parquet"
     state = tmp_path / "resumed.parquet.job.sqlite"
     env = {**os.environ, "SILICONFLOW_API_KEY": KEY, "PYTHONFAULTHANDLER": "1"}
@@ -113,9 +113,9 @@ def test_an_interrupted_job_resumes_to_the_output_of_an_uninterrupted_run(
     assert process.returncode != 0
     assert not out.exists()
     kept = batches_done(state)
-    assert 30 <= kept <= 40
+    assert 30 <= kept <= 44  # what was in flight may have been answered before it stopped
     sent_before = emulator.stats.requests
-    emulator.reset()  # the held answers end; the rerun meets no fault
+    emulator.reset()  # held answers end; the rerun meets no fault
     done = run(command("embed", source, out, emulator.base_url, *args))
     assert done.returncode == 0, done.stderr
     assert f"({kept * 32} done before)" in done.stdout
