@@ -75,6 +75,10 @@ def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kwargs)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def batches_done(state: Path) -> int:
     if not state.exists():
         return 0
@@ -100,8 +104,11 @@ def test_an_interrupted_job_resumes_to_the_output_of_an_uninterrupted_run(
     out = tmp_path / "resumed.parquet"
     state = tmp_path / "resumed.parquet.job.sqlite"
     env = {**os.environ, "SILICONFLOW_API_KEY": KEY, "PYTHONFAULTHANDLER": "1"}
+    # SIGINT as a terminal sends it: a process inherits an ignored SIGINT (what an earlier test's
+    # library may have left in this one), and Python then keeps ignoring it.
     process = subprocess.Popen(command("embed", source, out, emulator.base_url, *args), env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_default_sigint)  # fmt: skip
     wait_until(lambda: batches_done(state) >= 30, timeout=120)
     process.send_signal(stop)
     try:
