@@ -38,7 +38,6 @@ from ._wire import (
     estimate_tokens,
     invalid_answer,
     join_trace_ids,
-    media_sizes,
     name_batch,
     read_answer,
     usage_from,
@@ -161,7 +160,7 @@ class EmbeddingRequest:
     @property
     def estimated_tokens(self) -> int:
         """The tokens the service will bill, estimated high: every input once."""
-        return estimate_tokens(self.content_length, media_sizes(self.body))
+        return estimate_tokens(self.body["input"])
 
 
 def _wire_inputs(inputs: object) -> list[WireItem]:

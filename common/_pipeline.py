@@ -45,7 +45,7 @@ from ._ratelimit import InMemoryRateLimit
 from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._settings import ClientSettings, derived_deadline
 from ._version import __version__
-from ._wire import StreamedBody, Usage, invalid_answer
+from ._wire import StreamedBody, TokenEstimates, Usage, invalid_answer
 
 __all__ = [
     "TRACE_HEADER",
@@ -198,6 +198,8 @@ class Pipeline:
         self._by_model = self.budget is not None and _takes_model(self.budget)
         self.tells_sent = callable(getattr(self.budget, "sent", None))
         """Whether the budget wants to know when each request goes on the wire."""
+        self.estimates = TokenEstimates()
+        """What the budget books per request, learned from what the service bills."""
         self.headers = httpx.Headers(
             {
                 "Authorization": f"Bearer {self.secret}",
@@ -230,12 +232,15 @@ class Pipeline:
         """Book `request` in the budget (may block, for a shared budget)."""
         if self.budget is None:
             return None
-        return self.budget.acquire(request.estimated_tokens, **self._whose(request))
+        return self.budget.acquire(self._tokens(request), **self._whose(request))
 
     async def abook(self, request: Request) -> Booking | None:
         if self.budget is None:
             return None
-        return await self.budget.aacquire(request.estimated_tokens, **self._whose(request))
+        return await self.budget.aacquire(self._tokens(request), **self._whose(request))
+
+    def _tokens(self, request: Request) -> int:
+        return self.estimates.booked(request.body.get("model"), request.estimated_tokens)
 
     def _whose(self, request: Request) -> dict[str, Any]:
         """Whom a request is booked for: the account, and its model when the budget takes one
@@ -291,6 +296,7 @@ class Pipeline:
             used = part.usage.total_tokens or part.usage.input_tokens
             if used is not None:
                 self.budget.settle(booking, used)
+                self.estimates.learn(request.body.get("model"), request.estimated_tokens, used)
         return part
 
     def next_delay(self, attempt: int, error: SiliconFlowError) -> float | None:

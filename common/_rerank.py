@@ -40,7 +40,6 @@ from ._wire import (
     find_bad_index,
     invalid_answer,
     join_trace_ids,
-    media_sizes,
     name_batch,
     usage_from,
 )
@@ -167,11 +166,7 @@ class RerankRequest:
         document, and again with every chunk of a document longer than the model's context:
         the documents once, and the query (with two separator tokens) once per chunk."""
         body = self.body
-        query = body["query"]
-        query_tokens = estimate_tokens(
-            len(query.encode()) if isinstance(query, str) else 0,
-            media_sizes({"query": query}),
-        )
+        query_tokens = estimate_tokens([body["query"]])
         caps = model_capabilities(body["model"])
         room = max((caps.context_tokens if caps else 8192) - query_tokens - 2, 16)
         chunks = len(self.documents)
@@ -181,8 +176,7 @@ class RerankRequest:
             chunks += sum(
                 (len(item) - 1) // room for item in self.documents if isinstance(item, str)
             )
-        billed = estimate_tokens(self.content_length, media_sizes(body))
-        return billed + chunks * (query_tokens + 2)
+        return estimate_tokens(self.documents) + chunks * (query_tokens + 2)
 
     def subset(self, positions: Sequence[int], *, cut: bool) -> RerankRequest:
         """A request for some of the documents (by position); `cut` asks for the best `top_n`

@@ -3,10 +3,11 @@ counts, reading an answer with pydantic, naming a failed batch, and building che
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ __all__ = [
     "USAGE_COUNTS",
     "BilledUnits",
     "StreamedBody",
+    "TokenEstimates",
     "Usage",
     "UsageSum",
     "assembled",
@@ -33,7 +35,6 @@ __all__ = [
     "find_bad_index",
     "invalid_answer",
     "join_trace_ids",
-    "media_sizes",
     "name_batch",
     "read_answer",
     "usage_from",
@@ -349,35 +350,63 @@ to about 1.3 megapixels, about 1,700 tokens at 28-pixel patches; a short video's
 far more. Corrected by the usage each answer reports, like every estimate here."""
 
 
-def estimate_tokens(content_bytes: int, media: Sequence[tuple[str, int]] = ()) -> int:
-    """A deliberately high estimate of a request's tokens from its JSON size.
+def estimate_tokens(items: Iterable[object]) -> int:
+    """A deliberately high estimate of the tokens of some inputs (the texts and media of a
+    request, without the JSON around them: keys and the model name are not billed).
 
-    About 3 bytes per token fits CJK text (3 bytes a character) and overstates Latin text (about 4
-    characters a token), so a limiter that uses it stays under the account's real limit. The
-    estimate is corrected with the server's reported usage after each answer.
-
-    `media` lists the request's media items as (kind, bytes in the body): they are billed as
-    media tokens, not by the length of their base64 (a 5 MB image is not 2 million tokens).
+    A text counts a token per 3 bytes of UTF-8, plus one: about 3 bytes a character fits CJK
+    text, and Latin text runs about 4 characters a token, so a limiter that uses it stays under
+    the account's real limit. A media item counts `MEDIA_TOKENS`, not the length of its base64
+    (a 5 MB image is not 2 million tokens). The estimate is corrected with the server's
+    reported usage after each answer.
     """
-    media_bytes = sum(size for _, size in media)
-    text = max(content_bytes - media_bytes, 0) // 3 + 1
-    return text + sum(MEDIA_TOKENS.get(kind, MEDIA_TOKENS["video"]) for kind, _ in media)
-
-
-def media_sizes(body: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """The media items of a request body (rerank or embeddings) as (kind, bytes in the body)."""
-    items: list[Any] = []
-    for name in ("query", "documents", "input"):
-        value = body.get(name)
-        items.extend(value if isinstance(value, list) else [value])
-    sizes = []
+    total = 0
     for item in items:
-        if isinstance(item, dict) and len(item) == 1:
-            ((kind, value),) = item.items()
-            if kind in ("image", "video"):
-                size = len(value) if isinstance(value, str) else getattr(value, "encoded_length", 0)
-                sizes.append((kind, size))
-    return sizes
+        if isinstance(item, str):
+            total += (len(item) if item.isascii() else len(item.encode())) // 3 + 1
+        elif isinstance(item, dict) and len(item) == 1:
+            total += MEDIA_TOKENS.get(next(iter(item)), MEDIA_TOKENS["video"])
+    return total
+
+
+class TokenEstimates:
+    """What a budget books for a request: its estimate, scaled by how the service billed this
+    model's recent requests against theirs.
+
+    The estimate is high on purpose, and a budget admits a request by it, so what it overstates
+    is room in the window that goes unused (as long as the request is in flight, and at the end
+    of every window). Scaled by the highest recent ratio of billed to estimated tokens, a
+    request of a shape already seen books about what it is billed. A higher ratio applies at
+    once; a lower one is approached by a fiftieth of the difference per answer, so one light
+    request does not lower the bookings of the heavier ones around it. Safe across threads: a
+    race loses at most one answer's update.
+    """
+
+    _STEP = 0.02
+    _LOWEST, _HIGHEST = 0.2, 4.0
+    """Bounds of the ratio: a nonsense usage report moves bookings at most this far."""
+
+    def __init__(self) -> None:
+        self._ratios: dict[object, float] = {}
+
+    def booked(self, model: object, estimate: int) -> int:
+        """The tokens to book for a request of `model` estimated at `estimate`."""
+        ratio = self._ratios.get(model)
+        if ratio is None:
+            return estimate
+        # Less a millionth: a ratio learned from this very estimate books what was billed, not
+        # one more from rounding.
+        return max(math.ceil(estimate * ratio - 1e-6), 1)
+
+    def learn(self, model: object, estimate: int, billed: int) -> None:
+        """Take in what a request of `model` estimated at `estimate` was billed."""
+        if estimate <= 0 or billed <= 0:
+            return
+        seen = min(max(billed / estimate, self._LOWEST), self._HIGHEST)
+        ratio = self._ratios.get(model)
+        if ratio is not None and seen < ratio:
+            seen = ratio - self._STEP * (ratio - seen)
+        self._ratios[model] = seen
 
 
 _SET_AT_MOST = 1 << 15

@@ -20,7 +20,7 @@ from siliconflow_rerank import (
     image_item,
 )
 from siliconflow_rerank._ratelimit import InMemoryRateLimit
-from siliconflow_rerank._wire import MEDIA_TOKENS, estimate_tokens, media_sizes
+from siliconflow_rerank._wire import MEDIA_TOKENS, estimate_tokens
 from siliconflow_rerank.emulator import Fault, RerankEmulator
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -302,8 +302,15 @@ def test_a_cancelled_booking_gives_back_its_place():
 
 
 def test_token_estimate_is_generous():
-    assert estimate_tokens(len("苹果".encode())) >= 2
-    assert estimate_tokens(len(b"four words of text")) >= 4
+    assert estimate_tokens(["苹果"]) >= 2
+    assert estimate_tokens(["four words of text"]) >= 4
+    assert estimate_tokens(["a", "b", "c"]) >= 3  # every text counts at least one token
+
+
+def test_token_estimate_counts_the_texts_not_the_json_around_them():
+    # Keys, quotes and the model name are not billed; a text is counted by its UTF-8 bytes.
+    assert estimate_tokens(["x" * 300]) == 101
+    assert estimate_tokens(["é" * 150]) == 101  # 300 bytes in UTF-8
 
 
 def test_one_answer_cannot_poison_the_budget():
@@ -318,12 +325,9 @@ def test_one_answer_cannot_poison_the_budget():
 
 def test_media_are_estimated_as_media_tokens_not_base64_length():
     image = image_item(PNG + b"\x00" * 5_000_000)
-    body = {"query": "apple", "documents": ["a", image, {"image": "https://x.test/a.png"}]}
-    sizes = media_sizes(body)
-    assert [kind for kind, _ in sizes] == ["image", "image"]
-    assert sizes[0][1] > 6_000_000  # the inline data URI's length in the body
-    estimate = estimate_tokens(7_000_000, sizes)
-    assert 2 * MEDIA_TOKENS["image"] < estimate < 2 * MEDIA_TOKENS["image"] + 400_000
+    video = {"video": "https://x.test/a.mp4"}
+    estimate = estimate_tokens(["a", image, {"image": "https://x.test/a.png"}, video])
+    assert estimate == 1 + 2 * MEDIA_TOKENS["image"] + MEDIA_TOKENS["video"]
 
 
 def test_a_large_image_does_not_stall_a_token_budget(make_runner, emulator):

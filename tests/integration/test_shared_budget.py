@@ -20,6 +20,7 @@ from siliconflow_rerank import (
     SiliconFlowClient,
 )
 from siliconflow_rerank._rerank import RerankOptions, build_request
+from siliconflow_rerank._wire import TokenEstimates
 from siliconflow_rerank.emulator import RerankEmulator
 
 KEY = "sk-shared-budget-7171"
@@ -67,6 +68,52 @@ def test_a_shared_token_budget_holds_with_a_long_query(redis_server):
             for _ in range(6):
                 client.rerank(LONG_QUERY, documents)  # a RateLimitError fails the test
         assert emulator.stats.by_status == {200: 6}
+
+
+def test_bookings_learn_what_the_service_bills(make_runner, emulator):
+    # The estimate is high on purpose (here over 1.5 times what is billed); after the first
+    # answer, a request of the same shape books what it is billed, so a budget of three calls'
+    # billed tokens a minute lets three through, not two.
+    documents = ["fresh apple pie", "a red car", "green apples keep"]
+    request = build_request("apple", documents, RerankOptions())
+    estimate = request.estimated_tokens
+    billed = RerankEmulator().rank(request.body)["meta"]["tokens"]["input_tokens"]
+    assert estimate > 1.5 * billed
+    runner = make_runner(base_url=emulator.base_url, tokens_per_minute=3 * billed)
+    for _ in range(6):
+        runner.rerank("apple", documents)
+    assert emulator.stats.by_status == {200: 6}
+    # Three fit each minute (the recorded sleeps do not pass time): one wait for each of the
+    # last three, a minute after the first three. Booked at the estimate, the third call of
+    # each minute would wait too.
+    assert runner.sleeps.delays == [pytest.approx(60.0, abs=2)] * 3
+
+
+def test_a_learned_booking_rises_at_once_and_falls_slowly():
+    estimates = TokenEstimates()
+    assert estimates.booked("m", 100) == 100  # nothing learned: the estimate
+    estimates.learn("m", 100, 50)
+    assert estimates.booked("m", 100) == 50
+    assert estimates.booked("other", 100) == 100  # learned per model
+    estimates.learn("m", 100, 80)  # a heavier request: at once
+    assert estimates.booked("m", 100) == 80
+    estimates.learn("m", 100, 20)  # a lighter one: a fiftieth of the way
+    assert estimates.booked("m", 100) == 79
+    for _ in range(200):
+        estimates.learn("m", 100, 20)
+    assert 20 <= estimates.booked("m", 100) <= 22
+
+
+def test_a_nonsense_usage_moves_bookings_only_so_far():
+    estimates = TokenEstimates()
+    estimates.learn("m", 100, 10**15)
+    assert estimates.booked("m", 100) == 400  # at most 4 times the estimate
+    estimates.learn("n", 100, 1)
+    assert estimates.booked("n", 100) == 20  # at least a fifth of it
+    for used in (0, -5):
+        estimates.learn("o", 100, used)  # ignored
+    estimates.learn("o", 0, 10)  # ignored
+    assert estimates.booked("o", 100) == 100
 
 
 # -- a booking counts from when its request went on the wire ------------------------------------
