@@ -17,7 +17,8 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None, kind: str = "embed") -> int:
     """`python -m siliconflow_rerank embed|rerank INPUT --out OUTPUT [options]`: 0 when the
-    output is complete, 3 when a daily limit stopped the job, 1 on an error, 2 on bad usage."""
+    output is complete, 3 when a daily limit stopped the job, 1 on an error, 2 on bad usage,
+    130 when interrupted (Ctrl-C)."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -65,6 +66,13 @@ def main(argv: list[str] | None = None, kind: str = "embed") -> int:
     except SiliconFlowError as error:
         print(f"{kind}: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: what is done is kept, and the same command resumes
+        print(
+            f"{kind}: interrupted; the batches answered so far are kept: run the same command "
+            "again to resume",
+            file=sys.stderr,
+        )
+        return 130
     print(summary.line())
     return 0 if summary.complete else 3
 

@@ -265,7 +265,6 @@ class RedisRateLimit:
         # The braces make Redis Cluster keep every key of the budget in one slot.
         owner = f"{self.name}:{account}" + (f":{model}" if self.per_model and model else "")
         base = f"{_PREFIX}:rate:{{{owner}}}"
-        margin = self.margin_seconds
         spans = [
             ("m", limits["requests_per_minute"], limits["tokens_per_minute"], self.window_seconds),
             ("h", limits["requests_per_hour"], None, 3600.0),
@@ -275,9 +274,14 @@ class RedisRateLimit:
         for suffix, requests, tokens, seconds in spans:
             if suffix == "m" or requests or tokens:  # the minute's window counts the sharers
                 keys += [f"{base}:{suffix}:log", f"{base}:{suffix}:tokens", f"{base}:{suffix}:sum"]
-                windows += [requests or 0, tokens or 0, round((seconds + margin) * 1000)]
+                windows += [requests or 0, tokens or 0, self._span_ms(seconds)]
         caps = [v for v in (limits["tokens_per_minute"], limits["tokens_per_day"]) if v]
         return _Plan(keys, windows, min(caps) if caps else None, limits)
+
+    def _span_ms(self, seconds: float) -> int:
+        """A window's span in Redis, margin included. The minute's is also how long a booking
+        counts while its request is not known to be sent (the scripts take it as `unsent`)."""
+        return round((seconds + self.margin_seconds) * 1000)
 
     def _note(self, **changes: Any) -> None:
         with self._lock:
@@ -429,8 +433,8 @@ class RedisRateLimit:
         assert handle.keys is not None
         # Unsent in Redis's eyes (Redis away, say), it counts until it expires: never less.
         ago = round((time.monotonic() - when) * 1000)
-        unsent = round((self.window_seconds + self.margin_seconds) * 1000)
-        self._run(SENT, [handle.keys[0], *handle.keys[2:]], [handle.id, ago, unsent * 2])
+        clock_ttl = self._span_ms(self.window_seconds) * 2
+        self._run(SENT, [handle.keys[0], *handle.keys[2:]], [handle.id, ago, clock_ttl])
 
     def settle(self, booking: Booking, used: int) -> None:
         """Give a booking the tokens the answer says it used (at most its model's smallest

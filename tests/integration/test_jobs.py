@@ -112,12 +112,16 @@ def test_an_interrupted_job_resumes_to_the_output_of_an_uninterrupted_run(
     wait_until(lambda: batches_done(state) >= 30, timeout=120)
     process.send_signal(stop)
     try:
-        process.communicate(timeout=60)
+        _, errors = process.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGABRT)  # its threads' stacks, on stderr
         _, errors = process.communicate(timeout=30)
         pytest.fail(f"the job had not stopped 60 s after {stop.name}:\n{errors[-6000:]}")
     assert process.returncode != 0
+    if stop == signal.SIGINT:  # Ctrl-C: a line saying how to resume, not a traceback
+        assert process.returncode == 130
+        assert "run the same command again to resume" in errors
+        assert "Traceback" not in errors
     assert not out.exists()
     kept = batches_done(state)
     assert 30 <= kept <= 44  # what was in flight may have been answered before it stopped
