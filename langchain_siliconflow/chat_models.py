@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import openai
@@ -70,6 +70,8 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
     _per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = PrivateAttr(
         default_factory=weakref.WeakKeyDictionary
     )
+    _first_async_client: Any = PrivateAttr(default=None)
+    """langchain-openai's async client, of which each loop's is a copy with its own pool."""
 
     @model_validator(mode="before")
     @classmethod
@@ -89,6 +91,14 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
         key = self.openai_api_key
         if isinstance(key, SecretStr):
             redact_in_logs(self, key.get_secret_value())
+        return self
+
+    @model_validator(mode="after")
+    def _async_clients_per_loop(self) -> Self:
+        if self.http_async_client is None and self.root_async_client is not None:
+            self._first_async_client = root = self.root_async_client
+            self.root_async_client = _OnTheRunningLoop(self._per_loop, root, _itself)
+            self.async_client = _OnTheRunningLoop(self._per_loop, root, _chat_completions)
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -181,30 +191,28 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
             return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
 
     async def _on_this_loop(self) -> None:
-        """Use an async client of this event loop's own.
+        """Give this event loop an async client of its own.
 
         langchain-openai shares one cached async HTTP client across the process; its pooled
         connections belong to the loop that opened them, so a second loop (another
         `asyncio.run`, a worker's loop, a test's) fails with "Event loop is closed". Each loop
         gets a client here, closed within that loop when it shuts down (through an async
-        generator the loop finalizes in `shutdown_asyncgens`, as `asyncio.run` does). A client
-        the caller passed (`http_async_client`) is theirs and used as it is.
+        generator the loop finalizes in `shutdown_asyncgens`, as `asyncio.run` does). The model's
+        async clients stand for the client of whichever loop reads them (`_OnTheRunningLoop`),
+        so loops in several threads at once each use their own. A client the caller passed
+        (`http_async_client`) is theirs and used as it is.
         """
         if self.http_async_client is not None:
             return
         loop = asyncio.get_running_loop()
+        closer = None
         with _PER_LOOP:
-            held = self._per_loop.get(loop)
-            closer = None
-            if held is None:
+            if loop not in self._per_loop:
                 http = openai.DefaultAsyncHttpxClient(proxy=self.openai_proxy or None)
-                root = self.root_async_client.with_options(http_client=http)
+                root = self._first_async_client.with_options(http_client=http)
                 # Held as long as the loop lives: the loop keeps only a weak reference.
                 closer = _closed_with_the_loop(root)
-                held = self._per_loop[loop] = (root, closer)
-            root = held[0]
-            self.root_async_client = root
-            self.async_client = root.chat.completions
+                self._per_loop[loop] = (root, closer)
         if closer is not None:
             await closer.asend(None)  # the loop finalizes it (closing the client) at shutdown
 
@@ -262,6 +270,39 @@ _REBUILT = frozenset(
 
 
 _PER_LOOP = threading.Lock()
+
+
+class _OnTheRunningLoop:
+    """Stands for langchain-openai's async client (or its `chat.completions`): each attribute
+    is read from the client of the event loop running now (the first client when none runs,
+    or the loop has none yet)."""
+
+    def __init__(
+        self,
+        per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]],
+        first: Any,
+        part: Callable[[Any], Any],
+    ) -> None:
+        self._per_loop, self._first, self._part = per_loop, first, part
+
+    __slots__ = ("_first", "_part", "_per_loop")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in self.__slots__:  # copy's probes, an empty copy
+            raise AttributeError(name)
+        try:
+            held = self._per_loop.get(asyncio.get_running_loop())
+        except RuntimeError:  # no loop runs in this thread
+            held = None
+        return getattr(self._part(self._first if held is None else held[0]), name)
+
+
+def _itself(client: Any) -> Any:
+    return client
+
+
+def _chat_completions(client: Any) -> Any:
+    return client.chat.completions
 
 
 async def _closed_with_the_loop(client: Any) -> AsyncGenerator[None, None]:

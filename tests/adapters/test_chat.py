@@ -385,5 +385,47 @@ def test_async_calls_work_from_one_event_loop_after_another_and_leave_nothing_op
     assert emulator.stats.open_connections == 0
 
 
+class _HeldChat(ChatSiliconFlow):
+    """Holds the call of the thread named "held" after its loop's client is chosen and before
+    langchain-openai reads the model's async client, until `go` is set."""
+
+    def _get_request_payload(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if threading.current_thread().name == "held":
+            _HELD.set()
+            assert _GO.wait(timeout=30)
+        return super()._get_request_payload(*args, **kwargs)
+
+
+_HELD, _GO = threading.Event(), threading.Event()
+
+
+def test_event_loops_in_two_threads_at_once_each_use_their_own_client(emulator):
+    # Loop A has chosen its client and is about to send; loop B, in another thread, makes a
+    # whole call (and closes its client when its loop ends) in between. A must still send on
+    # its own client: with the model's client swapped per call, A sent on B's closed one.
+    _HELD.clear(), _GO.clear()
+    chat = _HeldChat(model="Qwen/Qwen2.5-7B-Instruct", api_key="sk-t", base_url=emulator.base_url)
+    answers: list[str] = []
+    errors: list[BaseException] = []
+
+    def held() -> None:
+        try:
+            answers.append(str(asyncio.run(chat.ainvoke("first")).content))
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    thread = threading.Thread(target=held, name="held")
+    thread.start()
+    try:
+        assert _HELD.wait(timeout=30)
+        assert asyncio.run(chat.ainvoke("second")).content  # loop B, whole, in between
+    finally:
+        _GO.set()
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(answers) == 1
+    assert "first" in answers[0]
+
+
 async def _streamed(chat: ChatSiliconFlow) -> list[str]:
     return [str(chunk.content) async for chunk in chat.astream("hi")]
