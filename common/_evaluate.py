@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,7 @@ def evaluate(
     progress: bool | None = None,
     resamples: int = 2000,
     seed: int = 0,
+    concurrency: int = 4,
     **client_settings: Any,
 ) -> dict[str, Any]:
     """Compare configurations on a labelled set; write `results.json`, `report.md` and
@@ -120,6 +122,7 @@ def evaluate(
         progress: Show a progress bar (None: when stderr is a terminal).
         resamples: Bootstrap and permutation resamples.
         seed: Seed of the resampling: the same data gives the same report.
+        concurrency: Queries reranked at once (each query's latency is still its own call's).
 
     Returns:
         What `results.json` holds.
@@ -135,8 +138,8 @@ def evaluate(
     labels = [c.label for c in chosen]
     if len(set(labels)) != len(labels):
         raise InvalidRequestError(f"two configurations share a name: {labels}")
-    if depth < 1 or any(k < 1 for k in recall_at):
-        raise InvalidRequestError("depth and recall_at must be at least 1")
+    if depth < 1 or concurrency < 1 or any(k < 1 for k in recall_at):
+        raise InvalidRequestError("depth, concurrency and recall_at must be at least 1")
     data = load_beir(data_dir, split)
     with client_for(client, client_settings, raw=calibrate) as used:
         first_stage = (
@@ -160,9 +163,7 @@ def evaluate(
                 )
             candidates[query_id] = found
             bar.update()
-        runs = []
-        for config in chosen:
-            runs.append(_rank(used, config, data, candidates, bar))
+        runs = [_rank(used, config, data, candidates, bar, concurrency) for config in chosen]
         bar.close()
     report = build_report(ir_measures, data, candidates, runs, depth, recall_at, resamples, seed)
     report["data"] = {
@@ -186,36 +187,66 @@ def _rank(
     data: LabelledSet,
     candidates: dict[str, list[str]],
     bar: Any,
+    concurrency: int,
 ) -> Run:
+    """One configuration's run: up to `concurrency` queries reranked at once, merged in query
+    order (the same report whatever the order they were answered in)."""
     result = Run(config)
-    calls: list[int] = []  # the requests of each call, as its progress reports them
-    for query_id, found in candidates.items():
-        if config.model is None or not found:
-            order = found
-        else:
-            calls.clear()
-            started = time.perf_counter()
-            response = client.rerank(
-                data.queries[query_id],
-                [data.corpus[d] for d in found],
-                model=config.model,
-                instruction=config.instruction,
-                on_progress=lambda done, total: calls.append(total),
-            )
-            result.latencies.append(time.perf_counter() - started)
-            result.requests += calls[-1] if calls else 1
-            if response.usage is not None and response.usage.total_tokens is not None:
-                result.tokens += response.usage.total_tokens
-            judged = data.qrels[query_id]
-            order = []
-            for index, score in response.results.pairs():
-                order.append(found[index])
-                result.scored.append((score, judged.get(found[index], 0) > 0))
-            if config.top_n is not None:
-                order = order[: config.top_n]
-        result.run[query_id] = ranked(order)
-        bar.update()
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="evaluate")
+    try:
+        ranking = [
+            pool.submit(_rank_one, client, config, data, query_id, found)
+            for query_id, found in candidates.items()
+        ]
+        for query_id, future in zip(candidates, ranking, strict=True):
+            order, answered = future.result()
+            if answered is not None:
+                seconds, requests, tokens, scored = answered
+                result.latencies.append(seconds)
+                result.requests += requests
+                result.tokens += tokens
+                result.scored.extend(scored)
+            result.run[query_id] = ranked(order)
+            bar.update()
+    finally:  # on an error, the queries not yet started are not sent
+        pool.shutdown(cancel_futures=True)
     return result
+
+
+_Answered = tuple[float, int, int, list[tuple[float, bool]]]
+"""A reranked query's latency, requests, tokens, and (score, relevant) pairs."""
+
+
+def _rank_one(
+    client: SiliconFlowClient,
+    config: RerankConfig,
+    data: LabelledSet,
+    query_id: str,
+    found: list[str],
+) -> tuple[list[str], _Answered | None]:
+    """One query's ranking of its candidates, and what reranking it took (None: not reranked)."""
+    if config.model is None or not found:
+        return found, None
+    calls: list[int] = []  # the requests of the call, as its progress reports them
+    started = time.perf_counter()
+    response = client.rerank(
+        data.queries[query_id],
+        [data.corpus[d] for d in found],
+        model=config.model,
+        instruction=config.instruction,
+        on_progress=lambda done, total: calls.append(total),
+    )
+    seconds = time.perf_counter() - started
+    usage = response.usage
+    tokens = usage.total_tokens if usage is not None and usage.total_tokens is not None else 0
+    judged = data.qrels[query_id]
+    order, scored = [], []
+    for index, score in response.results.pairs():
+        order.append(found[index])
+        scored.append((score, judged.get(found[index], 0) > 0))
+    if config.top_n is not None:
+        order = order[: config.top_n]
+    return order, (seconds, calls[-1] if calls else 1, tokens, scored)
 
 
 def _calibration(runs: list[Run]) -> Calibration | None:
@@ -268,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-url", help="the API root (default: SILICONFLOW_BASE_URL)")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--concurrency", type=int, default=4, help="queries reranked at once")
     arguments = parser.parse_args(argv)
     try:
         report = evaluate(
@@ -281,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             calibrate=arguments.calibrate,
             resamples=arguments.resamples,
             seed=arguments.seed,
+            concurrency=arguments.concurrency,
             base_url=arguments.base_url,
         )
     except SiliconFlowError as error:

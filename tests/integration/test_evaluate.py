@@ -26,7 +26,7 @@ from siliconflow_rerank import (
 from siliconflow_rerank._evaluate import embedding_first_stage
 from siliconflow_rerank._evaluate_data import RerankConfig, load_beir
 from siliconflow_rerank._evaluate_report import per_query
-from siliconflow_rerank.emulator import RerankEmulator
+from siliconflow_rerank.emulator import Fault, RerankEmulator
 
 PANTRY = Path(__file__).parents[2] / "examples" / "data" / "pantry"
 MODEL = "BAAI/bge-reranker-v2-m3"
@@ -159,6 +159,32 @@ def test_the_same_data_gives_the_same_report(client: SiliconFlowClient) -> None:
     assert first == again
 
 
+def test_queries_are_reranked_several_at_once_into_the_same_report(
+    emulator: RerankEmulator, client: SiliconFlowClient
+) -> None:
+    data = load_beir(PANTRY)
+    first_stage = embedding_first_stage(client, data.corpus, "BAAI/bge-m3", 10)
+    found = {text: first_stage(text) for text in data.queries.values()}  # no request from here
+    reports = []
+    for concurrency in (1, 4):
+        emulator.reset()
+        emulator.enqueue(Fault.slow(3.0))  # the first query's answer is held
+        report = evaluate(
+            PANTRY, ["none", MODEL], retriever=found.__getitem__, client=client,
+            resamples=200, progress=False, concurrency=concurrency,
+        )  # fmt: skip
+        in_flight = emulator.stats.max_in_flight
+        if concurrency == 1:
+            assert in_flight == 1
+        else:  # the other queries went on while the first was held
+            assert in_flight >= 2
+        assert emulator.stats.requests == len(data.queries)
+        for entry in report["configurations"]:  # the one thing measured, not computed
+            entry.pop("latency_seconds")
+        reports.append(report)
+    assert reports[0] == reports[1]
+
+
 def test_a_users_retriever_of_each_kind_is_the_first_stage(client: SiliconFlowClient) -> None:
     data = load_beir(PANTRY)
     ranked = embedding_first_stage(client, data.corpus, "BAAI/bge-m3", 10)
@@ -206,6 +232,7 @@ def test_a_users_retriever_of_each_kind_is_the_first_stage(client: SiliconFlowCl
         (["BAAI/bge-reranker-v2-m3;instruction=x"], {}, "does not take 'instruction'"),
         (["none", "none"], {}, "share a name"),
         (["none"], {"depth": 0}, "at least 1"),
+        (["none"], {"concurrency": 0}, "at least 1"),
         (["none"], {"data_dir": "missing"}, "cannot be read"),
     ],
 )
