@@ -87,6 +87,10 @@ def report(results: dict[str, Any]) -> str:
         "of billed to estimated tokens the client has seen for the model. The first call of "
         "each process books the estimate, the next ones about what they are billed, so the "
         "room held by estimates, in flight and at the end of each window, is small.",
+        "",
+        "`--limit requests` or `--limit tokens` measures one kind and keeps the other's rows: "
+        "the two kinds may come from separate runs (of the same code for request budgets, "
+        "which book no tokens).",
     ]
     return "\n".join(lines) + "\n"
 
