@@ -31,6 +31,7 @@ from ._media import ImageItem, TextItem, WireItem, item_kind, normalize_items
 from ._options import NOT_IN_CACHE_KEY, cache_keys, key_prefix
 from ._pipeline import Pipeline, Plan, ProgressCallback
 from ._wire import (
+    Estimate,
     StreamedBody,
     Usage,
     UsageSum,
@@ -158,7 +159,7 @@ class EmbeddingRequest:
         return len(content) if isinstance(content, bytes) else content.length
 
     @property
-    def estimated_tokens(self) -> int:
+    def estimated_tokens(self) -> Estimate:
         """The tokens the service will bill, estimated high: every input once."""
         return estimate_tokens(self.body["input"])
 

@@ -45,7 +45,7 @@ from ._ratelimit import InMemoryRateLimit
 from ._retry import RetryPolicy, is_retryable, retry_delay
 from ._settings import ClientSettings, derived_deadline
 from ._version import __version__
-from ._wire import StreamedBody, TokenEstimates, Usage, invalid_answer
+from ._wire import Estimate, StreamedBody, TokenEstimates, Usage, invalid_answer
 
 __all__ = [
     "TRACE_HEADER",
@@ -84,9 +84,9 @@ class Request(Protocol):
         ...
 
     @property
-    def estimated_tokens(self) -> int:
-        """The tokens the service will bill for it, estimated high (a budget books these, then
-        the usage the answer reports)."""
+    def estimated_tokens(self) -> Estimate:
+        """The tokens the service will bill for it, estimated high (a budget books these, as
+        `TokenEstimates` scales them, then the usage the answer reports)."""
         ...
 
 

@@ -30,6 +30,7 @@ from ._ranking import (
     read_ranking,
 )
 from ._wire import (
+    Estimate,
     StreamedBody,
     UsageSum,
     assembled,
@@ -161,14 +162,14 @@ class RerankRequest:
         return len(content) if isinstance(content, bytes) else content.length
 
     @property
-    def estimated_tokens(self) -> int:
+    def estimated_tokens(self) -> Estimate:
         """The tokens the service will bill, estimated high. Rerank bills the query with every
         document, and again with every chunk of a document longer than the model's context:
         the documents once, and the query (with two separator tokens) once per chunk."""
         body = self.body
-        query_tokens = estimate_tokens([body["query"]])
+        query = estimate_tokens([body["query"]])
         caps = model_capabilities(body["model"])
-        room = max((caps.context_tokens if caps else 8192) - query_tokens - 2, 16)
+        room = max((caps.context_tokens if caps else 8192) - query.total - 2, 16)
         chunks = len(self.documents)
         if caps is None or caps.chunking:
             # A character is at most a token: a document of fewer characters than the room is
@@ -176,7 +177,10 @@ class RerankRequest:
             chunks += sum(
                 (len(item) - 1) // room for item in self.documents if isinstance(item, str)
             )
-        return estimate_tokens(self.documents) + chunks * (query_tokens + 2)
+        documents = estimate_tokens(self.documents)
+        return Estimate(
+            documents.text + chunks * (query.text + 2), documents.media + chunks * query.media
+        )
 
     def subset(self, positions: Sequence[int], *, cut: bool) -> RerankRequest:
         """A request for some of the documents (by position); `cut` asks for the best `top_n`

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError
@@ -22,6 +22,7 @@ __all__ = [
     "MEDIA_TOKENS",
     "USAGE_COUNTS",
     "BilledUnits",
+    "Estimate",
     "StreamedBody",
     "TokenEstimates",
     "Usage",
@@ -350,7 +351,18 @@ to about 1.3 megapixels, about 1,700 tokens at 28-pixel patches; a short video's
 far more. Corrected by the usage each answer reports, like every estimate here."""
 
 
-def estimate_tokens(items: Iterable[object]) -> int:
+class Estimate(NamedTuple):
+    """A request's tokens, estimated high: its texts' and its media items'."""
+
+    text: int
+    media: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.text + self.media
+
+
+def estimate_tokens(items: Iterable[object]) -> Estimate:
     """A deliberately high estimate of the tokens of some inputs (the texts and media of a
     request, without the JSON around them: keys and the model name are not billed).
 
@@ -360,26 +372,27 @@ def estimate_tokens(items: Iterable[object]) -> int:
     (a 5 MB image is not 2 million tokens). The estimate is corrected with the server's
     reported usage after each answer.
     """
-    total = 0
+    text = media = 0
     for item in items:
         if isinstance(item, str):
-            total += (len(item) if item.isascii() else len(item.encode())) // 3 + 1
+            text += (len(item) if item.isascii() else len(item.encode())) // 3 + 1
         elif isinstance(item, dict) and len(item) == 1:
-            total += MEDIA_TOKENS.get(next(iter(item)), MEDIA_TOKENS["video"])
-    return total
+            media += MEDIA_TOKENS.get(next(iter(item)), MEDIA_TOKENS["video"])
+    return Estimate(text, media)
 
 
 class TokenEstimates:
-    """What a budget books for a request: its estimate, scaled by how the service billed this
-    model's recent requests against theirs.
+    """What a budget books for a request: its estimate, the texts' part scaled by how the
+    service billed this model's recent requests of text against their estimates.
 
     The estimate is high on purpose, and a budget admits a request by it, so what it overstates
     is room in the window that goes unused (as long as the request is in flight, and at the end
     of every window). Scaled by the highest recent ratio of billed to estimated tokens, a
     request of a shape already seen books about what it is billed. A higher ratio applies at
     once; a lower one is approached by a fiftieth of the difference per answer, so one light
-    request does not lower the bookings of the heavier ones around it. Safe across threads: a
-    race loses at most one answer's update.
+    request does not lower the bookings of the heavier ones around it. Only requests of text
+    alone teach the ratio, and media are booked at their fixed count: a media item's billing
+    says nothing of a text's. Safe across threads: a race loses at most one answer's update.
     """
 
     _STEP = 0.02
@@ -389,20 +402,20 @@ class TokenEstimates:
     def __init__(self) -> None:
         self._ratios: dict[object, float] = {}
 
-    def booked(self, model: object, estimate: int) -> int:
+    def booked(self, model: object, estimate: Estimate) -> int:
         """The tokens to book for a request of `model` estimated at `estimate`."""
         ratio = self._ratios.get(model)
         if ratio is None:
-            return estimate
+            return estimate.total
         # Less a millionth: a ratio learned from this very estimate books what was billed, not
         # one more from rounding.
-        return max(math.ceil(estimate * ratio - 1e-6), 1)
+        return max(math.ceil(estimate.text * ratio - 1e-6), 1) + estimate.media
 
-    def learn(self, model: object, estimate: int, billed: int) -> None:
+    def learn(self, model: object, estimate: Estimate, billed: int) -> None:
         """Take in what a request of `model` estimated at `estimate` was billed."""
-        if estimate <= 0 or billed <= 0:
+        if estimate.media or estimate.text <= 0 or billed <= 0:
             return
-        seen = min(max(billed / estimate, self._LOWEST), self._HIGHEST)
+        seen = min(max(billed / estimate.text, self._LOWEST), self._HIGHEST)
         ratio = self._ratios.get(model)
         if ratio is not None and seen < ratio:
             seen = ratio - self._STEP * (ratio - seen)

@@ -302,15 +302,15 @@ def test_a_cancelled_booking_gives_back_its_place():
 
 
 def test_token_estimate_is_generous():
-    assert estimate_tokens(["苹果"]) >= 2
-    assert estimate_tokens(["four words of text"]) >= 4
-    assert estimate_tokens(["a", "b", "c"]) >= 3  # every text counts at least one token
+    assert estimate_tokens(["苹果"]).total >= 2
+    assert estimate_tokens(["four words of text"]).total >= 4
+    assert estimate_tokens(["a", "b", "c"]).total >= 3  # every text counts at least one token
 
 
 def test_token_estimate_counts_the_texts_not_the_json_around_them():
     # Keys, quotes and the model name are not billed; a text is counted by its UTF-8 bytes.
-    assert estimate_tokens(["x" * 300]) == 101
-    assert estimate_tokens(["é" * 150]) == 101  # 300 bytes in UTF-8
+    assert estimate_tokens(["x" * 300]) == (101, 0)
+    assert estimate_tokens(["é" * 150]) == (101, 0)  # 300 bytes in UTF-8
 
 
 def test_one_answer_cannot_poison_the_budget():
@@ -327,7 +327,7 @@ def test_media_are_estimated_as_media_tokens_not_base64_length():
     image = image_item(PNG + b"\x00" * 5_000_000)
     video = {"video": "https://x.test/a.mp4"}
     estimate = estimate_tokens(["a", image, {"image": "https://x.test/a.png"}, video])
-    assert estimate == 1 + 2 * MEDIA_TOKENS["image"] + MEDIA_TOKENS["video"]
+    assert estimate == (1, 2 * MEDIA_TOKENS["image"] + MEDIA_TOKENS["video"])
 
 
 def test_a_large_image_does_not_stall_a_token_budget(make_runner, emulator):

@@ -20,7 +20,7 @@ from siliconflow_rerank import (
     SiliconFlowClient,
 )
 from siliconflow_rerank._rerank import RerankOptions, build_request
-from siliconflow_rerank._wire import TokenEstimates
+from siliconflow_rerank._wire import Estimate, TokenEstimates
 from siliconflow_rerank.emulator import RerankEmulator
 
 KEY = "sk-shared-budget-7171"
@@ -40,7 +40,7 @@ LONG_QUERY = " ".join(f"word{i}" for i in range(150))  # billed once per documen
     ids=["short", "long query, many documents", "a document of several chunks"],
 )
 def test_a_rerank_request_is_estimated_at_least_as_billed(emulator, query, documents):
-    estimate = build_request(query, documents, RerankOptions()).estimated_tokens
+    estimate = build_request(query, documents, RerankOptions()).estimated_tokens.total
     with SiliconFlowClient(api_key=KEY, base_url=emulator.base_url) as client:
         usage = client.rerank(query, documents).usage
     assert usage is not None
@@ -76,7 +76,7 @@ def test_bookings_learn_what_the_service_bills(make_runner, emulator):
     # billed tokens a minute lets three through, not two.
     documents = ["fresh apple pie", "a red car", "green apples keep"]
     request = build_request("apple", documents, RerankOptions())
-    estimate = request.estimated_tokens
+    estimate = request.estimated_tokens.total
     billed = RerankEmulator().rank(request.body)["meta"]["tokens"]["input_tokens"]
     assert estimate > 1.5 * billed
     runner = make_runner(base_url=emulator.base_url, tokens_per_minute=3 * billed)
@@ -90,30 +90,40 @@ def test_bookings_learn_what_the_service_bills(make_runner, emulator):
 
 
 def test_a_learned_booking_rises_at_once_and_falls_slowly():
-    estimates = TokenEstimates()
-    assert estimates.booked("m", 100) == 100  # nothing learned: the estimate
-    estimates.learn("m", 100, 50)
-    assert estimates.booked("m", 100) == 50
-    assert estimates.booked("other", 100) == 100  # learned per model
-    estimates.learn("m", 100, 80)  # a heavier request: at once
-    assert estimates.booked("m", 100) == 80
-    estimates.learn("m", 100, 20)  # a lighter one: a fiftieth of the way
-    assert estimates.booked("m", 100) == 79
+    estimates, text = TokenEstimates(), Estimate(100)
+    assert estimates.booked("m", text) == 100  # nothing learned: the estimate
+    estimates.learn("m", text, 50)
+    assert estimates.booked("m", text) == 50
+    assert estimates.booked("other", text) == 100  # learned per model
+    estimates.learn("m", text, 80)  # a heavier request: at once
+    assert estimates.booked("m", text) == 80
+    estimates.learn("m", text, 20)  # a lighter one: a fiftieth of the way
+    assert estimates.booked("m", text) == 79
     for _ in range(200):
-        estimates.learn("m", 100, 20)
-    assert 20 <= estimates.booked("m", 100) <= 22
+        estimates.learn("m", text, 20)
+    assert 20 <= estimates.booked("m", text) <= 22
+
+
+def test_media_are_booked_at_their_fixed_count_and_teach_nothing():
+    # A media item's billing says nothing of a text's: a request with media does not move the
+    # ratio, and its media part is booked as estimated.
+    estimates = TokenEstimates()
+    estimates.learn("m", Estimate(100), 50)
+    estimates.learn("m", Estimate(100, 1_700), 300)  # an image billed far under its estimate
+    assert estimates.booked("m", Estimate(100)) == 50
+    assert estimates.booked("m", Estimate(100, 1_700)) == 50 + 1_700
 
 
 def test_a_nonsense_usage_moves_bookings_only_so_far():
     estimates = TokenEstimates()
-    estimates.learn("m", 100, 10**15)
-    assert estimates.booked("m", 100) == 400  # at most 4 times the estimate
-    estimates.learn("n", 100, 1)
-    assert estimates.booked("n", 100) == 20  # at least a fifth of it
+    estimates.learn("m", Estimate(100), 10**15)
+    assert estimates.booked("m", Estimate(100)) == 400  # at most 4 times the estimate
+    estimates.learn("n", Estimate(100), 1)
+    assert estimates.booked("n", Estimate(100)) == 20  # at least a fifth of it
     for used in (0, -5):
-        estimates.learn("o", 100, used)  # ignored
-    estimates.learn("o", 0, 10)  # ignored
-    assert estimates.booked("o", 100) == 100
+        estimates.learn("o", Estimate(100), used)  # ignored
+    estimates.learn("o", Estimate(0), 10)  # ignored
+    assert estimates.booked("o", Estimate(100)) == 100
 
 
 # -- a booking counts from when its request went on the wire ------------------------------------
