@@ -4,7 +4,8 @@ and async, a request budget and a token budget (billed as the service bills).
 
 Writes `benchmarks/budget.md` and `benchmarks/budget.json`. Run by `benchmarks/run.sh` (runs
 as `BUDGET_RUNS` says, 20 by default: about 45 minutes on 2 cores), or alone:
-`python benchmarks/budget.py [--runs N]`; `--report` rewrites the report from the JSON.
+`python benchmarks/budget.py [--runs N] [--limit KIND]`; `--minute` measures a minute's window
+instead (minutes a run); `--report` rewrites the report from the JSON.
 """
 
 from __future__ import annotations
