@@ -403,7 +403,8 @@ def test_event_loops_in_two_threads_at_once_each_use_their_own_client(emulator):
     # Loop A has chosen its client and is about to send; loop B, in another thread, makes a
     # whole call (and closes its client when its loop ends) in between. A must still send on
     # its own client: with the model's client swapped per call, A sent on B's closed one.
-    _HELD.clear(), _GO.clear()
+    _HELD.clear()
+    _GO.clear()
     chat = _HeldChat(model="Qwen/Qwen2.5-7B-Instruct", api_key="sk-t", base_url=emulator.base_url)
     answers: list[str] = []
     errors: list[BaseException] = []
