@@ -144,6 +144,7 @@ class RerankRequest:
     _content: bytes | StreamedBody | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    _estimate: Estimate | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def content(self) -> bytes | StreamedBody:
@@ -166,6 +167,8 @@ class RerankRequest:
         """The tokens the service will bill, estimated high. Rerank bills the query with every
         document, and again with every chunk of a document longer than the model's context:
         the documents once, and the query (with two separator tokens) once per chunk."""
+        if self._estimate is not None:  # worked out when booked, read again when answered
+            return self._estimate
         body = self.body
         query = estimate_tokens([body["query"]])
         caps = model_capabilities(body["model"])
@@ -177,10 +180,10 @@ class RerankRequest:
             chunks += sum(
                 (len(item) - 1) // room for item in self.documents if isinstance(item, str)
             )
-        documents = estimate_tokens(self.documents)
-        return Estimate(
-            documents.text + chunks * (query.text + 2), documents.media + chunks * query.media
-        )
+        texts, media = estimate_tokens(self.documents)
+        estimate = Estimate(texts + chunks * (query.text + 2), media + chunks * query.media)
+        object.__setattr__(self, "_estimate", estimate)
+        return estimate
 
     def subset(self, positions: Sequence[int], *, cut: bool) -> RerankRequest:
         """A request for some of the documents (by position); `cut` asks for the best `top_n`

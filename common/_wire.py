@@ -408,8 +408,9 @@ class TokenEstimates:
         if ratio is None:
             return estimate.total
         # Less a millionth: a ratio learned from this very estimate books what was billed, not
-        # one more from rounding.
-        return max(math.ceil(estimate.text * ratio - 1e-6), 1) + estimate.media
+        # one more from rounding (a text of one token or more still books one: the ratio is at
+        # least a fifth, and every text counts at least one).
+        return math.ceil(estimate.text * ratio - 1e-6) + estimate.media
 
     def learn(self, model: object, estimate: Estimate, billed: int) -> None:
         """Take in what a request of `model` estimated at `estimate` was billed."""

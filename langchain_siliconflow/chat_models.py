@@ -202,7 +202,7 @@ class ChatSiliconFlow(HiddenInputsModel, BaseChatOpenAI):
         so loops in several threads at once each use their own. A client the caller passed
         (`http_async_client`) is theirs and used as it is.
         """
-        if self.http_async_client is not None:
+        if self._first_async_client is None:  # the caller's client, or none to copy
             return
         loop = asyncio.get_running_loop()
         closer = None
@@ -277,6 +277,8 @@ class _OnTheRunningLoop:
     is read from the client of the event loop running now (the first client when none runs,
     or the loop has none yet)."""
 
+    __slots__ = ("_first", "_part", "_per_loop")
+
     def __init__(
         self,
         per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]],
@@ -284,8 +286,6 @@ class _OnTheRunningLoop:
         part: Callable[[Any], Any],
     ) -> None:
         self._per_loop, self._first, self._part = per_loop, first, part
-
-    __slots__ = ("_first", "_part", "_per_loop")
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in self.__slots__:  # copy's probes, an empty copy
